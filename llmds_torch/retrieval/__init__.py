@@ -1,0 +1,1 @@
+"""llmds_torch.retrieval"""

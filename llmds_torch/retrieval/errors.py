@@ -1,0 +1,45 @@
+"""Named exceptions of the retrieval package. Each is raised before any index state changes."""
+
+from llmds_torch.errors import LLMDSError
+
+
+class DimensionMismatch(LLMDSError, ValueError):
+    """Vectors or queries whose last dimension is not the index's ``dim`` (or of the wrong rank)."""
+
+
+class NonFiniteVectors(LLMDSError, ValueError):
+    """Vectors or queries containing NaN or infinity (or zero vectors where cosine needs a norm)."""
+
+
+class DuplicateIds(LLMDSError, ValueError):
+    """Ids repeated within one add, or already present in the index."""
+
+
+class UnknownIds(LLMDSError, KeyError):
+    """Ids that are not in the index (never added, or already deleted)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else "unknown ids"
+
+
+class EmptyIndex(LLMDSError, ValueError):
+    """A search on an index that holds no live points."""
+
+
+class InvalidSearchParameter(LLMDSError, ValueError):
+    """A ``k`` or ``ef`` outside the allowed range (e.g. ``k`` larger than the index)."""
+
+
+class CorruptIndexFile(LLMDSError, ValueError):
+    """A saved file that is truncated, altered, of another kind, or of an unknown format version."""
+
+
+__all__ = [
+    "DimensionMismatch",
+    "NonFiniteVectors",
+    "DuplicateIds",
+    "UnknownIds",
+    "EmptyIndex",
+    "InvalidSearchParameter",
+    "CorruptIndexFile",
+]

@@ -1,45 +1,54 @@
-"""Named exceptions of the retrieval package. Each is raised before any index state changes."""
+"""Named errors of the retrieval package. Each is raised before any state changes.
+
+Every class derives from :class:`llmds_torch.errors.LLMDSError` and from the builtin that fits
+(``ValueError``, ``TypeError``, ``KeyError``), so callers may catch either.
+"""
 
 from llmds_torch.errors import LLMDSError
 
 
-class DimensionMismatch(LLMDSError, ValueError):
-    """Vectors or queries whose last dimension is not the index's ``dim`` (or of the wrong rank)."""
+class CorruptFile(LLMDSError, ValueError):
+    """A saved index or sketch whose magic, version, checksum or layout does not check out."""
 
 
-class NonFiniteVectors(LLMDSError, ValueError):
-    """Vectors or queries containing NaN or infinity (or zero vectors where cosine needs a norm)."""
+class CorruptVarint(LLMDSError, ValueError):
+    """Bytes that are not a valid LEB128 varint stream (truncated, overlong, or over 64 bits)."""
 
 
-class DuplicateIds(LLMDSError, ValueError):
-    """Ids repeated within one add, or already present in the index."""
+class InvalidDocument(LLMDSError, TypeError):
+    """A document that is neither a string nor a list of strings."""
 
 
-class UnknownIds(LLMDSError, KeyError):
-    """Ids that are not in the index (never added, or already deleted)."""
+class InvalidQuery(LLMDSError, TypeError):
+    """A query that is neither a string nor a list of strings (or a vector of the wrong shape)."""
+
+
+class UnknownDocumentId(LLMDSError, KeyError):
+    """A document id that is not in the index (never added, or already deleted)."""
 
     def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0]) if self.args else "unknown ids"
+        return str(self.args[0]) if self.args else "unknown document id"
 
 
-class EmptyIndex(LLMDSError, ValueError):
-    """A search on an index that holds no live points."""
+class DuplicateDocumentId(LLMDSError, ValueError):
+    """A document id that is already in the index, or repeated within one call."""
 
 
-class InvalidSearchParameter(LLMDSError, ValueError):
-    """A ``k`` or ``ef`` outside the allowed range (e.g. ``k`` larger than the index)."""
+class InvalidFusionInput(LLMDSError, ValueError):
+    """Fusion inputs with NaN or infinite weights or scores, or mismatched lengths."""
 
 
-class CorruptIndexFile(LLMDSError, ValueError):
-    """A saved file that is truncated, altered, of another kind, or of an unknown format version."""
+class SketchMismatch(LLMDSError, ValueError):
+    """Two Count-Min sketches that differ in width, depth or seed cannot be merged."""
 
 
 __all__ = [
-    "DimensionMismatch",
-    "NonFiniteVectors",
-    "DuplicateIds",
-    "UnknownIds",
-    "EmptyIndex",
-    "InvalidSearchParameter",
-    "CorruptIndexFile",
+    "CorruptFile",
+    "CorruptVarint",
+    "InvalidDocument",
+    "InvalidQuery",
+    "UnknownDocumentId",
+    "DuplicateDocumentId",
+    "InvalidFusionInput",
+    "SketchMismatch",
 ]

@@ -1,14 +1,37 @@
-"""Named errors of the retrieval package. Each is raised before any state changes.
-
-Every class derives from :class:`llmds_torch.errors.LLMDSError` and from the builtin that fits
-(``ValueError``, ``TypeError``, ``KeyError``), so callers may catch either.
-"""
+"""Named exceptions of the retrieval package. Each is raised before any index state changes."""
 
 from llmds_torch.errors import LLMDSError
 
 
-class CorruptFile(LLMDSError, ValueError):
-    """A saved index or sketch whose magic, version, checksum or layout does not check out."""
+class DimensionMismatch(LLMDSError, ValueError):
+    """Vectors or queries whose last dimension is not the index's ``dim`` (or of the wrong rank)."""
+
+
+class NonFiniteVectors(LLMDSError, ValueError):
+    """Vectors or queries containing NaN or infinity (or zero vectors where cosine needs a norm)."""
+
+
+class DuplicateIds(LLMDSError, ValueError):
+    """Ids repeated within one add, or already present in the index."""
+
+
+class UnknownIds(LLMDSError, KeyError):
+    """Ids that are not in the index (never added, or already deleted)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else "unknown ids"
+
+
+class EmptyIndex(LLMDSError, ValueError):
+    """A search on an index that holds no live points."""
+
+
+class InvalidSearchParameter(LLMDSError, ValueError):
+    """A ``k`` or ``ef`` outside the allowed range (e.g. ``k`` larger than the index)."""
+
+
+class CorruptIndexFile(LLMDSError, ValueError):
+    """A saved file that is truncated, altered, of another kind, or of an unknown format version."""
 
 
 class CorruptVarint(LLMDSError, ValueError):
@@ -20,22 +43,11 @@ class InvalidDocument(LLMDSError, TypeError):
 
 
 class InvalidQuery(LLMDSError, TypeError):
-    """A query that is neither a string nor a list of strings (or a vector of the wrong shape)."""
-
-
-class UnknownDocumentId(LLMDSError, KeyError):
-    """A document id that is not in the index (never added, or already deleted)."""
-
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0]) if self.args else "unknown document id"
-
-
-class DuplicateDocumentId(LLMDSError, ValueError):
-    """A document id that is already in the index, or repeated within one call."""
+    """A query that is neither a string nor a list of strings."""
 
 
 class InvalidFusionInput(LLMDSError, ValueError):
-    """Fusion inputs with NaN or infinite weights or scores, or mismatched lengths."""
+    """Fusion inputs with NaN or infinite weights or scores, or ids and scores of different lengths."""
 
 
 class SketchMismatch(LLMDSError, ValueError):
@@ -43,12 +55,16 @@ class SketchMismatch(LLMDSError, ValueError):
 
 
 __all__ = [
-    "CorruptFile",
+    "DimensionMismatch",
+    "NonFiniteVectors",
+    "DuplicateIds",
+    "UnknownIds",
+    "EmptyIndex",
+    "InvalidSearchParameter",
+    "CorruptIndexFile",
     "CorruptVarint",
     "InvalidDocument",
     "InvalidQuery",
-    "UnknownDocumentId",
-    "DuplicateDocumentId",
     "InvalidFusionInput",
     "SketchMismatch",
 ]

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CorruptFile
+from .errors import CorruptIndexFile
 
 MAGIC = b"LLMDSPK\x00"
 FORMAT_VERSION = 1
@@ -86,39 +86,39 @@ def loads(data: bytes, expected_kind: str) -> Bundle:
 
     Raises
     ------
-    CorruptFile
+    CorruptIndexFile
         If anything does not check out; the message says what.
     """
     data = bytes(data)
     if len(data) < _PREFIX.size + _CHECKSUM_BYTES:
-        raise CorruptFile(f"file is {len(data)} bytes, shorter than the smallest valid file")
+        raise CorruptIndexFile(f"file is {len(data)} bytes, shorter than the smallest valid file")
     magic, version, header_len = _PREFIX.unpack_from(data, 0)
     if magic != MAGIC:
-        raise CorruptFile(f"bad magic {magic!r}; expected {MAGIC!r} (not an llmds_torch file)")
+        raise CorruptIndexFile(f"bad magic {magic!r}; expected {MAGIC!r} (not an llmds_torch file)")
     if version != FORMAT_VERSION:
-        raise CorruptFile(f"file format version {version}; this build reads version {FORMAT_VERSION}")
+        raise CorruptIndexFile(f"file format version {version}; this build reads version {FORMAT_VERSION}")
     body, checksum = data[:-_CHECKSUM_BYTES], data[-_CHECKSUM_BYTES:]
     if hashlib.sha256(body).digest() != checksum:
-        raise CorruptFile("SHA-256 checksum mismatch: the file was truncated or modified")
+        raise CorruptIndexFile("SHA-256 checksum mismatch: the file was truncated or modified")
     header_end = _PREFIX.size + header_len
     if header_end > len(body):
-        raise CorruptFile(f"header length {header_len} runs past the end of the file")
+        raise CorruptIndexFile(f"header length {header_len} runs past the end of the file")
     try:
         header = json.loads(body[_PREFIX.size:header_end].decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CorruptFile(f"header is not valid UTF-8 JSON: {exc}") from None
+        raise CorruptIndexFile(f"header is not valid UTF-8 JSON: {exc}") from None
     if header.get("kind") != expected_kind:
-        raise CorruptFile(f"file holds a {header.get('kind')!r}; expected a {expected_kind!r}")
+        raise CorruptIndexFile(f"file holds a {header.get('kind')!r}; expected a {expected_kind!r}")
     payload = body[header_end:]
     arrays = {}
     for entry in header["arrays"]:
         if entry["dtype"] not in _ALLOWED_DTYPES:
-            raise CorruptFile(f"array {entry['name']!r} has disallowed dtype {entry['dtype']!r}")
+            raise CorruptIndexFile(f"array {entry['name']!r} has disallowed dtype {entry['dtype']!r}")
         dtype = np.dtype(entry["dtype"])
         shape = tuple(int(s) for s in entry["shape"])
         start, nbytes = int(entry["offset"]), int(entry["nbytes"])
         if start < 0 or start + nbytes > len(payload) or nbytes != int(np.prod(shape)) * dtype.itemsize:
-            raise CorruptFile(f"array {entry['name']!r} does not fit its declared shape or the file")
+            raise CorruptIndexFile(f"array {entry['name']!r} does not fit its declared shape or the file")
         arrays[entry["name"]] = np.frombuffer(payload, dtype=dtype, count=nbytes // dtype.itemsize,
                                               offset=start).reshape(shape).copy()
     return Bundle(header["kind"], int(header["kind_version"]), header["meta"], arrays)

@@ -1,0 +1,599 @@
+"""The block manager: torch-free bookkeeping of a paged KV cache.
+
+It owns the allocator (page states, refcounts, free list, eviction), the prefix index, every
+sequence's page list, and which slots have been written. It knows nothing of tensors: data movement
+it needs (copy-on-write copies, compaction moves) is handed to the caller as page-id pairs, and
+``PagedKVCache`` runs them as kernels. A simulator can drive it alone, declaring KV computed with
+``mark_written``.
+
+Terms: a *slot* is one token position in one page, ``slot = page * page_size + offset``. A slot is
+*written* once every layer has written it. A full page is *published* (indexed for prefix sharing)
+once all its slots are written.
+"""
+
+from collections.abc import Callable, Sequence as SequenceOf
+
+import numpy as np
+
+from llmds_torch.errors import ContextWindowExceeded, OutOfPages, UnknownSequence
+from llmds_torch.kv.allocator import CACHED, FREE, USED, PageAllocator
+from llmds_torch.kv.defrag import plan_moves
+from llmds_torch.kv.eviction import make_policy
+from llmds_torch.kv.prefix_index import (HashFn, PrefixIndex, as_bytes, chain_prefix, new_cache_salt,
+                                         page_keys, sha256)
+from llmds_torch.kv.sequence import Sequence, validate_token_ids
+
+NOT_OWNED = -1
+
+
+class InvariantViolation(AssertionError):
+    """``check_invariants`` found inconsistent bookkeeping (a bug, never bad input)."""
+
+
+class BlockManager:
+    """Pages, sequences and the prefix index of one cache.
+
+    Parameters
+    ----------
+    num_pages : int
+        Pages at start.
+    page_size : int
+        Tokens per page.
+    num_layers : int
+        Writes per slot before the slot counts as written.
+    salt : bytes | str | None
+        Per-cache salt of the prefix keys; ``None`` draws 16 random bytes.
+    verify_tokens : bool
+        Compare stored token ids on every prefix-key hit.
+    max_context_len : int | None
+        Longest sequence allowed.
+    max_num_pages : int | None
+        The pool may grow up to this many pages when the free list runs dry (before evicting).
+    eviction_policy : str | EvictionPolicy
+        ``"lru"`` (default), ``"fifo"``, or an object with the ``EvictionPolicy`` methods.
+    hash_fn : callable(bytes) -> bytes
+        The page hash; SHA-256 unless a test forces collisions.
+    on_resize : callable(new_num_pages) -> None
+        Called before the page count grows, so the owner can resize its storage.
+    """
+
+    def __init__(self, num_pages: int, page_size: int, *, num_layers: int = 1, salt=None,
+                 verify_tokens: bool = True, max_context_len: int | None = None,
+                 max_num_pages: int | None = None, eviction_policy="lru", hash_fn: HashFn = sha256,
+                 on_resize: Callable[[int], None] | None = None):
+        if num_pages < 1 or page_size < 1 or num_layers < 1:
+            raise ValueError("num_pages, page_size and num_layers must be positive")
+        self.page_size = page_size
+        self.num_layers = num_layers
+        self.verify_tokens = verify_tokens
+        self.max_context_len = max_context_len
+        self.max_num_pages = max(max_num_pages or num_pages, num_pages)
+        self.hash_fn = hash_fn
+        self.on_resize = on_resize
+        self.cache_salt = new_cache_salt() if salt is None else as_bytes(salt, "salt")
+        self.index = PrefixIndex()
+        self.allocator = PageAllocator(num_pages, make_policy(eviction_policy), self.index.forget)
+        self.seqs: dict[int, Sequence] = {}
+        self._next_seq_id = 0
+        self.slot_writes = np.zeros(num_pages * page_size, dtype=np.int32)  # [num_slots]
+        self.slot_last_layer = np.full(num_pages * page_size, -1, dtype=np.int32)  # [num_slots]
+        self.page_owner = np.full(num_pages, NOT_OWNED, dtype=np.int64)  # [num_pages]
+        self.page_fill = np.zeros(num_pages, dtype=np.int64)  # [num_pages]: reserved slots of owned pages
+        self.pending_copies: list[tuple[int, int]] = []
+        self.counters = dict(prefix_query_tokens=0, prefix_hit_tokens=0, cow_copies=0, refusals=0,
+                             hash_collisions=0, pages_moved=0, compactions=0, grows=0, shrinks=0)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def num_pages(self) -> int:
+        return self.allocator.num_pages
+
+    def __contains__(self, seq_id: int) -> bool:
+        return seq_id in self.seqs
+
+    def _seq(self, seq_id) -> Sequence:
+        seq = self.seqs.get(seq_id) if isinstance(seq_id, (int, np.integer)) else None
+        if seq is None:
+            raise UnknownSequence(f"sequence {seq_id!r} is not attached (never attached, or already detached)")
+        return seq
+
+    def num_tokens(self, seq_id: int) -> int:
+        return self._seq(seq_id).num_tokens
+
+    def num_written(self, seq_id: int) -> int:
+        return self._seq(seq_id).num_written
+
+    def num_cached_tokens(self, seq_id: int) -> int:
+        return self._seq(seq_id).num_cached
+
+    def token_ids(self, seq_id: int) -> list[int]:
+        return list(self._seq(seq_id).tokens)
+
+    def pages(self, seq_id: int) -> list[int]:
+        return list(self._seq(seq_id).pages)
+
+    # ------------------------------------------------------------------ capacity
+    def _pages_for(self, num_tokens: int) -> int:
+        return -(-num_tokens // self.page_size)
+
+    def _obtainable(self) -> int:
+        return self.allocator.available() + (self.max_num_pages - self.num_pages)
+
+    def _refuse(self, message: str):
+        self.counters["refusals"] += 1
+        raise OutOfPages(message)
+
+    def _allocate(self, n: int) -> list[int]:
+        """Pages from the free list, then from growth, then by eviction; slot state reset."""
+        shortfall = n - self.allocator.num_free
+        if shortfall > 0 and self.num_pages < self.max_num_pages:
+            self.grow(min(self.max_num_pages, max(self.num_pages + shortfall, 2 * self.num_pages)))
+        pages = self.allocator.allocate(n)
+        if pages:
+            rows = np.asarray(pages)
+            self.slot_writes.reshape(-1, self.page_size)[rows] = 0
+            self.slot_last_layer.reshape(-1, self.page_size)[rows] = -1
+        return pages
+
+    def grow(self, new_num_pages: int) -> None:
+        """Add free pages up to ``new_num_pages`` (storage first, through ``on_resize``)."""
+        if new_num_pages <= self.num_pages:
+            return
+        if self.on_resize is not None:
+            self.on_resize(new_num_pages)
+        extra = new_num_pages - self.num_pages
+        self.allocator.grow(new_num_pages)
+        self.slot_writes = np.concatenate([self.slot_writes, np.zeros(extra * self.page_size, np.int32)])
+        self.slot_last_layer = np.concatenate([self.slot_last_layer, np.full(extra * self.page_size, -1, np.int32)])
+        self.page_owner = np.concatenate([self.page_owner, np.full(extra, NOT_OWNED, np.int64)])
+        self.page_fill = np.concatenate([self.page_fill, np.zeros(extra, np.int64)])
+        self.max_num_pages = max(self.max_num_pages, new_num_pages)
+        self.counters["grows"] += 1
+
+    # ------------------------------------------------------------------ prefix lookup
+    def _salt_block(self, salt, extra_key) -> bytes:
+        return chain_prefix(self.cache_salt, as_bytes(salt, "salt"), as_bytes(extra_key, "extra_key"))
+
+    def _match_prefix(self, tokens: list[int], salt_block: bytes) -> tuple[list[int], list[bytes], int]:
+        """Published pages that hold the longest cached prefix of ``tokens`` (at most
+        ``len(tokens) - 1`` tokens, whole pages). Returns (pages, their keys, collisions caught)."""
+        usable = (len(tokens) - 1) // self.page_size
+        if usable == 0 or not self.index.page_of:
+            return [], [], 0
+        token_bytes = np.asarray(tokens[:usable * self.page_size], dtype="<i4").tobytes()
+        step = 4 * self.page_size
+        pages, keys, collisions, previous = [], [], 0, b""
+        for i in range(usable):
+            chunk = token_bytes[i * step:(i + 1) * step]
+            key = self.hash_fn(previous + salt_block + chunk)
+            page, collided = self.index.lookup(key, chunk, self.verify_tokens)
+            collisions += collided
+            if page is None:
+                break
+            pages.append(page)
+            keys.append(key)
+            previous = key
+        return pages, keys, collisions
+
+    def _attach_need(self, tokens: list[int], salt_block: bytes) -> tuple[list[int], list[bytes], int, int]:
+        hit_pages, keys, collisions = self._match_prefix(tokens, salt_block)
+        new_pages = self._pages_for(len(tokens)) - len(hit_pages)
+        # Hit pages that sit in the evictable set stop being evictable once we take them.
+        taken_from_cached = sum(1 for p in hit_pages if self.allocator.state[p] == CACHED and p in self.allocator.policy)
+        return hit_pages, keys, new_pages + taken_from_cached, collisions
+
+    def _check_context(self, num_tokens: int, what: str) -> None:
+        if self.max_context_len is not None and num_tokens > self.max_context_len:
+            raise ContextWindowExceeded(f"{what} would hold {num_tokens} tokens; the context window is "
+                                        f"{self.max_context_len}")
+
+    # ------------------------------------------------------------------ sequence operations
+    def can_attach(self, token_ids, *, salt=None, extra_key=None) -> bool:
+        """Whether ``attach`` would succeed now. Given an int, assumes no prefix hit."""
+        if isinstance(token_ids, (int, np.integer)):
+            needed = self._pages_for(int(token_ids))
+            fits_context = self.max_context_len is None or token_ids <= self.max_context_len
+            return fits_context and needed <= self._obtainable()
+        tokens = validate_token_ids(token_ids)
+        if self.max_context_len is not None and len(tokens) > self.max_context_len:
+            return False
+        return self._attach_need(tokens, self._salt_block(salt, extra_key))[2] <= self._obtainable()
+
+    def attach(self, token_ids, *, salt=None, extra_key=None) -> int:
+        """Start a sequence with prompt ``token_ids``; reuse cached full pages of its prefix,
+        allocate the rest. Returns the new sequence id."""
+        tokens = validate_token_ids(token_ids)
+        self._check_context(len(tokens), "the prompt")
+        salt_block = self._salt_block(salt, extra_key)
+        hit_pages, keys, needed, collisions = self._attach_need(tokens, salt_block)
+        if needed > self._obtainable():
+            self._refuse(f"attach needs {needed} pages; {self.allocator.num_free} free, "
+                         f"{self.allocator.num_evictable} evictable, {self.max_num_pages - self.num_pages} "
+                         f"more may be grown")
+        for page in hit_pages:  # take them before allocation can evict them
+            self.allocator.incref(page)
+        new_pages = self._allocate(self._pages_for(len(tokens)) - len(hit_pages))
+        seq_id = self._next_seq_id
+        self._next_seq_id += 1
+        num_cached = len(hit_pages) * self.page_size
+        seq = Sequence(seq_id, tokens, hit_pages + new_pages, salt_block, num_written=num_cached,
+                       num_cached=num_cached, keys=keys)
+        self.seqs[seq_id] = seq
+        self._reserve(seq, num_cached, len(tokens))
+        self.counters["prefix_query_tokens"] += len(tokens)
+        self.counters["prefix_hit_tokens"] += num_cached
+        self.counters["hash_collisions"] += collisions
+        return seq_id
+
+    def _append_need(self, seq: Sequence, n: int) -> tuple[bool, int]:
+        """(copy-on-write needed, pages needed) to append ``n`` tokens to ``seq``."""
+        offset = seq.num_tokens % self.page_size
+        cow = offset != 0 and self.allocator.refcount[seq.pages[-1]] > 1
+        return cow, self._pages_for(seq.num_tokens + n) - len(seq.pages) + cow
+
+    def can_append(self, seq_ids, num_tokens: int = 1) -> bool:
+        """Whether appending ``num_tokens`` to each of ``seq_ids`` (an id or a list) fits now."""
+        ids = [seq_ids] if isinstance(seq_ids, (int, np.integer)) else list(seq_ids)
+        needed = 0
+        for seq_id in ids:
+            seq = self._seq(seq_id)
+            if self.max_context_len is not None and seq.num_tokens + num_tokens > self.max_context_len:
+                return False
+            needed += self._append_need(seq, num_tokens)[1]
+        return needed <= self._obtainable()
+
+    def append(self, seq_id: int, token_ids) -> None:
+        """Reserve slots for ``token_ids`` after the sequence's tokens (copy-on-write first when
+        the page to write is shared)."""
+        self.append_batch([seq_id], [token_ids])
+
+    def append_batch(self, seq_ids: SequenceOf[int], token_ids) -> None:
+        """Append to many sequences at once: ``token_ids[i]`` (an int, or a list of ints) goes to
+        ``seq_ids[i]``. All or nothing: on any error no sequence changes."""
+        if len(seq_ids) != len(token_ids):
+            raise ValueError(f"{len(seq_ids)} sequence ids but {len(token_ids)} token lists")
+        if len(set(seq_ids)) != len(seq_ids):
+            raise ValueError("append_batch got the same sequence id twice")
+        seqs = [self._seq(s) for s in seq_ids]
+        lists = [[t] if isinstance(t, (int, np.integer)) and not isinstance(t, bool) else t for t in token_ids]
+        lists = [validate_token_ids(t) for t in lists]
+        plans, needed = [], 0
+        for seq, toks in zip(seqs, lists):
+            self._check_context(seq.num_tokens + len(toks), f"sequence {seq.seq_id}")
+            cow, need = self._append_need(seq, len(toks))
+            plans.append(cow)
+            needed += need
+        if needed > self._obtainable():
+            self._refuse(f"append needs {needed} pages; {self.allocator.num_free} free, "
+                         f"{self.allocator.num_evictable} evictable")
+        self.pending_copies = []
+        for seq, toks, cow in zip(seqs, lists, plans):
+            if cow:
+                self._copy_on_write(seq)
+            extra = self._pages_for(seq.num_tokens + len(toks)) - len(seq.pages)
+            if extra:
+                seq.pages.extend(self._allocate(extra))
+            start = seq.num_tokens
+            seq.tokens.extend(toks)
+            self._reserve(seq, start, seq.num_tokens)
+
+    def _reserve(self, seq: Sequence, start: int, end: int) -> None:
+        """Mark the pages holding positions ``[start, end)`` as owned by ``seq`` for writing."""
+        if end <= start:
+            return
+        page_size = self.page_size
+        for i in range(start // page_size, (end - 1) // page_size + 1):
+            page = seq.pages[i]
+            self.page_owner[page] = seq.seq_id
+            self.page_fill[page] = min(page_size, seq.num_tokens - i * page_size)
+
+    def _copy_on_write(self, seq: Sequence) -> None:
+        old = seq.pages[-1]
+        (new,) = self._allocate(1)
+        rows = self.slot_writes.reshape(-1, self.page_size)
+        rows[new] = rows[old]
+        last = self.slot_last_layer.reshape(-1, self.page_size)
+        last[new] = last[old]
+        seq.pages[-1] = new
+        self.allocator.release([old])
+        self.pending_copies.append((old, new))
+        self.counters["cow_copies"] += 1
+
+    def take_pending_copies(self) -> list[tuple[int, int]]:
+        """Copy-on-write copies (src, dst) decided since the last call; the caller must copy the
+        page contents before anything writes the destination pages."""
+        copies, self.pending_copies = self.pending_copies, []
+        return copies
+
+    def fork(self, seq_id: int) -> int:
+        """A new sequence sharing every page of ``seq_id`` (refcount + 1 each)."""
+        seq = self._seq(seq_id)
+        if seq.num_written != seq.num_tokens:
+            raise ValueError(f"sequence {seq_id} has {seq.num_tokens - seq.num_written} reserved tokens "
+                             "without KV; write them before forking")
+        child_id = self._next_seq_id
+        self._next_seq_id += 1
+        for page in seq.pages:
+            self.allocator.incref(page)
+        self.seqs[child_id] = Sequence(child_id, list(seq.tokens), list(seq.pages), seq.salt_block,
+                                       seq.num_written, seq.num_cached, list(seq.keys))
+        return child_id
+
+    def detach(self, seq_id: int) -> None:
+        """Release the sequence's pages, tail first (so under LRU a prefix's tail is evicted
+        before its head). Published pages become cached, the others free."""
+        seq = self._seq(seq_id)
+        owned = self.page_owner[seq.pages] == seq_id
+        self.page_owner[np.asarray(seq.pages)[owned]] = NOT_OWNED
+        self.allocator.release(reversed(seq.pages))
+        del self.seqs[seq_id]
+
+    # ------------------------------------------------------------------ writes
+    def slot_mapping(self, seq_ids: SequenceOf[int]) -> np.ndarray:
+        """Slots of every reserved-but-unwritten token, in batch order then position order.
+
+        Returns
+        -------
+        np.ndarray
+            int64 ``[sum of pending tokens]``.
+        """
+        parts = [self._slots(seq, seq.num_written, seq.num_tokens) for seq in map(self._seq, seq_ids)]
+        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+    def _slots(self, seq: Sequence, start: int, end: int) -> np.ndarray:
+        if end - start == 1:
+            page = seq.pages[start // self.page_size]
+            return np.array([page * self.page_size + start % self.page_size], dtype=np.int64)
+        positions = np.arange(start, end, dtype=np.int64)
+        pages = np.asarray(seq.pages, dtype=np.int64)
+        return pages[positions // self.page_size] * self.page_size + positions % self.page_size
+
+    def check_write(self, layer: int, slots: np.ndarray) -> None:
+        """Raise ``ValueError`` unless ``layer`` is valid and every slot is pending and not yet
+        written by that layer (nothing changes)."""
+        if not 0 <= layer < self.num_layers:
+            raise ValueError(f"layer {layer} out of range [0, {self.num_layers})")
+        if slots.size == 0:
+            return
+        if slots.min() < 0 or slots.max() >= self.num_pages * self.page_size:
+            raise ValueError(f"slots must lie in [0, {self.num_pages * self.page_size})")
+        if np.unique(slots).size != slots.size:
+            raise ValueError("slot_mapping names a slot twice")
+        pages = slots // self.page_size
+        if (self.page_owner[pages] == NOT_OWNED).any() or (slots % self.page_size >= self.page_fill[pages]).any():
+            raise ValueError("slot_mapping names a slot that is not reserved for writing "
+                             "(already written, shared, or not allocated); use slot_mapping()")
+        if (self.slot_last_layer[slots] == layer).any() or (self.slot_writes[slots] >= self.num_layers).any():
+            raise ValueError(f"layer {layer} already wrote some of these slots")
+
+    def record_write(self, layer: int, slots: np.ndarray, *, checked: bool = False) -> None:
+        """Count a write of ``slots`` by ``layer``; publish pages that become fully written.
+        ``checked``: the caller already ran ``check_write`` on exactly these arguments."""
+        if not checked:
+            self.check_write(layer, slots)
+        self.slot_writes[slots] += 1
+        self.slot_last_layer[slots] = layer
+        done = slots[self.slot_writes[slots] == self.num_layers]
+        if done.size:
+            owners = np.unique(self.page_owner[done // self.page_size])
+            for seq_id in owners.tolist():
+                self._advance(self.seqs[seq_id])
+
+    def mark_written(self, seq_id: int, num_tokens: int | None = None) -> None:
+        """Declare the KV of the sequence's pending tokens (or the first ``num_tokens`` of them)
+        computed in every layer, as a simulator does instead of writing tensors."""
+        seq = self._seq(seq_id)
+        end = seq.num_tokens if num_tokens is None else min(seq.num_tokens, seq.num_written + num_tokens)
+        slots = self._slots(seq, seq.num_written, end)
+        self.slot_writes[slots] = self.num_layers
+        self.slot_last_layer[slots] = self.num_layers - 1
+        self._advance(seq)
+
+    def _advance(self, seq: Sequence) -> None:
+        """Move ``num_written`` past every fully written token and publish completed pages."""
+        start = seq.num_written
+        if start == seq.num_tokens:
+            return
+        slots = self._slots(seq, start, seq.num_tokens)
+        not_done = np.flatnonzero(self.slot_writes[slots] < self.num_layers)
+        end = start + (int(not_done[0]) if not_done.size else slots.size)
+        if end == start:
+            return
+        seq.num_written = end
+        page_size = self.page_size
+        first, last = start // page_size, (end - 1) // page_size
+        for i in range(first, last + 1):
+            if min((i + 1) * page_size, seq.num_tokens) <= end and self.page_owner[seq.pages[i]] == seq.seq_id:
+                self.page_owner[seq.pages[i]] = NOT_OWNED
+        self._publish(seq)
+
+    def _publish(self, seq: Sequence) -> None:
+        full = seq.num_written // self.page_size
+        if len(seq.keys) >= full:
+            return
+        token_bytes = np.asarray(seq.tokens[len(seq.keys) * self.page_size:full * self.page_size], dtype="<i4").tobytes()
+        previous = seq.keys[-1] if seq.keys else b""
+        keys = page_keys(token_bytes, self.page_size, full - len(seq.keys), seq.salt_block, previous, self.hash_fn)
+        step = 4 * self.page_size
+        for j, key in enumerate(keys):
+            page = seq.pages[len(seq.keys) + j]
+            if self.index.publish(key, page, token_bytes[j * step:(j + 1) * step]):
+                self.allocator.published[page] = True
+        seq.keys.extend(keys)
+
+    # ------------------------------------------------------------------ pins
+    def _published_chain(self, token_ids, salt, extra_key) -> list[int]:
+        tokens = validate_token_ids(token_ids)
+        full = len(tokens) // self.page_size
+        pages, _, _ = self._match_prefix(tokens[:full * self.page_size] + [0], self._salt_block(salt, extra_key))
+        return pages
+
+    def pin_prefix(self, token_ids, *, salt=None, extra_key=None) -> int:
+        """Pin the published full pages of this prefix so they are never evicted. Returns the
+        number of pages pinned (the prefix must have been written by some sequence first)."""
+        pages = self._published_chain(token_ids, salt, extra_key)
+        for page in pages:
+            self.allocator.pin(page)
+        return len(pages)
+
+    def unpin_prefix(self, token_ids, *, salt=None, extra_key=None) -> int:
+        """Undo one ``pin_prefix`` of the same prefix; returns pages unpinned."""
+        pages = [p for p in self._published_chain(token_ids, salt, extra_key) if self.allocator.pins[p] > 0]
+        for page in pages:
+            self.allocator.unpin(page)
+        return len(pages)
+
+    # ------------------------------------------------------------------ compaction
+    def fragmentation(self) -> float:
+        """Share of page ids below the highest non-free page that are free: the room a
+        compaction followed by a shrink would give back (0 = perfectly compact)."""
+        live = np.flatnonzero(self.allocator.state != FREE)
+        if live.size == 0:
+            return 0.0
+        return 1.0 - live.size / (int(live[-1]) + 1)
+
+    def compaction_order(self, order: str) -> list[int]:
+        """Non-free pages in the order they should occupy ids 0, 1, 2, ... ."""
+        state = self.allocator.state
+        if order == "lowest":
+            return np.flatnonzero(state != FREE).tolist()
+        if order != "sequence":
+            raise ValueError(f"order must be 'sequence' or 'lowest', got {order!r}")
+        seen = np.zeros(self.num_pages, dtype=bool)
+        result = []
+        for seq_id in sorted(self.seqs):
+            for page in self.seqs[seq_id].pages:
+                if not seen[page]:
+                    seen[page] = True
+                    result.append(page)
+        cached = [p for p in np.flatnonzero(state == CACHED).tolist() if not seen[p]]
+        return result + cached
+
+    def plan_compaction(self, order: str = "sequence") -> tuple[list[list[tuple[int, int]]], np.ndarray]:
+        """Plan moves that pack the non-free pages into ids ``[0, live)``.
+
+        Returns
+        -------
+        rounds : list of list of (src, dst)
+            Each round's moves read only pages no move of the same round writes.
+        old_to_new : np.ndarray
+            int64 ``[num_pages]``, each non-free page's final id, -1 for free pages.
+        """
+        target_order = self.compaction_order(order)
+        old_to_new = np.full(self.num_pages, -1, dtype=np.int64)
+        old_to_new[target_order] = np.arange(len(target_order))
+        if order == "lowest":
+            # Keep pages already low where they are; move the high ones into the low holes.
+            live = np.asarray(target_order, dtype=np.int64)
+            n_live = live.size
+            stay = live[live < n_live]
+            movers = live[live >= n_live]
+            holes = np.setdiff1d(np.arange(n_live), stay)
+            old_to_new[:] = -1
+            old_to_new[stay] = stay
+            old_to_new[movers] = holes
+        rounds = plan_moves(old_to_new, self.allocator.state != FREE)
+        return rounds, old_to_new
+
+    def apply_compaction(self, old_to_new: np.ndarray, new_num_pages: int | None = None) -> int:
+        """Renumber every structure after the moves of ``plan_compaction`` were carried out, and
+        optionally drop the (free) pages at ids ``>= new_num_pages``. Returns pages moved."""
+        moved = int(np.count_nonzero((old_to_new >= 0) & (old_to_new != np.arange(self.num_pages))))
+        n = self.num_pages if new_num_pages is None else new_num_pages
+        for seq in self.seqs.values():
+            seq.pages = old_to_new[seq.pages].tolist()
+        live = np.flatnonzero(old_to_new >= 0)
+        for name, fill in (("slot_writes", 0), ("slot_last_layer", -1)):
+            old = getattr(self, name).reshape(-1, self.page_size)
+            new = np.full((n, self.page_size), fill, dtype=old.dtype)
+            new[old_to_new[live]] = old[live]
+            setattr(self, name, new.reshape(-1))
+        for name, fill in (("page_owner", NOT_OWNED), ("page_fill", 0)):
+            new = np.full(n, fill, dtype=np.int64)
+            new[old_to_new[live]] = getattr(self, name)[live]
+            setattr(self, name, new)
+        self.index.renumber(old_to_new)
+        self.allocator.renumber(old_to_new, n)
+        self.counters["pages_moved"] += moved
+        self.counters["compactions"] += 1
+        return moved
+
+    def shrink_target(self, target: int | None) -> int:
+        """Check that the pool can shrink to ``target`` pages (default: the non-free pages) after
+        evicting cached pages LRU first; evict what is needed; return the page count to keep."""
+        used = self.allocator.count(USED)
+        cached = self.allocator.count(CACHED)
+        if target is None:
+            return max(1, used + cached)
+        if target < max(1, used):
+            self._refuse(f"cannot shrink to {target} pages: {used} pages are in use")
+        evict = used + cached - target
+        if evict > self.allocator.num_evictable:
+            self._refuse(f"cannot shrink to {target} pages: {evict} cached pages would have to be evicted "
+                         f"but only {self.allocator.num_evictable} are evictable (the rest are pinned)")
+        if evict > 0:
+            self.allocator.evict(evict)
+        return target
+
+    # ------------------------------------------------------------------ introspection
+    def stats(self) -> dict:
+        a = self.allocator
+        counters = dict(self.counters)
+        queried = counters["prefix_query_tokens"]
+        return dict(
+            num_pages=self.num_pages,
+            page_size=self.page_size,
+            pages_free=a.count(FREE),
+            pages_used=a.count(USED),
+            pages_cached=a.count(CACHED),
+            pages_pinned=int(np.count_nonzero(a.pins)),
+            pages_evictable=a.num_evictable,
+            num_sequences=len(self.seqs),
+            prefix_hit_rate=counters["prefix_hit_tokens"] / queried if queried else 0.0,
+            evictions=a.evictions,
+            fragmentation=self.fragmentation(),
+            **counters,
+        )
+
+    def check_invariants(self) -> None:
+        """Raise ``InvariantViolation`` if the bookkeeping is inconsistent: every page in exactly
+        one state, refcount = block-table references, the index naming only cached or used
+        published pages, pending slots only in pages owned by one sequence."""
+        a = self.allocator
+
+        def fail(msg):
+            raise InvariantViolation(msg)
+
+        refs = np.zeros(self.num_pages, dtype=np.int64)
+        for seq in self.seqs.values():
+            np.add.at(refs, np.asarray(seq.pages, dtype=np.int64), 1)
+            if len(seq.pages) != self._pages_for(seq.num_tokens):
+                fail(f"sequence {seq.seq_id} has {len(seq.pages)} pages for {seq.num_tokens} tokens")
+            if seq.num_written < seq.num_tokens:
+                pending_pages = {seq.pages[i // self.page_size] for i in range(seq.num_written, seq.num_tokens)}
+                for page in pending_pages:
+                    if a.refcount[page] != 1 or self.page_owner[page] != seq.seq_id:
+                        fail(f"page {page} with pending slots of sequence {seq.seq_id} is shared or unowned")
+        if not np.array_equal(refs, a.refcount):
+            bad = np.flatnonzero(refs != a.refcount)[:5]
+            fail(f"refcount differs from block-table references at pages {bad.tolist()}")
+        free = np.zeros(self.num_pages, dtype=np.int64)
+        np.add.at(free, np.asarray(a.free_list, dtype=np.int64), 1)
+        if (free > 1).any():
+            fail("a page appears twice in the free list")
+        if not np.array_equal(free == 1, a.state == FREE):
+            fail("free list and FREE state disagree")
+        if not np.array_equal(a.state == USED, refs > 0):
+            fail("USED state and positive refcount disagree")
+        cached = a.state == CACHED
+        in_policy = np.zeros(self.num_pages, dtype=bool)
+        in_policy[list(a.policy)] = True
+        if not np.array_equal(in_policy, cached & (a.pins == 0)):
+            fail("evictable set differs from unpinned cached pages")
+        if not np.array_equal(cached & ~a.published, np.zeros_like(cached)):
+            fail("a cached page is not published")
+        for key, page in self.index.page_of.items():
+            if a.state[page] == FREE or self.index.key_of.get(page) != key or not a.published[page]:
+                fail(f"index entry for page {page} is stale")
+        if int(np.count_nonzero(a.published)) != len(self.index):
+            fail("published flags and index size disagree")

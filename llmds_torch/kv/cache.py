@@ -1,0 +1,303 @@
+"""PagedKVCache: the page pool on a device tensor, driven by the block manager.
+
+Pool layout: one preallocated tensor ``[num_layers, num_pages, 2, page_size, num_kv_heads, head_dim]``,
+contiguous, so every layer ``pool[l]`` is FlashInfer's NHD paged layout
+``[num_pages, 2, page_size, num_kv_heads, head_dim]`` with K at ``[:, 0]`` and V at ``[:, 1]``.
+Element strides of the pool, innermost first: ``head_dim`` 1, ``num_kv_heads`` ``D``, ``page_size``
+``H*D``, K/V ``P*H*D``, page ``2*P*H*D``, layer ``N*2*P*H*D``. Every page of one layer is one
+contiguous run of ``2*P*H*D`` elements, so page copies and moves are flat block copies, one kernel
+launch for all layers.
+
+Growing allocates the larger pool and copies the old one into it; shrinking (after compaction put
+every live page below the new size) copies the kept prefix into a smaller tensor and drops the old
+one, which really returns its memory. Both briefly hold the old and the new pool.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from llmds_torch.errors import UnknownSequence
+from llmds_torch.kernels.kv_write import kv_write
+from llmds_torch.kernels.page_copy import page_copy
+from llmds_torch.kernels.page_move import page_move
+from llmds_torch.kv.block_manager import BlockManager
+from llmds_torch.kv.config import KVCacheConfig
+
+BLOCK_TABLE_PAD = -1
+"""Value of ``block_table`` entries past a sequence's pages; kernels never read them."""
+
+
+@dataclass(frozen=True, slots=True)
+class DefragReport:
+    """What one ``defragment`` call did."""
+
+    order: str
+    pages_moved: int
+    bytes_moved: int
+    launches: int
+    evicted: int
+    num_pages_before: int
+    num_pages_after: int
+    fragmentation_before: float
+    fragmentation_after: float
+    pool_bytes_before: int
+    pool_bytes_after: int
+
+
+class PagedKVCache:
+    """A paged KV cache: pool tensor, block tables, prefix sharing, copy-on-write, compaction.
+
+    See ``KVCacheConfig`` for the options and the module docstring for the pool layout.
+    """
+
+    def __init__(self, config: KVCacheConfig):
+        self.config = config
+        self.device = config.torch_device
+        self.pool = self._empty_pool(config.num_pages)
+        self.manager = BlockManager(
+            config.num_pages, config.page_size, num_layers=config.num_layers, salt=config.salt,
+            verify_tokens=config.verify_tokens, max_context_len=config.max_context_len,
+            max_num_pages=config.max_num_pages, eviction_policy=config.eviction_policy,
+            on_resize=self._resize_pool)
+        self.bytes_moved = 0
+        self.cow_bytes = 0
+        self._last_slots: tuple[torch.Tensor, np.ndarray] | None = None
+
+    def _empty_pool(self, num_pages: int) -> torch.Tensor:
+        c = self.config
+        return torch.empty((c.num_layers, num_pages, 2, c.page_size, c.num_kv_heads, c.head_dim),
+                           dtype=c.dtype, device=self.device)
+
+    def _resize_pool(self, num_pages: int) -> None:
+        new = self._empty_pool(num_pages)
+        keep = min(num_pages, self.pool.shape[1])
+        new[:, :keep].copy_(self.pool[:, :keep])
+        self.pool = new
+
+    # ------------------------------------------------------------------ shape
+    @property
+    def page_size(self) -> int:
+        return self.config.page_size
+
+    @property
+    def num_pages(self) -> int:
+        return self.manager.num_pages
+
+    @property
+    def pool_bytes(self) -> int:
+        """Bytes of device memory the pool occupies."""
+        return self.pool.untyped_storage().nbytes()
+
+    def layer(self, layer: int) -> torch.Tensor:
+        """One layer's pages, ``[num_pages, 2, page_size, num_kv_heads, head_dim]`` (a view)."""
+        if not 0 <= layer < self.config.num_layers:
+            raise IndexError(f"layer {layer} out of range [0, {self.config.num_layers})")
+        return self.pool[layer]
+
+    # ------------------------------------------------------------------ sequences
+    def can_attach(self, token_ids, *, salt=None, extra_key=None) -> bool:
+        """Whether ``attach`` would succeed now; given an int, assumes no prefix hit."""
+        return self.manager.can_attach(token_ids, salt=salt, extra_key=extra_key)
+
+    def attach(self, token_ids, *, salt=None, extra_key=None) -> int:
+        """A new sequence for prompt ``token_ids``; reuses cached full pages of its prefix and
+        reserves slots for the rest. Returns the sequence id."""
+        return self.manager.attach(token_ids, salt=salt, extra_key=extra_key)
+
+    def num_cached_tokens(self, seq_id: int) -> int:
+        """Prompt tokens whose KV was found in the cache (a multiple of ``page_size``)."""
+        return self.manager.num_cached_tokens(seq_id)
+
+    def num_tokens(self, seq_id: int) -> int:
+        """Tokens reserved so far (prompt plus appended)."""
+        return self.manager.num_tokens(seq_id)
+
+    def num_written(self, seq_id: int) -> int:
+        """Tokens whose KV every layer has written."""
+        return self.manager.num_written(seq_id)
+
+    def token_ids(self, seq_id: int) -> list[int]:
+        return self.manager.token_ids(seq_id)
+
+    def can_append(self, seq_ids, num_tokens: int = 1) -> bool:
+        """Whether appending ``num_tokens`` to each of ``seq_ids`` fits now."""
+        return self.manager.can_append(seq_ids, num_tokens)
+
+    def append(self, seq_id: int, token_ids) -> None:
+        """Reserve slots for more tokens; a shared page about to be written is copied first."""
+        self.append_batch([seq_id], [token_ids])
+
+    def append_batch(self, seq_ids, token_ids) -> None:
+        """One decode step: ``token_ids[i]`` (an int or a list) appended to ``seq_ids[i]``. All
+        copy-on-write copies of the step run as one kernel launch."""
+        self.manager.append_batch(seq_ids, token_ids)
+        copies = self.manager.take_pending_copies()
+        if copies:
+            src, dst = (torch.tensor(x, dtype=torch.int64, device=self.device) for x in zip(*copies))
+            page_copy(self.pool, src, dst, backend=self.config.backend, validate_indices=False)
+            self.cow_bytes += len(copies) * self.config.page_bytes
+
+    def fork(self, seq_id: int) -> int:
+        """A child sequence sharing every page (for beam search and parallel sampling)."""
+        return self.manager.fork(seq_id)
+
+    def detach(self, seq_id: int) -> None:
+        """Release a sequence: published pages become cached, the others free."""
+        self.manager.detach(seq_id)
+        threshold = self.config.defrag_threshold
+        if threshold is not None and self.manager.fragmentation() > threshold:
+            self.defragment(order="lowest")
+
+    def pin_prefix(self, token_ids, *, salt=None, extra_key=None) -> int:
+        """Keep this prefix's published pages from ever being evicted; returns pages pinned."""
+        return self.manager.pin_prefix(token_ids, salt=salt, extra_key=extra_key)
+
+    def unpin_prefix(self, token_ids, *, salt=None, extra_key=None) -> int:
+        return self.manager.unpin_prefix(token_ids, salt=salt, extra_key=extra_key)
+
+    # ------------------------------------------------------------------ reading and writing KV
+    def get(self, seq_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Deep copies of the sequence's written KV.
+
+        Returns
+        -------
+        k, v : ``[num_layers, num_written, num_kv_heads, head_dim]``
+        """
+        n = self.manager.num_written(seq_id)
+        pages = torch.tensor(self.manager.pages(seq_id), dtype=torch.int64, device=self.device)
+        c = self.config
+        kv = self.pool.index_select(1, pages)  # [L, pages, 2, P, H, D]
+        kv = kv.transpose(1, 2).reshape(c.num_layers, 2, -1, c.num_kv_heads, c.head_dim)[:, :, :n]
+        return kv[:, 0].contiguous(), kv[:, 1].contiguous()
+
+    def slot_mapping(self, seq_ids) -> torch.Tensor:
+        """Slots (``page * page_size + offset``) of every reserved token not yet written, in batch
+        order then position order: int64 ``[sum of pending tokens]`` on the pool's device."""
+        slots = self.manager.slot_mapping(list(seq_ids))
+        tensor = torch.from_numpy(slots).to(self.device)
+        self._last_slots = (tensor, slots)
+        return tensor
+
+    def write(self, layer: int, slot_mapping: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store new tokens' K/V of one layer.
+
+        Parameters
+        ----------
+        layer : int
+        slot_mapping : int64 ``[num_tokens]`` from ``slot_mapping``
+        k, v : ``[num_tokens, num_kv_heads, head_dim]``, the cache's dtype and device
+        """
+        if self._last_slots is not None and self._last_slots[0] is slot_mapping:
+            slots = self._last_slots[1]
+        else:
+            if not isinstance(slot_mapping, torch.Tensor) or slot_mapping.dtype != torch.int64 or slot_mapping.dim() != 1:
+                raise TypeError("slot_mapping must be a 1-D int64 tensor (from PagedKVCache.slot_mapping)")
+            slots = slot_mapping.cpu().numpy()
+        self.manager.check_write(layer, slots)
+        kv_write(self.pool[layer], slot_mapping, k, v, backend=self.config.backend, validate_indices=False)
+        self.manager.record_write(layer, slots, checked=True)
+
+    # ------------------------------------------------------------------ tables for kernels
+    def _rows(self, seq_ids) -> list[list[int]]:
+        return [self.manager.pages(s) for s in seq_ids]
+
+    def block_table(self, seq_ids) -> torch.Tensor:
+        """Pages of each sequence, int32 ``[batch, max_pages]`` on the pool's device, padded with
+        ``BLOCK_TABLE_PAD`` (-1)."""
+        rows = self._rows(seq_ids)
+        width = max((len(r) for r in rows), default=0)
+        table = np.full((len(rows), width), BLOCK_TABLE_PAD, dtype=np.int32)
+        for i, row in enumerate(rows):
+            table[i, :len(row)] = row
+        return torch.from_numpy(table).to(self.device)
+
+    def seq_lens(self, seq_ids) -> torch.Tensor:
+        """Reserved tokens of each sequence (pending ones included), int32 ``[batch]``."""
+        lens = [self.manager.num_tokens(s) for s in seq_ids]
+        return torch.tensor(lens, dtype=torch.int32, device=self.device)
+
+    def page_table_csr(self, seq_ids) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The block table in FlashInfer's CSR form, all int32 on the pool's device.
+
+        Returns
+        -------
+        kv_indptr : ``[batch + 1]``
+        kv_indices : ``[kv_indptr[-1]]`` the pages of every sequence, concatenated
+        kv_last_page_len : ``[batch]`` tokens in each sequence's last page (1..page_size)
+        """
+        rows = self._rows(seq_ids)
+        indptr = np.zeros(len(rows) + 1, dtype=np.int32)
+        np.cumsum([len(r) for r in rows], out=indptr[1:])
+        indices = np.fromiter((p for r in rows for p in r), dtype=np.int32, count=int(indptr[-1]))
+        lens = np.array([self.manager.num_tokens(s) for s in seq_ids], dtype=np.int64)
+        last = ((lens - 1) % self.page_size + 1).astype(np.int32)
+        return tuple(torch.from_numpy(x).to(self.device) for x in (indptr, indices, last))
+
+    # ------------------------------------------------------------------ compaction
+    def defragment(self, *, order: str = "sequence", shrink: bool | int = False) -> DefragReport:
+        """Move live pages together and rewrite block tables and the prefix index.
+
+        Parameters
+        ----------
+        order : ``"sequence"`` (each sequence's pages consecutive, sequences by id, then cached
+            pages) or ``"lowest"`` (only the pages above the live count move, into the holes).
+        shrink : False, True (drop every free page after compaction), or a page count to shrink
+            to, evicting cached pages in LRU order when there is not room for them all.
+
+        ``get`` reads back bit-identical KV afterwards; cached prefixes still hit.
+        """
+        if order not in ("sequence", "lowest"):
+            raise ValueError(f"order must be 'sequence' or 'lowest', got {order!r}")
+        if shrink is not False and shrink is not True and (not isinstance(shrink, int) or shrink < 1):
+            raise ValueError(f"shrink must be a bool or a positive page count, got {shrink!r}")
+        if shrink is not True and shrink is not False and shrink > self.num_pages:
+            raise ValueError(f"shrink to {shrink} pages is larger than the pool ({self.num_pages}); use grow()")
+        manager = self.manager
+        before = (manager.num_pages, manager.fragmentation(), self.pool_bytes, manager.allocator.evictions)
+        target = None
+        if shrink is not False:
+            target = manager.shrink_target(None if shrink is True else shrink)
+        rounds, old_to_new = manager.plan_compaction(order)
+        for moves in rounds:
+            src, dst = (torch.tensor(x, dtype=torch.int64, device=self.device) for x in zip(*moves))
+            page_move(self.pool, src, dst, backend=self.config.backend, validate_indices=False)
+        copies = sum(len(m) for m in rounds)
+        moved = manager.apply_compaction(old_to_new, target)
+        if target is not None and target != self.pool.shape[1]:
+            self._resize_pool(target)
+            manager.counters["shrinks"] += 1
+        bytes_moved = copies * self.config.page_bytes
+        self.bytes_moved += bytes_moved
+        return DefragReport(order, moved, bytes_moved, len(rounds), manager.allocator.evictions - before[3],
+                            before[0], manager.num_pages, before[1], manager.fragmentation(),
+                            before[2], self.pool_bytes)
+
+    def grow(self, num_pages: int) -> None:
+        """Enlarge the pool to ``num_pages`` pages (the new ones free)."""
+        if num_pages < self.num_pages:
+            raise ValueError(f"grow to {num_pages} pages is smaller than the pool ({self.num_pages}); "
+                             "use defragment(shrink=...)")
+        self.manager.grow(num_pages)
+
+    # ------------------------------------------------------------------ introspection
+    def stats(self) -> dict:
+        """Pages free / used / cached, prefix queries and hits in tokens, COW copies, evictions,
+        pages and bytes moved, fragmentation, refusals, pool bytes."""
+        s = self.manager.stats()
+        s.update(bytes_moved=self.bytes_moved, cow_bytes=self.cow_bytes, pool_bytes=self.pool_bytes,
+                 page_bytes=self.config.page_bytes)
+        return s
+
+    def check_invariants(self) -> None:
+        """Raise if the bookkeeping is inconsistent (see ``BlockManager.check_invariants``)."""
+        self.manager.check_invariants()
+        if self.pool.shape[1] != self.manager.num_pages:
+            raise AssertionError("pool size and page count disagree")
+
+    def __contains__(self, seq_id) -> bool:
+        return seq_id in self.manager
+
+
+__all__ = ["PagedKVCache", "DefragReport", "BLOCK_TABLE_PAD", "UnknownSequence"]

@@ -1,0 +1,537 @@
+"""HNSW approximate nearest-neighbour index whose vectors and graph are torch tensors.
+
+Tuning knobs, in one place
+--------------------------
+``M`` (default 16)
+    Links per node on levels >= 1. Level 0 keeps ``M0 = 2 * M``: every node lives on level 0, so
+    it carries the whole search's recall and needs the denser graph; upper levels are sparse
+    express lanes (the paper's recommendation Mmax0 = 2M, as hnswlib and FAISS do).
+``ef_construction`` (default 200)
+    Beam width while inserting.
+``ef_search`` (attribute, default 64)
+    Beam width of ``search`` when ``ef`` is not given; the beam is never narrower than ``k``.
+``MAX_INSERT_BATCH`` (1024)
+    Largest batch of points inserted against one frozen graph (see *Deterministic batched build*).
+
+Levels are drawn as in the paper, ``floor(-ln(U) * mL)`` with ``mL = 1 / ln(M)``, from a numpy
+generator seeded by ``seed`` whose state is saved with the index.
+
+Deterministic batched build
+---------------------------
+``add`` inserts points in input order, in batches that grow with the index (prefix doubling: a
+batch is at most half the points already live, and at most ``MAX_INSERT_BATCH``). For one batch:
+(1) every point searches the graph as it was before the batch, in parallel, and picks its forward
+links with the paper's heuristic; (2) the forward lists are written; (3) reverse links are grouped
+by (level, target) in a stable sort and each target's list is extended, or re-chosen by the
+heuristic when full, in parallel over targets. Each parallel step only reads state that no one
+writes during it, so the graph depends on the seed and the input order, never on thread count or
+timing. Points of one batch do not link to each other directly; they meet through old nodes.
+
+Distances (smaller is closer; results sorted best first)
+--------------------------------------------------------
+``"l2"``: squared Euclidean distance (what FAISS ``IndexFlatL2`` reports).
+``"ip"``: the NEGATIVE inner product, ``-<q, x>`` (FAISS ``IndexFlatIP`` reports ``+<q, x>``).
+``"cosine"``: ``1 - cos(q, x)``; vectors are stored normalized and searched by inner product.
+
+Deletes
+-------
+``delete`` removes points at once: every live node that listed a deleted node is re-linked by the
+heuristic among its live neighbours and the deleted node's live neighbours, the deleted lists are
+cleared (so searches never reach them), the entry point is re-chosen if it was deleted (highest
+level, then lowest slot), and the slots are reused by later adds, lowest first.
+
+Filtered search
+---------------
+``search(..., allow=ids)`` returns only ids in the allow-list (ids not in the index are ignored).
+A graph search with selectivity ``s = n_allowed / n_live`` expands about ``ef / s`` nodes of
+``M0`` neighbours each, while exact search costs ``n_allowed`` distances, so exact search is used
+when ``n_allowed ** 2 <= M0 * ef * n_live`` (for 100k points, M=16, ef=64: below about 14k allowed).
+
+Backends
+--------
+On CPU, ``search`` runs the compiled numba loops (``backend="numba"``) on zero-copy numpy views of
+the tensors. ``backend="torch"`` runs the lockstep batched beam search written in tensor
+operations (:mod:`llmds_torch.retrieval.hnsw_lockstep`), the CUDA path; ``"auto"`` picks numba on
+CPU, torch elsewhere. Building and deleting always run the numba loops on the CPU master tensors;
+an index with ``device="cuda"`` mirrors them onto the GPU for searching.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numba
+import numpy as np
+import torch
+
+from llmds_torch.errors import ConfigError
+from llmds_torch.retrieval import hnsw_numba as kernels
+from llmds_torch.retrieval.errors import (
+    CorruptIndexFile,
+    DimensionMismatch,
+    DuplicateIds,
+    EmptyIndex,
+    InvalidSearchParameter,
+    NonFiniteVectors,
+    UnknownIds,
+)
+from llmds_torch.retrieval.hnsw_errors import InvalidIds
+from llmds_torch.retrieval.hnsw_lockstep import lockstep_search
+from llmds_torch.retrieval import persist
+
+METRICS = ("l2", "ip", "cosine")
+MAX_INSERT_BATCH = 1024
+FILE_KIND = "hnsw"
+FILE_KIND_VERSION = 1
+_TAG_LIMIT = 2**31 - 1
+
+
+class HNSW:
+    """Hierarchical navigable small-world graph index (Malkov & Yashunin, 2018).
+
+    Parameters
+    ----------
+    dim : vector dimension.
+    M : links per node on levels >= 1 (level 0 keeps ``2 * M``), at least 2.
+    ef_construction : beam width while inserting, at least 1.
+    metric : ``"l2"`` (squared L2), ``"ip"`` (negative inner product) or ``"cosine"`` (1 - cos).
+    seed : seeds the level generator; same seed and same input order give the same graph.
+    device : where ``search`` runs by default (``"cpu"`` or a CUDA device).
+    """
+
+    def __init__(self, dim: int, M: int = 16, ef_construction: int = 200, metric: str = "l2", seed: int = 0,
+                 device: str | torch.device = "cpu"):
+        if not isinstance(dim, int) or dim < 1:
+            raise ConfigError(f"dim must be a positive int, got {dim!r}")
+        if not isinstance(M, int) or M < 2:
+            raise ConfigError(f"M must be an int >= 2, got {M!r}")
+        if not isinstance(ef_construction, int) or ef_construction < 1:
+            raise ConfigError(f"ef_construction must be an int >= 1, got {ef_construction!r}")
+        if metric not in METRICS:
+            raise ConfigError(f"metric must be one of {METRICS}, got {metric!r}")
+        if not isinstance(seed, int) or seed < 0:
+            raise ConfigError(f"seed must be a non-negative int, got {seed!r}")
+        self._dim = dim
+        self.M = M
+        self.M0 = 2 * M
+        self.ef_construction = ef_construction
+        self.metric = metric
+        self.seed = seed
+        self.device = torch.device(device)
+        self.ef_search = 64
+        self._kernel_metric = kernels.L2 if metric == "l2" else kernels.IP
+        self._rng = np.random.default_rng(seed)
+        self._level_mult = 1.0 / math.log(M)
+        self._allocate(capacity=0, upper_capacity=0)
+        self._n_slots = 0          # high-water mark of used slots
+        self._n_upper_rows = 0     # rows of upper_links in use
+        self._entry = -1           # slot of the entry point, -1 when empty
+        self._max_level = -1
+        self._next_id = 0          # default ids continue from the largest id ever added
+        self._slot_of: dict[int, int] = {}
+        self._visited = np.zeros((0, 0), np.int32)
+        self._tag_base = 0
+        self._device_mirror = None
+
+    # ----------------------------------------------------------------------------------- storage
+    def _allocate(self, capacity: int, upper_capacity: int) -> None:
+        """Fresh tensors (all slots unused): vectors, links, levels, ids, liveness."""
+        self._vectors = torch.zeros((capacity, self._dim), dtype=torch.float32)
+        self._links0 = torch.full((capacity, self.M0), -1, dtype=torch.int32)
+        self._upper_links = torch.full((upper_capacity, self.M), -1, dtype=torch.int32)
+        self._upper_offset = torch.full((capacity,), -1, dtype=torch.int64)
+        self._upper_rows = torch.zeros((capacity,), dtype=torch.int32)   # rows allotted to the slot
+        self._levels = torch.full((capacity,), -1, dtype=torch.int32)
+        self._ids = torch.full((capacity,), -1, dtype=torch.int64)
+        self._live = torch.zeros((capacity,), dtype=torch.bool)
+
+    def _grow(self, capacity: int, upper_capacity: int) -> None:
+        """Double capacities until they reach the requested sizes, copying the used parts."""
+        cap, ucap = self._vectors.shape[0], self._upper_links.shape[0]
+        new_cap, new_ucap = max(cap, 16), max(ucap, 16)
+        while new_cap < capacity:
+            new_cap *= 2
+        while new_ucap < upper_capacity:
+            new_ucap *= 2
+        if new_cap == cap and new_ucap == ucap:
+            return
+        old = (self._vectors, self._links0, self._upper_links, self._upper_offset, self._upper_rows, self._levels,
+               self._ids, self._live)
+        self._allocate(new_cap, new_ucap)
+        new = (self._vectors, self._links0, self._upper_links, self._upper_offset, self._upper_rows, self._levels,
+               self._ids, self._live)
+        for dst, src in zip(new, old):
+            dst[: src.shape[0]] = src
+
+    def _views(self):
+        """Zero-copy numpy views of the CPU tensors, as the kernels take them."""
+        return (self._vectors.numpy(), self._links0.numpy(), self._upper_links.numpy(), self._upper_offset.numpy())
+
+    def _visited_pool(self, tags_needed: int) -> tuple[np.ndarray, int]:
+        """Per-thread visited arrays ``[n_threads, capacity]`` and the first free tag."""
+        n_threads = numba.get_num_threads()
+        cap = self._vectors.shape[0]
+        if self._visited.shape != (n_threads, cap):
+            self._visited = np.zeros((n_threads, cap), np.int32)
+            self._tag_base = 0
+        if self._tag_base + tags_needed + 1 >= _TAG_LIMIT:
+            self._visited[:] = 0
+            self._tag_base = 0
+        base = self._tag_base
+        self._tag_base += tags_needed + 1
+        return self._visited, base
+
+    # ---------------------------------------------------------------------------------- validate
+    def _as_matrix(self, x, what: str) -> np.ndarray:
+        """``x`` as a float32 numpy array ``[n, dim]`` (a single ``[dim]`` vector becomes ``[1, dim]``)."""
+        if isinstance(x, torch.Tensor):
+            x = x.detach().to("cpu", torch.float32).numpy()
+        x = np.asarray(x)
+        if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+            raise DimensionMismatch(f"{what} must be numeric, got dtype {x.dtype}")
+        if x.ndim == 1:
+            x = x[None, :]
+        if x.ndim != 2 or x.shape[1] != self._dim:
+            raise DimensionMismatch(f"{what} must have shape [n, {self._dim}] or [{self._dim}], got {list(x.shape)}")
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        bad = ~np.isfinite(x).all(axis=1)
+        if bad.any():
+            raise NonFiniteVectors(f"{what} rows {np.flatnonzero(bad)[:5].tolist()} hold NaN or infinity; "
+                                   f"only finite values are allowed")
+        if self.metric == "cosine":
+            norms = np.linalg.norm(x, axis=1, keepdims=True)
+            if (norms == 0).any():
+                raise NonFiniteVectors(f"{what} rows {np.flatnonzero(norms[:, 0] == 0)[:5].tolist()} are zero "
+                                       f"vectors, which have no cosine direction")
+            x = (x / norms).astype(np.float32)
+        return x
+
+    @staticmethod
+    def _as_ids(ids, what: str) -> np.ndarray:
+        """``ids`` as a 1-D int64 array of non-negative integers."""
+        if isinstance(ids, torch.Tensor):
+            ids = ids.detach().cpu().numpy()
+        arr = np.asarray(ids)
+        if arr.ndim == 0:
+            arr = arr[None]
+        if arr.size and not np.issubdtype(arr.dtype, np.integer):
+            raise InvalidIds(f"{what} must be integers, got dtype {arr.dtype}")
+        arr = arr.astype(np.int64).reshape(-1) if arr.size else np.zeros(0, np.int64)
+        if (arr < 0).any():
+            raise InvalidIds(f"{what} must be non-negative, got {arr[arr < 0][:5].tolist()}")
+        return arr
+
+    # --------------------------------------------------------------------------------------- add
+    def add(self, vectors, ids=None) -> torch.Tensor:
+        """Insert ``vectors`` ``[n, dim]`` (or one ``[dim]``); returns their ids, int64 ``[n]``.
+
+        ``ids`` defaults to consecutive integers after the largest id ever added. Raises
+        ``DimensionMismatch``, ``NonFiniteVectors``, ``InvalidIds`` or ``DuplicateIds`` (repeated
+        within the call, or already present) before anything changes.
+        """
+        x = self._as_matrix(vectors, "vectors")
+        n = x.shape[0]
+        if ids is None:
+            new_ids = np.arange(self._next_id, self._next_id + n, dtype=np.int64)
+        else:
+            new_ids = self._as_ids(ids, "ids")
+            if new_ids.shape[0] != n:
+                raise InvalidIds(f"got {new_ids.shape[0]} ids for {n} vectors; give one id per vector")
+            uniq, counts = np.unique(new_ids, return_counts=True)
+            if (counts > 1).any():
+                raise DuplicateIds(f"ids {uniq[counts > 1][:5].tolist()} repeat within this add; ids must be unique")
+            present = [int(i) for i in new_ids if int(i) in self._slot_of]
+            if present:
+                raise DuplicateIds(f"ids {present[:5]} are already in the index; delete them first or use new ids")
+        if n == 0:
+            return torch.from_numpy(new_ids)
+
+        free = np.flatnonzero(~self._live[: self._n_slots].numpy())
+        slots = np.concatenate([free[:n], np.arange(self._n_slots, self._n_slots + max(0, n - free.size))])
+        slots = slots.astype(np.int32)
+        levels = np.floor(-np.log(1.0 - self._rng.random(n)) * self._level_mult).astype(np.int32)
+
+        old_rows = self._upper_rows[: self._n_slots].numpy()
+        need_rows = [int(lv) for s, lv in zip(slots, levels) if lv > 0 and (s >= self._n_slots or lv > old_rows[s])]
+        self._grow(self._n_slots + max(0, n - free.size), self._n_upper_rows + sum(need_rows))
+        self._n_slots = max(self._n_slots, int(slots.max()) + 1)
+        offsets, rows = self._upper_offset.numpy(), self._upper_rows.numpy()
+        for s, lv in zip(slots, levels):
+            if lv > 0 and lv > rows[s]:
+                offsets[s] = self._n_upper_rows
+                rows[s] = lv
+                self._n_upper_rows += int(lv)
+        self._vectors[slots] = torch.from_numpy(x)
+        self._ids[slots] = torch.from_numpy(new_ids)
+        self._levels[slots] = torch.from_numpy(levels)
+        self._live[slots] = True
+        self._links0[slots] = -1
+        for s, lv in zip(slots, levels):
+            if lv > 0:
+                self._upper_links[int(offsets[s]): int(offsets[s]) + int(lv)] = -1
+        self._slot_of.update(zip(new_ids.tolist(), slots.tolist()))
+        self._next_id = max(self._next_id, int(new_ids.max()) + 1)
+        self._device_mirror = None
+
+        start = 0
+        if self._entry < 0:
+            self._entry, self._max_level = int(slots[0]), int(levels[0])
+            start = 1
+        while start < n:
+            live = len(self._slot_of) - (n - start)
+            size = min(n - start, max(1, live // 2), MAX_INSERT_BATCH)
+            self._insert_batch(slots[start:start + size], levels[start:start + size])
+            start += size
+        return torch.from_numpy(new_ids)
+
+    def _insert_batch(self, slots: np.ndarray, levels: np.ndarray) -> None:
+        """Link one batch of already-stored points into the graph (see the module docstring)."""
+        vectors, links0, upper_links, upper_offset = self._views()
+        batch = slots.shape[0]
+        top = max(self._max_level, 0)
+        out_links0 = np.full((batch, self.M0), -1, np.int32)
+        out_upper = np.full((batch, max(top, 1), self.M), -1, np.int32)
+        visited, tag_base = self._visited_pool(batch * (self._max_level + 1))
+        kernels.insert_search(slots, levels, self._entry, self._max_level, self.ef_construction, vectors, links0,
+                              upper_links, upper_offset, self._kernel_metric, visited, tag_base, out_links0,
+                              out_upper)
+        links0[slots] = out_links0
+        sources, targets, target_levels = [slots.repeat(self.M0)], [out_links0.reshape(-1)], [np.zeros(batch * self.M0, np.int32)]
+        for b in range(batch):
+            for lv in range(1, min(int(levels[b]), self._max_level) + 1):
+                row = int(upper_offset[slots[b]]) + lv - 1
+                upper_links[row] = out_upper[b, lv - 1]
+                sources.append(np.full(self.M, slots[b], np.int32))
+                targets.append(out_upper[b, lv - 1])
+                target_levels.append(np.full(self.M, lv, np.int32))
+        sources, targets, target_levels = (np.concatenate(a) for a in (sources, targets, target_levels))
+        keep = targets >= 0
+        sources, targets, target_levels = sources[keep], targets[keep], target_levels[keep]
+        order = np.lexsort((targets, target_levels))  # stable: sources stay in batch order per group
+        sources, targets, target_levels = sources[order], targets[order], target_levels[order]
+        change = np.flatnonzero((np.diff(targets) != 0) | (np.diff(target_levels) != 0)) + 1
+        group_starts = np.concatenate([[0], change, [targets.shape[0]]]).astype(np.int64)
+        if targets.shape[0]:
+            kernels.link_reverse(targets, target_levels, sources, group_starts, vectors, links0, upper_links,
+                                 upper_offset, self._kernel_metric)
+        best = int(np.argmax(levels))
+        if levels[best] > self._max_level:
+            self._entry, self._max_level = int(slots[best]), int(levels[best])
+
+    # ------------------------------------------------------------------------------------ delete
+    def delete(self, ids) -> None:
+        """Remove ``ids`` from the index: never returned again, graph re-linked, slots reusable.
+
+        Raises ``InvalidIds``, ``DuplicateIds`` (repeated in the call) or ``UnknownIds`` (not in
+        the index) before anything changes.
+        """
+        ids = self._as_ids(ids, "ids")
+        uniq, counts = np.unique(ids, return_counts=True)
+        if (counts > 1).any():
+            raise DuplicateIds(f"ids {uniq[counts > 1][:5].tolist()} repeat within this delete")
+        missing = [int(i) for i in ids if int(i) not in self._slot_of]
+        if missing:
+            raise UnknownIds(f"ids {missing[:5]} are not in the index (never added or already deleted)")
+        if ids.size == 0:
+            return
+        slots = np.array([self._slot_of.pop(int(i)) for i in ids], np.int64)
+        deleted = np.zeros(self._vectors.shape[0], np.bool_)
+        deleted[slots] = True
+        self._live[slots] = False
+        vectors, links0, upper_links, upper_offset = self._views()
+        kernels.repair_deleted(deleted, self._live.numpy(), self._levels.numpy(), self._n_slots, vectors, links0,
+                               upper_links, upper_offset, self._kernel_metric)
+        links0[slots] = -1
+        rows = self._upper_rows.numpy()
+        for s in slots:
+            upper_links[int(upper_offset[s]): int(upper_offset[s]) + int(rows[s])] = -1
+        self._levels[slots] = -1
+        self._ids[slots] = -1
+        self._device_mirror = None
+        if deleted[self._entry]:
+            live_levels = torch.where(self._live[: self._n_slots], self._levels[: self._n_slots], -1)
+            if len(self._slot_of) == 0:
+                self._entry, self._max_level = -1, -1
+            else:
+                self._max_level = int(live_levels.max())
+                self._entry = int(torch.nonzero(live_levels == self._max_level)[0, 0])
+
+    # ------------------------------------------------------------------------------------ search
+    def search(self, queries, k: int, ef: int | None = None, *, allow=None, backend: str = "auto"):
+        """The ``k`` nearest live points of each query.
+
+        Parameters
+        ----------
+        queries : ``[nq, dim]`` or ``[dim]`` (float; torch tensor or numpy array).
+        k : neighbours per query, ``1 <= k <= len(self)``.
+        ef : beam width, ``>= k``; default ``max(self.ef_search, k)``.
+        allow : optional allow-list of ids; only those are returned (unknown ids are ignored). When
+            fewer than ``k`` are allowed the rows are padded with id -1 and distance inf.
+        backend : ``"auto"`` (numba on CPU, torch elsewhere), ``"numba"`` or ``"torch"``.
+
+        Returns
+        -------
+        ids : int64 ``[nq, k]``, best first.
+        distances : float32 ``[nq, k]``, ascending (see the module docstring for each metric).
+        """
+        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+            raise InvalidSearchParameter(f"k must be a positive int, got {k!r}")
+        if ef is not None and (not isinstance(ef, (int, np.integer)) or ef < k):
+            raise InvalidSearchParameter(f"ef must be an int >= k = {k}, got {ef!r}")
+        if backend not in ("auto", "numba", "torch"):
+            raise ConfigError(f"backend must be 'auto', 'numba' or 'torch', got {backend!r}")
+        q = self._as_matrix(queries, "queries")
+        n_live = len(self._slot_of)
+        if n_live == 0:
+            raise EmptyIndex("the index holds no points; add vectors before searching")
+        if k > n_live:
+            raise InvalidSearchParameter(f"k = {k} is larger than the {n_live} points in the index")
+        ef = int(max(self.ef_search, k) if ef is None else ef)
+        if backend == "auto":
+            backend = "numba" if self.device.type == "cpu" else "torch"
+
+        allow_mask = None
+        if allow is not None:
+            allow_ids = self._as_ids(allow, "allow")
+            allowed_slots = np.array(sorted({self._slot_of[i] for i in allow_ids.tolist() if i in self._slot_of}),
+                                     np.int32)
+            if allowed_slots.size ** 2 <= self.M0 * ef * n_live:
+                return self._exact(q, allowed_slots, k)
+            allow_mask = np.zeros(self._vectors.shape[0], np.bool_)
+            allow_mask[allowed_slots] = True
+
+        if backend == "torch":
+            slots, dists = self._search_torch(q, k, ef, allow_mask)
+        else:
+            slots, dists = self._search_numba(q, k, ef, allow_mask)
+        return self._to_result(slots, dists)
+
+    def _search_numba(self, q: np.ndarray, k: int, ef: int, allow_mask):
+        vectors, links0, upper_links, upper_offset = self._views()
+        nq = q.shape[0]
+        out_slots = np.empty((nq, k), np.int32)
+        out_dists = np.empty((nq, k), np.float32)
+        visited, tag_base = self._visited_pool(nq)
+        use_allow = allow_mask is not None
+        allow = allow_mask if use_allow else np.zeros(1, np.bool_)
+        run = kernels.search_batch_serial if nq == 1 else kernels.search_batch_parallel
+        run(q, k, ef, self._entry, self._max_level, vectors, links0, upper_links, upper_offset,
+            self._kernel_metric, allow, use_allow, visited, tag_base, out_slots, out_dists)
+        return out_slots, out_dists
+
+    def _search_torch(self, q: np.ndarray, k: int, ef: int, allow_mask):
+        graph = self._mirror()
+        dev = graph["vectors"].device
+        allow = None if allow_mask is None else torch.from_numpy(allow_mask).to(dev)
+        if allow is not None:  # widen the beam by the inverse selectivity so ~ef allowed nodes are seen
+            ef = int(min(math.ceil(ef * len(self._slot_of) / int(allow.sum())), len(self._slot_of)))
+        slots, dists = lockstep_search(torch.from_numpy(q).to(dev), k, ef, self._entry, self._max_level,
+                                       graph["vectors"], graph["links0"], graph["upper_links"],
+                                       graph["upper_offset"], self._kernel_metric == kernels.L2, allow)
+        return slots.cpu().numpy(), dists.cpu().numpy()
+
+    def _mirror(self) -> dict:
+        """The search tensors on ``self.device`` (the CPU tensors themselves on CPU)."""
+        if self._device_mirror is None:
+            names = {"vectors": self._vectors, "links0": self._links0, "upper_links": self._upper_links,
+                     "upper_offset": self._upper_offset}
+            self._device_mirror = {name: t.to(self.device) for name, t in names.items()}
+        return self._device_mirror
+
+    def _exact(self, q: np.ndarray, slots: np.ndarray, k: int):
+        """Exact search among ``slots`` (the fallback for very selective filters)."""
+        out_slots = np.empty((q.shape[0], k), np.int32)
+        out_dists = np.empty((q.shape[0], k), np.float32)
+        kernels.brute_force(q, slots, k, self._vectors.numpy(), self._kernel_metric, out_slots, out_dists)
+        return self._to_result(out_slots, out_dists)
+
+    def _to_result(self, slots: np.ndarray, dists: np.ndarray):
+        """Slots -> ids (-1 kept), internal distances -> the metric's reported distances."""
+        ids = np.where(slots >= 0, self._ids.numpy()[np.maximum(slots, 0)], -1)
+        dists = dists.astype(np.float32, copy=True)
+        if self.metric == "cosine":
+            dists = np.where(slots >= 0, dists + np.float32(1.0), np.float32(np.inf)).astype(np.float32)
+        return torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(dists)
+
+    # ------------------------------------------------------------------------------- persistence
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the index to ``path`` (versioned, SHA-256 checksummed, pickle-free)."""
+        n, r = self._n_slots, self._n_upper_rows
+        arrays = {
+            "vectors": self._vectors[:n].numpy(), "links0": self._links0[:n].numpy(),
+            "upper_links": self._upper_links[:r].numpy(), "upper_offset": self._upper_offset[:n].numpy(),
+            "upper_rows": self._upper_rows[:n].numpy(), "levels": self._levels[:n].numpy(),
+            "ids": self._ids[:n].numpy(), "live": self._live[:n].numpy(),
+        }
+        meta = {"dim": self._dim, "M": self.M, "ef_construction": self.ef_construction, "metric": self.metric,
+                "seed": self.seed, "ef_search": self.ef_search, "entry": self._entry, "max_level": self._max_level,
+                "next_id": self._next_id, "rng_state": self._rng.bit_generator.state}
+        persist.save(path, FILE_KIND, FILE_KIND_VERSION, arrays, meta)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> "HNSW":
+        """Read an index written by :meth:`save`; raises ``CorruptIndexFile`` on any damage."""
+        bundle = persist.load(path, FILE_KIND)
+        if bundle.kind_version != FILE_KIND_VERSION:
+            raise CorruptIndexFile(f"{path}: hnsw layout version {bundle.kind_version}; this library reads "
+                                   f"version {FILE_KIND_VERSION}")
+        meta, a = bundle.meta, bundle.arrays
+        try:
+            index = cls(meta["dim"], meta["M"], meta["ef_construction"], meta["metric"], meta["seed"], device)
+            n, r = a["vectors"].shape[0], a["upper_links"].shape[0]
+            shapes = {"vectors": (n, index._dim), "links0": (n, index.M0), "upper_links": (r, index.M),
+                      "upper_offset": (n,), "upper_rows": (n,), "levels": (n,), "ids": (n,), "live": (n,)}
+            for name, shape in shapes.items():
+                if a[name].shape != shape:
+                    raise ValueError(f"array {name} has shape {a[name].shape}, expected {shape}")
+            index._grow(n, r)
+            for name in shapes:
+                getattr(index, "_" + name)[: a[name].shape[0]] = torch.from_numpy(a[name])
+            index._n_slots, index._n_upper_rows = n, r
+            index.ef_search, index._entry, index._max_level = meta["ef_search"], meta["entry"], meta["max_level"]
+            index._next_id = meta["next_id"]
+            index._rng.bit_generator.state = meta["rng_state"]
+            live = a["live"]
+            index._slot_of = dict(zip(a["ids"][live].tolist(), np.flatnonzero(live).tolist()))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CorruptIndexFile(f"{path}: inconsistent hnsw contents: {exc}") from exc
+        return index
+
+    # ------------------------------------------------------------------------------------- info
+    def __len__(self) -> int:
+        return len(self._slot_of)
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    def stats(self) -> dict:
+        """Counts and sizes: points, slots, capacity, levels, degrees, entry point, memory."""
+        n = self._n_slots
+        live = self._live[:n]
+        levels = self._levels[:n][live]
+        degree0 = (self._links0[:n][live] >= 0).sum(1).float()
+        tensors = (self._vectors, self._links0, self._upper_links, self._upper_offset, self._upper_rows,
+                   self._levels, self._ids, self._live)
+        return {
+            "n_live": len(self), "n_slots": n, "n_free_slots": n - len(self), "capacity": self._vectors.shape[0],
+            "dim": self._dim, "metric": self.metric, "M": self.M, "M0": self.M0,
+            "ef_construction": self.ef_construction, "ef_search": self.ef_search,
+            "max_level": self._max_level,
+            "entry_id": int(self._ids[self._entry]) if self._entry >= 0 else None,
+            "points_per_level": torch.bincount(levels.long()).tolist() if levels.numel() else [],
+            "mean_degree_level0": float(degree0.mean()) if degree0.numel() else 0.0,
+            "upper_rows_used": self._n_upper_rows,
+            "memory_bytes": int(sum(t.numel() * t.element_size() for t in tensors)),
+        }
+
+    def graph_tensors(self) -> dict[str, torch.Tensor]:
+        """The used parts of the graph's tensors (for inspection and reproducibility checks)."""
+        n, r = self._n_slots, self._n_upper_rows
+        return {"vectors": self._vectors[:n], "links0": self._links0[:n], "upper_links": self._upper_links[:r],
+                "upper_offset": self._upper_offset[:n], "levels": self._levels[:n], "ids": self._ids[:n],
+                "live": self._live[:n]}
+
+
+__all__ = ["HNSW", "METRICS", "MAX_INSERT_BATCH"]

@@ -1,0 +1,367 @@
+"""Compiled CPU loops of the HNSW index: distances, beam search, neighbour selection, linking, repair.
+
+Every function works on numpy arrays that are zero-copy views of the index's torch tensors:
+
+- ``vectors``      float32 ``[capacity, dim]`` (cosine vectors are stored normalized)
+- ``links0``       int32   ``[capacity, M0]``  level-0 neighbour slots, ``-1`` padded at the end
+- ``upper_links``  int32   ``[upper_capacity, M]`` one row per (node, level >= 1), ``-1`` padded
+- ``upper_offset`` int64   ``[capacity]`` row of the node's level-1 list; level ``l`` is ``offset + l - 1``
+
+``metric`` is ``L2`` (squared Euclidean) or ``IP`` (negative inner product), so smaller is always
+closer. Parallel loops split work into ``n_chunks`` strided chunks, each with its own visited array
+tagged by a per-search number (no clearing between searches); every query or inserted point is
+computed from state that the loop does not modify, so results do not depend on the thread count.
+"""
+
+import numba as nb
+import numpy as np
+
+L2 = 0
+IP = 1
+
+_JIT = dict(fastmath=True, cache=True, nogil=True)
+
+
+@nb.njit(inline="always", **_JIT)
+def distance(vectors, i, query, metric):
+    """Distance from stored vector ``i`` to ``query`` ``[dim]`` (smaller is closer)."""
+    acc = np.float32(0.0)
+    if metric == L2:
+        for j in range(query.shape[0]):
+            diff = vectors[i, j] - query[j]
+            acc += diff * diff
+        return acc
+    for j in range(query.shape[0]):
+        acc += vectors[i, j] * query[j]
+    return -acc
+
+
+@nb.njit(inline="always", **_JIT)
+def neighbour_row(links0, upper_links, upper_offset, node, level):
+    """The neighbour list ``[M0]`` or ``[M]`` of ``node`` on ``level`` (a writable view)."""
+    if level == 0:
+        return links0[node]
+    return upper_links[upper_offset[node] + level - 1]
+
+
+@nb.njit(inline="always", **_JIT)
+def heap_push(keys, vals, size, key, val):
+    """Push onto the binary min-heap held in ``keys[:size]``, ``vals[:size]``; returns the new size."""
+    i = size
+    while i > 0:
+        parent = (i - 1) >> 1
+        if keys[parent] <= key:
+            break
+        keys[i] = keys[parent]
+        vals[i] = vals[parent]
+        i = parent
+    keys[i] = key
+    vals[i] = val
+    return size + 1
+
+
+@nb.njit(inline="always", **_JIT)
+def heap_pop(keys, vals, size):
+    """Remove the smallest entry of the min-heap; returns the new size."""
+    size -= 1
+    key = keys[size]
+    val = vals[size]
+    i = 0
+    while True:
+        child = 2 * i + 1
+        if child >= size:
+            break
+        if child + 1 < size and keys[child + 1] < keys[child]:
+            child += 1
+        if keys[child] >= key:
+            break
+        keys[i] = keys[child]
+        vals[i] = vals[child]
+        i = child
+    keys[i] = key
+    vals[i] = val
+    return size
+
+
+@nb.njit(**_JIT)
+def greedy_descent(query, node, dist, top_level, stop_level, vectors, links0, upper_links, upper_offset, metric):
+    """Greedy walk (ef = 1) on levels ``top_level`` down to ``stop_level + 1``; returns (node, dist)."""
+    for level in range(top_level, stop_level, -1):
+        changed = True
+        while changed:
+            changed = False
+            row = neighbour_row(links0, upper_links, upper_offset, node, level)
+            for j in range(row.shape[0]):
+                nbr = row[j]
+                if nbr < 0:
+                    break
+                d = distance(vectors, nbr, query, metric)
+                if d < dist:
+                    dist = d
+                    node = nbr
+                    changed = True
+    return node, dist
+
+
+@nb.njit(**_JIT)
+def search_layer(query, entry, entry_dist, level, ef, vectors, links0, upper_links, upper_offset, metric,
+                 allow, use_allow, visited, tag, cand_keys, cand_vals, res_keys, res_vals):
+    """Beam search of one level (the paper's SEARCH-LAYER); returns the result count.
+
+    The results sit in a max-heap ``res_keys[:count]`` (keys are negated distances), at most ``ef``
+    of them, only nodes with ``allow[node]`` when ``use_allow``. Candidates (all nodes, allowed or
+    not, so the walk crosses filtered-out regions) sit in the min-heap ``cand_*``, which must hold
+    ``capacity + 1`` entries.
+    """
+    visited[entry] = tag
+    n_cand = heap_push(cand_keys, cand_vals, 0, entry_dist, entry)
+    n_res = 0
+    if not use_allow or allow[entry]:
+        n_res = heap_push(res_keys, res_vals, 0, -entry_dist, entry)
+    while n_cand > 0:
+        d = cand_keys[0]
+        node = cand_vals[0]
+        if n_res >= ef and d > -res_keys[0]:
+            break
+        n_cand = heap_pop(cand_keys, cand_vals, n_cand)
+        row = neighbour_row(links0, upper_links, upper_offset, node, level)
+        for j in range(row.shape[0]):
+            nbr = row[j]
+            if nbr < 0:
+                break
+            if visited[nbr] == tag:
+                continue
+            visited[nbr] = tag
+            dn = distance(vectors, nbr, query, metric)
+            if n_res < ef or dn < -res_keys[0]:
+                n_cand = heap_push(cand_keys, cand_vals, n_cand, dn, nbr)
+                if not use_allow or allow[nbr]:
+                    n_res = heap_push(res_keys, res_vals, n_res, -dn, nbr)
+                    if n_res > ef:
+                        n_res = heap_pop(res_keys, res_vals, n_res)
+    return n_res
+
+
+@nb.njit(**_JIT)
+def drain_sorted(res_keys, res_vals, n_res, out_ids, out_dists):
+    """Empty the result max-heap into ``out_*`` best first; slots past ``n_res`` get -1 / inf."""
+    width = out_ids.shape[0]
+    for r in range(n_res, width):
+        out_ids[r] = -1
+        out_dists[r] = np.inf
+    for r in range(n_res - 1, -1, -1):
+        if r < width:
+            out_ids[r] = res_vals[0]
+            out_dists[r] = -res_keys[0]
+        n_res = heap_pop(res_keys, res_vals, n_res)
+
+
+def _search_batch(queries, k, ef, entry, max_level, vectors, links0, upper_links, upper_offset, metric,
+                  allow, use_allow, visited_pool, tag_base, out_ids, out_dists):
+    """Search every query ``[nq, dim]``; fills ``out_ids`` (slots) ``[nq, k]`` and ``out_dists``."""
+    nq = queries.shape[0]
+    n_chunks = min(visited_pool.shape[0], nq)
+    capacity = vectors.shape[0]
+    for c in nb.prange(n_chunks):
+        visited = visited_pool[c]
+        cand_keys = np.empty(capacity + 1, np.float32)
+        cand_vals = np.empty(capacity + 1, np.int32)
+        res_keys = np.empty(ef + 1, np.float32)
+        res_vals = np.empty(ef + 1, np.int32)
+        for qi in range(c, nq, n_chunks):
+            query = queries[qi]
+            dist = distance(vectors, entry, query, metric)
+            node, dist = greedy_descent(query, entry, dist, max_level, 0, vectors, links0, upper_links,
+                                        upper_offset, metric)
+            n_res = search_layer(query, node, dist, 0, ef, vectors, links0, upper_links, upper_offset, metric,
+                                 allow, use_allow, visited, tag_base + qi + 1, cand_keys, cand_vals,
+                                 res_keys, res_vals)
+            drain_sorted(res_keys, res_vals, n_res, out_ids[qi], out_dists[qi])
+
+
+search_batch_parallel = nb.njit(parallel=True, **_JIT)(_search_batch)
+search_batch_serial = nb.njit(**_JIT)(_search_batch)
+
+
+@nb.njit(**_JIT)
+def select_heuristic(cand_ids, cand_dists, n_cand, vectors, metric, out):
+    """The paper's neighbour-selection heuristic (Algorithm 4, without extend/keep-pruned).
+
+    Candidates arrive sorted by distance to the base point; one is kept when it is closer to the
+    base point than to every neighbour kept so far, until ``len(out)`` are kept. Writes the kept
+    slots into ``out`` and pads it with -1; returns how many were kept.
+    """
+    n_out = 0
+    width = out.shape[0]
+    for i in range(n_cand):
+        if n_out >= width:
+            break
+        e = cand_ids[i]
+        keep = True
+        for j in range(n_out):
+            if distance(vectors, out[j], vectors[e], metric) < cand_dists[i]:
+                keep = False
+                break
+        if keep:
+            out[n_out] = e
+            n_out += 1
+    for j in range(n_out, width):
+        out[j] = -1
+    return n_out
+
+
+def _insert_search(new_slots, new_levels, entry, max_level, ef_construction, vectors, links0, upper_links,
+                   upper_offset, metric, visited_pool, tag_base, out_links0, out_upper):
+    """Forward links of a batch of new points, found on the graph as it was before the batch.
+
+    For point ``b`` (slot ``new_slots[b]``, level ``new_levels[b]``): greedy descent to its level,
+    then on each level ``l <= min(level, max_level)`` a beam search of width ``ef_construction``
+    and the heuristic selection of ``M0`` (level 0) or ``M`` links, written to ``out_links0[b]``
+    ``[M0]`` and ``out_upper[b, l - 1]`` ``[M]``. The graph is only read, so points are independent.
+    Each search uses tag ``tag_base + 1 + b * (max_level + 1) + l``.
+    """
+    batch = new_slots.shape[0]
+    n_chunks = min(visited_pool.shape[0], batch)
+    capacity = vectors.shape[0]
+    dummy_allow = np.zeros(1, np.bool_)
+    for c in nb.prange(n_chunks):
+        visited = visited_pool[c]
+        cand_keys = np.empty(capacity + 1, np.float32)
+        cand_vals = np.empty(capacity + 1, np.int32)
+        res_keys = np.empty(ef_construction + 1, np.float32)
+        res_vals = np.empty(ef_construction + 1, np.int32)
+        sorted_ids = np.empty(ef_construction, np.int32)
+        sorted_dists = np.empty(ef_construction, np.float32)
+        for b in range(c, batch, n_chunks):
+            query = vectors[new_slots[b]]
+            level = new_levels[b]
+            node = entry
+            dist = distance(vectors, entry, query, metric)
+            top = min(level, max_level)
+            node, dist = greedy_descent(query, node, dist, max_level, top, vectors, links0, upper_links,
+                                        upper_offset, metric)
+            for lv in range(top, -1, -1):
+                n_res = search_layer(query, node, dist, lv, ef_construction, vectors, links0, upper_links,
+                                     upper_offset, metric, dummy_allow, False, visited,
+                                     tag_base + 1 + b * (max_level + 1) + lv, cand_keys, cand_vals,
+                                     res_keys, res_vals)
+                drain_sorted(res_keys, res_vals, n_res, sorted_ids, sorted_dists)
+                out = out_links0[b] if lv == 0 else out_upper[b, lv - 1]
+                select_heuristic(sorted_ids, sorted_dists, n_res, vectors, metric, out)
+                node = sorted_ids[0]
+                dist = sorted_dists[0]
+
+
+insert_search = nb.njit(parallel=True, **_JIT)(_insert_search)
+
+
+@nb.njit(**_JIT)
+def _reselect(base, cand, n, vectors, metric, row):
+    """Sort ``cand[:n]`` by distance to ``base`` and write the heuristic's choice into ``row``."""
+    dists = np.empty(n, np.float32)
+    for i in range(n):
+        dists[i] = distance(vectors, cand[i], vectors[base], metric)
+    order = np.argsort(dists, kind="mergesort")
+    select_heuristic(cand[:n][order], dists[order], n, vectors, metric, row)
+
+
+def _link_reverse(targets, target_levels, sources, group_starts, vectors, links0, upper_links, upper_offset,
+                  metric):
+    """Add reverse links ``target -> source`` on ``target_level``, grouped by (level, target).
+
+    ``group_starts`` ``[n_groups + 1]`` delimits runs of equal (level, target) in the sorted link
+    arrays. A list with room takes the sources in order; a full one is re-chosen by the heuristic
+    from its old links plus the sources. Each group writes only its own target's list.
+    """
+    for g in nb.prange(group_starts.shape[0] - 1):
+        start, stop = group_starts[g], group_starts[g + 1]
+        target = targets[start]
+        row = neighbour_row(links0, upper_links, upper_offset, target, target_levels[start])
+        count = 0
+        while count < row.shape[0] and row[count] >= 0:
+            count += 1
+        incoming = stop - start
+        if count + incoming <= row.shape[0]:
+            for i in range(incoming):
+                row[count + i] = sources[start + i]
+            continue
+        cand = np.empty(count + incoming, np.int32)
+        cand[:count] = row[:count]
+        cand[count:] = sources[start:stop]
+        _reselect(target, cand, count + incoming, vectors, metric, row)
+
+
+link_reverse = nb.njit(parallel=True, **_JIT)(_link_reverse)
+
+
+def _repair_deleted(deleted, live, levels, n_slots, vectors, links0, upper_links, upper_offset, metric):
+    """Re-link every live node that points at a node in ``deleted`` (bool ``[capacity]``).
+
+    On each level where a live node ``u`` lists a deleted neighbour, its new list is the heuristic's
+    choice among its live neighbours and the live neighbours of its deleted neighbours (one hop
+    through them, as in FreshDiskANN's delete consolidation). Only deleted nodes' lists are read
+    across iterations and they do not change here, so the result does not depend on the order.
+    """
+    for u in nb.prange(n_slots):
+        if not live[u]:
+            continue
+        for level in range(levels[u] + 1):
+            row = neighbour_row(links0, upper_links, upper_offset, u, level)
+            touched = False
+            for j in range(row.shape[0]):
+                if row[j] < 0:
+                    break
+                if deleted[row[j]]:
+                    touched = True
+                    break
+            if not touched:
+                continue
+            width = row.shape[0]
+            cand = np.empty(width + width * width, np.int32)
+            n = 0
+            for j in range(width):
+                v = row[j]
+                if v < 0:
+                    break
+                if not deleted[v]:
+                    cand[n] = v
+                    n += 1
+                    continue
+                hop = neighbour_row(links0, upper_links, upper_offset, v, level)
+                for i in range(hop.shape[0]):
+                    w = hop[i]
+                    if w < 0:
+                        break
+                    if w != u and not deleted[w]:
+                        cand[n] = w
+                        n += 1
+            cand_sorted = np.sort(cand[:n])
+            m = 0
+            for i in range(n):
+                if i == 0 or cand_sorted[i] != cand_sorted[i - 1]:
+                    cand_sorted[m] = cand_sorted[i]
+                    m += 1
+            _reselect(u, cand_sorted, m, vectors, metric, row)
+
+
+repair_deleted = nb.njit(parallel=True, **_JIT)(_repair_deleted)
+
+
+def _brute_force(queries, slots, k, vectors, metric, out_ids, out_dists):
+    """Exact top-``k`` of each query ``[nq, dim]`` among ``slots`` ``[n]``; pads with -1 / inf."""
+    n = slots.shape[0]
+    for qi in nb.prange(queries.shape[0]):
+        dists = np.empty(n, np.float32)
+        for i in range(n):
+            dists[i] = distance(vectors, slots[i], queries[qi], metric)
+        order = np.argsort(dists, kind="mergesort")
+        for r in range(k):
+            if r < n:
+                out_ids[qi, r] = slots[order[r]]
+                out_dists[qi, r] = dists[order[r]]
+            else:
+                out_ids[qi, r] = -1
+                out_dists[qi, r] = np.inf
+
+
+brute_force = nb.njit(parallel=True, **_JIT)(_brute_force)

@@ -28,3 +28,23 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     if device.type == "cuda" or interpreter_enabled():
         return "triton"
     return "torch"
+
+
+# Imported after resolve_backend is defined: the kernel modules use it.
+from .validation import KernelInputError  # noqa: E402
+from .kv_write import kv_write  # noqa: E402
+from .page_copy import page_copy  # noqa: E402
+from .page_move import page_move  # noqa: E402
+from .paged_attention import paged_attention_decode, paged_attention_prefill  # noqa: E402
+
+__all__ = [
+    "BACKENDS",
+    "interpreter_enabled",
+    "resolve_backend",
+    "KernelInputError",
+    "kv_write",
+    "page_copy",
+    "page_move",
+    "paged_attention_decode",
+    "paged_attention_prefill",
+]

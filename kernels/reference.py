@@ -1,0 +1,118 @@
+"""Torch references for every kernel in this package: plain, readable, and the ``"torch"`` backend
+of each launcher (so they run on any device). They take already-validated inputs; the launchers
+check them. This module imports no triton.
+
+Layouts (FlashInfer's NHD):
+    pool         [num_layers, num_pages, 2, page_size, num_kv_heads, head_dim]
+    layer_cache  [num_pages, 2, page_size, num_kv_heads, head_dim]     ([:, 0] = K, [:, 1] = V)
+    slot         page * page_size + offset within the page
+"""
+
+import math
+
+import torch
+
+
+def kv_write_reference(layer_cache: torch.Tensor, slot_mapping: torch.Tensor, k: torch.Tensor,
+                       v: torch.Tensor) -> None:
+    """Scatter ``k`` and ``v`` ``[num_tokens, num_kv_heads, head_dim]`` into ``layer_cache`` at
+    ``slot_mapping`` ``[num_tokens]``; tokens with a negative slot are skipped. In place."""
+    page_size = layer_cache.shape[2]
+    keep = slot_mapping >= 0
+    slots = slot_mapping[keep]
+    pages, offsets = slots // page_size, slots % page_size
+    layer_cache[pages, 0, offsets] = k[keep]
+    layer_cache[pages, 1, offsets] = v[keep]
+
+
+def page_copy_reference(pool: torch.Tensor, src_pages: torch.Tensor, dst_pages: torch.Tensor) -> None:
+    """Copy page ``src_pages[i]`` to page ``dst_pages[i]`` ``[num_pairs]`` in every layer of
+    ``pool``. All sources are read before any destination is written. In place."""
+    pool[:, dst_pages] = pool[:, src_pages]
+
+
+def _gather_kv(layer_cache: torch.Tensor, block_table_row: torch.Tensor, seq_len: int):
+    """K and V of one sequence, each ``[seq_len, num_kv_heads, head_dim]``."""
+    page_size = layer_cache.shape[2]
+    pages = block_table_row[: math.ceil(seq_len / page_size)].long()
+    kv = layer_cache[pages]                                  # [pages, 2, page_size, Hkv, D]
+    k = kv[:, 0].reshape(-1, *kv.shape[-2:])[:seq_len]
+    v = kv[:, 1].reshape(-1, *kv.shape[-2:])[:seq_len]
+    return k, v
+
+
+def paged_attention_decode_reference(q: torch.Tensor, layer_cache: torch.Tensor, block_table: torch.Tensor,
+                                     seq_lens: torch.Tensor, scale: float) -> torch.Tensor:
+    """One query token per sequence over its pages.
+
+    Parameters
+    ----------
+    q : ``[batch, num_q_heads, head_dim]``
+    layer_cache : ``[num_pages, 2, page_size, num_kv_heads, head_dim]``
+    block_table : int32 ``[batch, max_pages]``, padded past each sequence's pages
+    seq_lens : int32 ``[batch]``, each >= 1
+    scale : softmax scale applied to q·k
+
+    Returns
+    -------
+    ``[batch, num_q_heads, head_dim]`` in q's dtype; softmax and sums in fp32.
+    """
+    batch, num_q_heads, head_dim = q.shape
+    page_size, num_kv_heads = layer_cache.shape[2], layer_cache.shape[3]
+    group = num_q_heads // num_kv_heads
+    max_len = int(seq_lens.max())
+    num_pages = math.ceil(max_len / page_size)
+    pages = block_table[:, :num_pages].long().clamp(min=0)   # padding reads page 0, masked below
+    kv = layer_cache[pages].float()                           # [B, pages, 2, page_size, Hkv, D]
+    k = kv[:, :, 0].reshape(batch, num_pages * page_size, num_kv_heads, head_dim).transpose(1, 2)
+    v = kv[:, :, 1].reshape(batch, num_pages * page_size, num_kv_heads, head_dim).transpose(1, 2)
+    # k, v: [B, Hkv, N, D]; q heads h = kv_head * group + g share kv_head
+    q_grouped = q.float().reshape(batch, num_kv_heads, group, head_dim)
+    scores = torch.matmul(q_grouped, k.transpose(-1, -2)) * scale          # [B, Hkv, group, N]
+    positions = torch.arange(num_pages * page_size, device=q.device)
+    beyond = positions[None, :] >= seq_lens.long()[:, None]                # [B, N]
+    scores = scores.masked_fill(beyond[:, None, None, :], float("-inf"))
+    probs = torch.softmax(scores, dim=-1)
+    out = torch.matmul(probs, v)                                            # [B, Hkv, group, D]
+    return out.reshape(batch, num_q_heads, head_dim).to(q.dtype)
+
+
+def paged_attention_prefill_reference(q: torch.Tensor, layer_cache: torch.Tensor, block_table: torch.Tensor,
+                                      seq_lens: torch.Tensor, query_start_loc: torch.Tensor,
+                                      scale: float) -> torch.Tensor:
+    """New tokens attend causally over their sequence's cached prefix and themselves.
+
+    Parameters
+    ----------
+    q : ``[total_new_tokens, num_q_heads, head_dim]``; sequence b owns rows
+        ``query_start_loc[b]:query_start_loc[b+1]``, which are its LAST tokens
+    layer_cache : ``[num_pages, 2, page_size, num_kv_heads, head_dim]``, new tokens' K/V already written
+    block_table : int32 ``[batch, max_pages]``
+    seq_lens : int32 ``[batch]``, tokens of each sequence including the new ones
+    query_start_loc : int32 ``[batch + 1]``
+    scale : softmax scale
+
+    Returns
+    -------
+    ``[total_new_tokens, num_q_heads, head_dim]`` in q's dtype.
+    """
+    num_q_heads, head_dim = q.shape[1], q.shape[2]
+    num_kv_heads = layer_cache.shape[3]
+    group = num_q_heads // num_kv_heads
+    out = torch.empty_like(q)
+    starts = query_start_loc.tolist()
+    for b, seq_len in enumerate(seq_lens.tolist()):
+        q_b = q[starts[b]: starts[b + 1]].float()                 # [q_len, Hq, D]
+        q_len = q_b.shape[0]
+        if q_len == 0:
+            continue
+        k, v = _gather_kv(layer_cache, block_table[b], seq_len)   # [seq_len, Hkv, D]
+        k = k.float().repeat_interleave(group, dim=1).transpose(0, 1)   # [Hq, seq_len, D]
+        v = v.float().repeat_interleave(group, dim=1).transpose(0, 1)
+        scores = torch.matmul(q_b.transpose(0, 1), k.transpose(1, 2)) * scale   # [Hq, q_len, seq_len]
+        query_pos = torch.arange(seq_len - q_len, seq_len, device=q.device)
+        key_pos = torch.arange(seq_len, device=q.device)
+        future = key_pos[None, :] > query_pos[:, None]                           # [q_len, seq_len]
+        scores = scores.masked_fill(future, float("-inf"))
+        out[starts[b]: starts[b + 1]] = torch.matmul(torch.softmax(scores, -1), v).transpose(0, 1).to(q.dtype)
+    return out

@@ -1,0 +1,39 @@
+"""The part of a KV cache the scheduler uses. ``llmds_torch.kv.BlockManager`` (torch-free) and
+``llmds_torch.kv.PagedKVCache`` both satisfy it; a test may pass any object that does."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+
+@runtime_checkable
+class CacheProtocol(Protocol):
+    """Predicates paired with actions, plus sizes.
+
+    ``can_attach`` / ``can_append`` must answer exactly whether ``attach`` / ``append`` /
+    ``append_batch`` would succeed right now; the scheduler acts only after asking.
+    """
+
+    page_size: int
+
+    @property
+    def num_pages(self) -> int: ...
+
+    def can_attach(self, token_ids, *, salt=None) -> bool: ...
+
+    def attach(self, token_ids, *, salt=None) -> int: ...
+
+    def can_append(self, seq_ids, num_tokens: int = 1) -> bool: ...
+
+    def append(self, seq_id: int, token_ids) -> None: ...
+
+    def append_batch(self, seq_ids: Sequence[int], token_ids) -> None: ...
+
+    def detach(self, seq_id: int) -> None: ...
+
+    def num_cached_tokens(self, seq_id: int) -> int: ...
+
+    def num_tokens(self, seq_id: int) -> int: ...
+
+    def stats(self) -> dict: ...

@@ -140,13 +140,19 @@ class _Limiter:
     def check(self, tokens: int, now: float, prefix: str, queue_retry_after: float) -> None:
         """Raise RequestRefused if one more request of ``tokens`` would break a limit."""
         lim = self.limits
+        # Refusals that waiting cannot cure come first, so their retry_after is inf.
+        if lim.max_queued_tokens is not None and tokens > lim.max_queued_tokens:
+            raise RequestRefused(f"{prefix}request reserves {tokens} tokens, more than the queued-token cap "
+                                 f"{lim.max_queued_tokens}", reason=f"{prefix}queued_tokens", retry_after=math.inf)
+        capacity = lim.window_capacity
+        if capacity is not None and tokens > capacity:
+            raise RequestRefused(f"{prefix}request of {tokens} tokens exceeds the whole token window "
+                                 f"({capacity:g} tokens per {lim.window_seconds:g} s)",
+                                 reason=f"{prefix}token_rate", retry_after=math.inf)
         if lim.max_queued_requests is not None and self.queued_requests + 1 > lim.max_queued_requests:
             raise RequestRefused(f"{prefix}{self.queued_requests} requests queued, the cap is {lim.max_queued_requests}",
                                  reason=f"{prefix}queued_requests", retry_after=queue_retry_after)
         if lim.max_queued_tokens is not None:
-            if tokens > lim.max_queued_tokens:
-                raise RequestRefused(f"{prefix}request reserves {tokens} tokens, more than the queued-token cap "
-                                     f"{lim.max_queued_tokens}", reason=f"{prefix}queued_tokens", retry_after=math.inf)
             if self.queued_tokens + tokens > lim.max_queued_tokens:
                 raise RequestRefused(f"{prefix}{self.queued_tokens} tokens queued + {tokens} would pass the cap "
                                      f"{lim.max_queued_tokens}", reason=f"{prefix}queued_tokens",
@@ -157,12 +163,7 @@ class _Limiter:
                 raise RequestRefused(f"{prefix}request rate above {lim.requests_per_second}/s",
                                      reason=f"{prefix}request_rate",
                                      retry_after=(1.0 - level) / lim.requests_per_second)
-        capacity = lim.window_capacity
         if capacity is not None:
-            if tokens > capacity:
-                raise RequestRefused(f"{prefix}request of {tokens} tokens exceeds the whole token window "
-                                     f"({capacity:g} tokens per {lim.window_seconds:g} s)",
-                                     reason=f"{prefix}token_rate", retry_after=math.inf)
             self._expire(now)
             if self.window_sum + tokens > capacity:
                 # Wait until enough of the oldest charges leave the window.

@@ -1,0 +1,145 @@
+"""AdmissionController: limits hold over every window, refusals say why and when, refunds work."""
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from llmds_torch.errors import ConfigError
+from llmds_torch.sched import AdmissionConfig, AdmissionController, NonMonotonicTime, RateLimits, RequestRefused
+from llmds_torch.sched.errors import UnknownRequest
+
+arrivals = st.lists(st.tuples(st.floats(0.0, 0.3), st.integers(1, 60), st.integers(1, 60), st.booleans(),
+                              st.integers(0, 60)), min_size=1, max_size=150)
+
+
+def replay(controller, events):
+    """Feed (gap, prompt, max_new, complete_now, generated) events; returns admissions
+    [(time, charged_tokens_after_refund)] and the refusals seen."""
+    now, admitted, refusals, open_tickets = 0.0, [], [], []
+    for i, (gap, prompt, max_new, complete_now, generated) in enumerate(events):
+        now += gap
+        try:
+            controller.admit(i, prompt_len=prompt, max_new_tokens=max_new, now=now)
+        except RequestRefused as refusal:
+            refusals.append(refusal)
+            assert refusal.retry_after >= 0
+            continue
+        admitted.append([now, prompt + max_new])
+        open_tickets.append((i, len(admitted) - 1, max_new))
+        if complete_now and open_tickets:
+            ticket, idx, mx = open_tickets.pop(0)
+            used = min(generated, mx)
+            controller.complete(ticket, generated_tokens=used, now=now)
+            if admitted[idx][0] > now - controller.config.limits.window_seconds:
+                admitted[idx][1] -= mx - used
+    return admitted, refusals
+
+
+@settings(max_examples=120, deadline=None)
+@given(arrivals, st.floats(1.0, 20.0), st.floats(1.0, 5.0))
+def test_token_bucket_bounds_requests_over_every_interval(events, rate, burst):
+    controller = AdmissionController(AdmissionConfig(RateLimits(requests_per_second=rate, burst=burst)))
+    admitted, _ = replay(controller, events)
+    times = [t for t, _ in admitted]
+    for i in range(len(times)):
+        for j in range(i, len(times)):
+            assert j - i + 1 <= burst + rate * (times[j] - times[i]) + 1e-9
+
+
+@settings(max_examples=120, deadline=None)
+@given(arrivals, st.floats(100.0, 1000.0), st.floats(0.2, 2.0))
+def test_sliding_window_bounds_tokens_over_every_window(events, tokens_per_second, window):
+    limits = RateLimits(tokens_per_second=tokens_per_second, window_seconds=window)
+    controller = AdmissionController(AdmissionConfig(limits))
+    admitted, refusals = replay(controller, events)
+    capacity = tokens_per_second * window
+    for start, _ in admitted:  # every window (start - window, start] that ends at an admission
+        inside = sum(c for t, c in admitted if start - window < t <= start)
+        assert inside <= capacity + 1e-6
+    for refusal in refusals:
+        assert refusal.reason == "token_rate"
+
+
+def test_refusal_reason_and_retry_after_token_bucket():
+    controller = AdmissionController(AdmissionConfig(RateLimits(requests_per_second=2.0, burst=1.0)))
+    controller.admit(0, prompt_len=5, max_new_tokens=5, now=10.0)
+    with pytest.raises(RequestRefused) as info:
+        controller.admit(1, prompt_len=5, max_new_tokens=5, now=10.1)
+    assert info.value.reason == "request_rate"
+    assert info.value.retry_after == pytest.approx(0.4)
+    controller.admit(1, prompt_len=5, max_new_tokens=5, now=10.1 + info.value.retry_after)
+
+
+def test_window_retry_after_points_at_when_room_frees_and_refund_makes_room():
+    limits = RateLimits(tokens_per_second=100.0, window_seconds=1.0)  # 100 tokens per window
+    controller = AdmissionController(AdmissionConfig(limits))
+    controller.admit(0, prompt_len=10, max_new_tokens=50, now=0.0)   # 60
+    controller.admit(1, prompt_len=10, max_new_tokens=20, now=0.5)   # 90
+    with pytest.raises(RequestRefused) as info:
+        controller.admit(2, prompt_len=20, max_new_tokens=20, now=0.6)  # 130 > 100
+    assert info.value.reason == "token_rate"
+    assert info.value.retry_after == pytest.approx(0.4)  # ticket 0 leaves the window at t=1.0
+    controller.complete(0, generated_tokens=10, now=0.6)   # refunds 40 unused tokens -> 50 charged
+    assert controller.window_tokens(0.6) == pytest.approx(50.0)
+    controller.admit(2, prompt_len=20, max_new_tokens=20, now=0.6)  # 90 <= 100
+
+
+def test_queue_caps_and_release():
+    limits = RateLimits(max_queued_requests=2, max_queued_tokens=100)
+    controller = AdmissionController(AdmissionConfig(limits, queue_retry_after=0.25))
+    controller.admit(0, prompt_len=30, max_new_tokens=10, now=0.0)
+    with pytest.raises(RequestRefused) as info:
+        controller.admit(1, prompt_len=50, max_new_tokens=20, now=0.0)  # 40 + 70 > 100
+    assert (info.value.reason, info.value.retry_after) == ("queued_tokens", 0.25)
+    controller.admit(1, prompt_len=30, max_new_tokens=10, now=0.0)
+    with pytest.raises(RequestRefused) as info:
+        controller.admit(2, prompt_len=1, max_new_tokens=1, now=0.0)
+    assert info.value.reason == "queued_requests"
+    assert (controller.queued_requests, controller.queued_tokens) == (2, 80)
+    controller.complete(0, generated_tokens=3, now=1.0)
+    assert (controller.queued_requests, controller.queued_tokens) == (1, 40)
+    controller.admit(2, prompt_len=1, max_new_tokens=1, now=1.0)
+    with pytest.raises(RequestRefused) as info:
+        controller.admit(3, prompt_len=100, max_new_tokens=1, now=1.0)
+    assert info.value.retry_after == math.inf  # can never fit the token cap
+
+
+def test_per_tenant_limits_apply_on_top_of_global():
+    config = AdmissionConfig(RateLimits(requests_per_second=100.0, burst=100.0),
+                             tenant_limits={"small": RateLimits(requests_per_second=1.0, burst=1.0)})
+    controller = AdmissionController(config)
+    controller.admit(0, prompt_len=1, max_new_tokens=1, now=0.0, tenant="small")
+    with pytest.raises(RequestRefused) as info:
+        controller.admit(1, prompt_len=1, max_new_tokens=1, now=0.0, tenant="small")
+    assert info.value.reason == "tenant_request_rate"
+    for i in range(2, 12):  # other tenants only face the global limit
+        controller.admit(i, prompt_len=1, max_new_tokens=1, now=0.0, tenant="big")
+    controller.admit(99, prompt_len=1, max_new_tokens=1, now=1.0, tenant="small")
+
+
+def test_refusal_changes_no_state():
+    limits = RateLimits(requests_per_second=1.0, burst=1.0, max_queued_requests=5)
+    controller = AdmissionController(AdmissionConfig(limits))
+    controller.admit(0, prompt_len=1, max_new_tokens=1, now=0.0)
+    for _ in range(3):
+        with pytest.raises(RequestRefused):
+            controller.admit(1, prompt_len=1, max_new_tokens=1, now=0.5)
+    assert controller.queued_requests == 1
+    controller.admit(1, prompt_len=1, max_new_tokens=1, now=1.0)  # the refusals drained nothing
+
+
+def test_bad_input():
+    with pytest.raises(ConfigError):
+        RateLimits(requests_per_second=-1.0)
+    with pytest.raises(ConfigError):
+        RateLimits(tokens_per_second=float("nan"))
+    with pytest.raises(ConfigError):
+        RateLimits(burst=2.0)  # burst without a rate
+    controller = AdmissionController()
+    controller.admit(0, prompt_len=1, max_new_tokens=1, now=5.0)
+    with pytest.raises(NonMonotonicTime):
+        controller.admit(1, prompt_len=1, max_new_tokens=1, now=4.0)
+    with pytest.raises(UnknownRequest):
+        controller.complete(42, generated_tokens=1, now=6.0)

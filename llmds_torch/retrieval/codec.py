@@ -25,6 +25,7 @@ from .errors import CorruptVarint
 
 MAX_VARINT_BYTES = 10
 DEFAULT_BLOCK_SIZE = 128
+MAX_BLOCK_SIZE = 65535  # block_count is stored as uint16
 
 
 class UnsortedIds(LLMDSError, ValueError):
@@ -290,8 +291,8 @@ class BlockedPostings:
     term_block_start : int64 ``[n_terms + 1]`` — blocks of term ``t`` are ``term_block_start[t]:[t+1]``
     doc_freq : int64 ``[n_terms]`` — postings per term
     block_byte_start : int64 ``[n_blocks + 1]`` — where each block's bytes start in ``data``
-    block_count : int32 ``[n_blocks]`` — postings per block
-    block_last_doc : int64 ``[n_blocks]`` — the largest doc id in each block
+    block_count : uint16 ``[n_blocks]`` — postings per block
+    block_last_doc : int32 ``[n_blocks]`` — the largest doc id in each block
     block_max_tf : int32 ``[n_blocks]`` — the largest term frequency in each block
     block_min_doc_length : int32 ``[n_blocks]`` — the shortest document in each block
     block_size : int
@@ -354,12 +355,14 @@ def encode_blocked_postings(term_ids, doc_ids, term_freqs, doc_lengths, num_term
     UnsortedIds
         If a (term, doc) pair repeats.
     """
-    if block_size < 1:
-        raise ValueError(f"block_size must be >= 1; got {block_size}")
+    if not 1 <= block_size <= MAX_BLOCK_SIZE:
+        raise ValueError(f"block_size must be in [1, {MAX_BLOCK_SIZE}]; got {block_size}")
     term_ids = np.asarray(term_ids, dtype=np.int64)
     doc_ids = np.asarray(doc_ids, dtype=np.int64)
     term_freqs = np.asarray(term_freqs, dtype=np.int64)
     doc_lengths = np.asarray(doc_lengths, dtype=np.int64)
+    if doc_ids.size and doc_ids.max() > np.iinfo(np.int32).max:
+        raise ValueError("doc ids must fit in int32")
     if not (term_ids.shape == doc_ids.shape == term_freqs.shape) or term_ids.ndim != 1:
         raise ValueError("term_ids, doc_ids and term_freqs must be 1-D arrays of one length")
     if term_ids.size and (term_ids.min() < 0 or term_ids.max() >= num_terms):
@@ -406,8 +409,8 @@ def encode_blocked_postings(term_ids, doc_ids, term_freqs, doc_lengths, num_term
         term_block_start=term_block_start,
         doc_freq=doc_freq,
         block_byte_start=block_byte_start,
-        block_count=(block_end - block_first).astype(np.int32),
-        block_last_doc=doc_ids[block_end - 1] if block_first.size else np.empty(0, dtype=np.int64),
+        block_count=(block_end - block_first).astype(np.uint16),
+        block_last_doc=(doc_ids[block_end - 1] if block_first.size else np.empty(0, dtype=np.int64)).astype(np.int32),
         block_max_tf=block_max_tf,
         block_min_doc_length=block_min_len,
         block_size=int(block_size),

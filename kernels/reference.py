@@ -62,7 +62,9 @@ def paged_attention_decode_reference(q: torch.Tensor, layer_cache: torch.Tensor,
     group = num_q_heads // num_kv_heads
     max_len = int(seq_lens.max())
     num_pages = math.ceil(max_len / page_size)
-    pages = block_table[:, :num_pages].long().clamp(min=0)   # padding reads page 0, masked below
+    pages_per_seq = (seq_lens.long() + page_size - 1) // page_size
+    in_seq = torch.arange(num_pages, device=q.device)[None, :] < pages_per_seq[:, None]
+    pages = torch.where(in_seq, block_table[:, :num_pages].long(), 0)   # padding reads page 0, masked below
     kv = layer_cache[pages].float()                           # [B, pages, 2, page_size, Hkv, D]
     k = kv[:, :, 0].reshape(batch, num_pages * page_size, num_kv_heads, head_dim).transpose(1, 2)
     v = kv[:, :, 1].reshape(batch, num_pages * page_size, num_kv_heads, head_dim).transpose(1, 2)

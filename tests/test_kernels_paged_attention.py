@@ -1,0 +1,221 @@
+"""Paged attention (decode and prefill): the launchers against plain per-token loops in float64,
+over batch sizes, context lengths, page sizes, head dims, GQA ratios and dtypes; and input checks."""
+
+import math
+
+import pytest
+import torch
+
+from llmds_torch.kernels import KernelInputError, paged_attention_decode, paged_attention_prefill
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
+
+
+def paged_case(seq_lens, page_size, num_kv_heads, head_dim, dtype, device, seed=0, spare_pages=3):
+    """A layer cache with each sequence's pages scattered at random, its block table padded with -1
+    (one extra padding column), and seq_lens."""
+    gen = torch.Generator().manual_seed(seed)
+    pages_per_seq = [math.ceil(n / page_size) for n in seq_lens]
+    num_pages = sum(pages_per_seq) + spare_pages
+    cache = torch.randn(num_pages, 2, page_size, num_kv_heads, head_dim, generator=gen).to(dtype)
+    order = torch.randperm(num_pages, generator=gen).tolist()
+    table = torch.full((len(seq_lens), max(pages_per_seq) + 1), -1, dtype=torch.int32)
+    for b, count in enumerate(pages_per_seq):
+        table[b, :count] = torch.tensor([order.pop() for _ in range(count)], dtype=torch.int32)
+    return cache.to(device), table.to(device), torch.tensor(seq_lens, dtype=torch.int32, device=device)
+
+
+def sequence_kv(cache, table_row, seq_len):
+    """K and V of one sequence, token by token: ``[seq_len, num_kv_heads, head_dim]`` float64."""
+    page_size = cache.shape[2]
+    ks, vs = [], []
+    for pos in range(seq_len):
+        page = int(table_row[pos // page_size])
+        ks.append(cache[page, 0, pos % page_size].double())
+        vs.append(cache[page, 1, pos % page_size].double())
+    return torch.stack(ks), torch.stack(vs)
+
+
+def attend(q_row, k, v, scale):
+    """One query ``[num_q_heads, head_dim]`` over keys ``[n, num_kv_heads, head_dim]``, head by head."""
+    group = q_row.shape[0] // k.shape[1]
+    out = torch.empty(q_row.shape, dtype=torch.float64)
+    for head in range(q_row.shape[0]):
+        kv_head = head // group
+        weights = torch.softmax((k[:, kv_head] @ q_row[head].double()) * scale, dim=0)
+        out[head] = weights @ v[:, kv_head]
+    return out
+
+
+def decode_loop(q, cache, table, seq_lens, scale):
+    q, cache, table = q.cpu(), cache.cpu(), table.cpu()
+    out = torch.empty(q.shape, dtype=torch.float64)
+    for b, seq_len in enumerate(seq_lens.tolist()):
+        k, v = sequence_kv(cache, table[b], seq_len)
+        out[b] = attend(q[b], k, v, scale)
+    return out
+
+
+def prefill_loop(q, cache, table, seq_lens, query_start_loc, scale):
+    q, cache, table = q.cpu(), cache.cpu(), table.cpu()
+    out = torch.empty(q.shape, dtype=torch.float64)
+    starts = query_start_loc.tolist()
+    for b, seq_len in enumerate(seq_lens.tolist()):
+        k, v = sequence_kv(cache, table[b], seq_len)
+        query_len = starts[b + 1] - starts[b]
+        for j in range(query_len):
+            position = seq_len - query_len + j
+            out[starts[b] + j] = attend(q[starts[b] + j], k[: position + 1], v[: position + 1], scale)
+    return out
+
+
+def assert_close(actual, expected, dtype):
+    tol = TOLERANCE[dtype]
+    torch.testing.assert_close(actual.cpu().double(), expected, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("page_size", [1, 4, 16])
+@pytest.mark.parametrize("head_dim", [16, 64, 80])
+@pytest.mark.parametrize("group", [1, 4])
+def test_decode_matches_loop(device, dtype, page_size, head_dim, group):
+    seq_lens = [1, 2 * page_size + 3, 300]                     # 1, not a page multiple, long enough to split
+    cache, table, lens = paged_case(seq_lens, page_size, 2, head_dim, dtype, device)
+    q = torch.randn(len(seq_lens), 2 * group, head_dim, generator=torch.Generator().manual_seed(1)).to(dtype)
+    out = paged_attention_decode(q.to(device), cache, table, lens)
+    assert out.dtype == dtype and out.shape == q.shape
+    assert_close(out, decode_loop(q, cache, table, lens, head_dim ** -0.5), dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("batch", [1, 5])
+@pytest.mark.parametrize("num_splits", [None, 1, 3])
+def test_decode_batch_sizes_and_splits(device, batch, num_splits):
+    gen = torch.Generator().manual_seed(batch)
+    seq_lens = torch.randint(1, 200, (batch,), generator=gen).tolist()
+    cache, table, lens = paged_case(seq_lens, 8, 2, 32, torch.float32, device, seed=batch)
+    q = torch.randn(batch, 4, 32, generator=gen)
+    out = paged_attention_decode(q.to(device), cache, table, lens, scale=0.3, num_splits=num_splits)
+    assert_close(out, decode_loop(q, cache, table, lens, 0.3), torch.float32)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("page_size", [1, 4, 16])
+@pytest.mark.parametrize("head_dim", [16, 80])
+@pytest.mark.parametrize("group", [1, 4])
+def test_prefill_matches_loop(device, dtype, page_size, head_dim, group):
+    # sequences: whole prompt new, a cached prefix plus new tokens, a single new token, no new tokens
+    seq_lens = [7, 3 * page_size + 5, 20, 9]
+    query_lens = [7, page_size + 2, 1, 0]
+    cache, table, lens = paged_case(seq_lens, page_size, 2, head_dim, dtype, device)
+    query_start_loc = torch.tensor([0] + list(torch.tensor(query_lens).cumsum(0)), dtype=torch.int32)
+    q = torch.randn(sum(query_lens), 2 * group, head_dim, generator=torch.Generator().manual_seed(2)).to(dtype)
+    out = paged_attention_prefill(q.to(device), cache, table, lens, query_start_loc.to(device))
+    assert out.dtype == dtype and out.shape == q.shape
+    assert_close(out, prefill_loop(q, cache, table, lens, query_start_loc, head_dim ** -0.5), dtype)
+
+
+def test_prefill_of_one_token_equals_decode():
+    cache, table, lens = paged_case([1, 33, 64], 16, 2, 64, torch.float32, "cpu")
+    q = torch.randn(3, 8, 64, generator=torch.Generator().manual_seed(4))
+    query_start_loc = torch.arange(4, dtype=torch.int32)
+    torch.testing.assert_close(paged_attention_prefill(q, cache, table, lens, query_start_loc),
+                               paged_attention_decode(q, cache, table, lens))
+
+
+def test_padding_entries_past_a_sequence_are_never_read():
+    cache, table, lens = paged_case([5, 9], 4, 1, 16, torch.float32, "cpu")
+    q = torch.randn(2, 2, 16, generator=torch.Generator().manual_seed(5))
+    expected = paged_attention_decode(q, cache, table, lens)
+    table[0, 2:] = 10_000                                      # beyond both the row's pages and the pool
+    torch.testing.assert_close(paged_attention_decode(q, cache, table, lens), expected)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("num_splits", [None, 1, 4])
+def test_decode_triton_matches_torch_on_cuda(dtype, num_splits):
+    seq_lens = [1, 17, 1000, 4096, 257]
+    cache, table, lens = paged_case(seq_lens, 16, 8, 128, dtype, "cuda")
+    q = torch.randn(len(seq_lens), 32, 128, device="cuda").to(dtype)
+    out = paged_attention_decode(q, cache, table, lens, backend="triton", num_splits=num_splits)
+    expected = paged_attention_decode(q, cache, table, lens, backend="torch")
+    tol = TOLERANCE[dtype]
+    torch.testing.assert_close(out.float(), expected.float(), atol=tol, rtol=tol)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_prefill_triton_matches_torch_on_cuda(dtype):
+    seq_lens, query_lens = [300, 129, 64, 5], [300, 70, 1, 0]
+    cache, table, lens = paged_case(seq_lens, 16, 8, 128, dtype, "cuda")
+    query_start_loc = torch.tensor([0] + list(torch.tensor(query_lens).cumsum(0)), dtype=torch.int32, device="cuda")
+    q = torch.randn(sum(query_lens), 32, 128, device="cuda").to(dtype)
+    out = paged_attention_prefill(q, cache, table, lens, query_start_loc, backend="triton")
+    expected = paged_attention_prefill(q, cache, table, lens, query_start_loc, backend="torch")
+    tol = TOLERANCE[dtype]
+    torch.testing.assert_close(out.float(), expected.float(), atol=tol, rtol=tol)
+
+
+def _decode_case():
+    cache, table, lens = paged_case([5, 9], 4, 2, 16, torch.float32, "cpu")
+    return torch.randn(2, 4, 16), cache, table, lens
+
+
+def _bad_decode_inputs():
+    q, cache, table, lens = _decode_case()
+    bad_page = table.clone()
+    bad_page[1, 2] = cache.shape[0]
+    missing_page = table.clone()
+    missing_page[0, 1] = -1
+    return [
+        ("positive multiple of num_kv_heads", (torch.randn(2, 3, 16), cache, table, lens)),
+        ("names no page of the pool", (q, cache, bad_page, lens)),
+        ("block_table\\[0, 1\\] = -1", (q, cache, missing_page, lens)),
+        ("seq_lens holds values in \\[5, 17\\]", (q, cache, table, torch.tensor([5, 17], dtype=torch.int32))),
+        ("seq_lens holds values in \\[0, 9\\]", (q, cache, table, torch.tensor([0, 9], dtype=torch.int32))),
+        ("layer_cache has dtype", (q.half(), cache, table, lens)),
+        ("head_dim 8", (q[..., :8], cache, table, lens)),
+        ("block_table has dtype", (q, cache, table.long(), lens)),
+        ("seq_lens has dtype", (q, cache, table, lens.long())),
+        ("seq_lens must have shape", (q, cache, table, lens[:1])),
+        ("expected cpu", (q, cache, table.to("meta"), lens)),
+        ("q has 1 sequences", (q[:1], cache, table, lens)),
+    ]
+
+
+@pytest.mark.parametrize("message,args", _bad_decode_inputs(), ids=[m for m, _ in _bad_decode_inputs()])
+def test_decode_rejects_bad_input(message, args):
+    with pytest.raises(KernelInputError, match=message):
+        paged_attention_decode(*args)
+
+
+def test_decode_rejects_bad_num_splits():
+    with pytest.raises(KernelInputError, match="num_splits"):
+        paged_attention_decode(*_decode_case(), num_splits=0)
+
+
+@pytest.mark.parametrize("starts,message", [
+    ([1, 3, 6], "must start at 0"),
+    ([0, 3, 5], "end at the number of query tokens 6"),
+    ([0, 4, 3, 6][:3], "end at the number of query tokens"),
+    ([0, 7, 6], "must not decrease"),
+    ([0, 6, 6], "more new tokens"),
+])
+def test_prefill_rejects_bad_query_start_loc(starts, message):
+    _, cache, table, lens = _decode_case()
+    q = torch.randn(6, 4, 16)
+    with pytest.raises(KernelInputError, match=message):
+        paged_attention_prefill(q, cache, table, lens, torch.tensor(starts, dtype=torch.int32))
+
+
+def test_prefill_rejects_wrong_query_start_loc_length_and_too_small_max_query_len():
+    _, cache, table, lens = _decode_case()
+    q = torch.randn(6, 4, 16)
+    with pytest.raises(KernelInputError, match="query_start_loc must have shape"):
+        paged_attention_prefill(q, cache, table, lens, torch.tensor([0, 6], dtype=torch.int32))
+    with pytest.raises(KernelInputError, match="max_query_len=2"):
+        paged_attention_prefill(q, cache, table, lens, torch.tensor([0, 3, 6], dtype=torch.int32), max_query_len=2)

@@ -479,6 +479,8 @@ class BlockManager:
         old_to_new : np.ndarray
             int64 ``[num_pages]``, each non-free page's final id, -1 for free pages.
         """
+        if order == "sequence" and not (self.allocator.state == FREE).any():
+            order = "lowest"  # a full pool is already compact, and has no spare page to reorder through
         target_order = self.compaction_order(order)
         old_to_new = np.full(self.num_pages, -1, dtype=np.int64)
         old_to_new[target_order] = np.arange(len(target_order))

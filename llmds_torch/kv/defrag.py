@@ -43,7 +43,7 @@ def plan_moves(old_to_new: np.ndarray, occupied: np.ndarray) -> list[list[tuple[
             occupied[src], occupied[park] = False, True
             pending[park] = dst
             wanted_by[dst] = park
-            ready = [wanted_by.pop(src)] if src in wanted_by else []
+            ready = [wanted_by[src]] if src in wanted_by else []
             continue
         moves = [(src, pending.pop(src)) for src in ready]
         rounds.append(moves)

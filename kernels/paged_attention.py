@@ -342,7 +342,8 @@ def paged_attention_prefill(q: torch.Tensor, layer_cache: torch.Tensor, block_ta
     if max_query_len is None:
         max_query_len = int((query_start_loc[1:] - query_start_loc[:-1]).max())
     num_q_heads = q.shape[1]
-    block_m, block_n = 64, 64
+    # fp32 tiles multiply without tensor cores: smaller tiles keep them in registers
+    block_m, block_n = (32, 32) if q.dtype == torch.float32 else (64, 64)
     out = torch.empty_like(q)
     grid = (batch, num_q_heads, triton.cdiv(max_query_len, block_m))
     _paged_prefill_kernel[grid](

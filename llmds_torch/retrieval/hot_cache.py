@@ -95,15 +95,21 @@ class HotQueryCache:
         self.admitted += 1
         return True
 
-    def prime(self, fetch: Callable, source: CountMinSketch | None = None, limit: int | None = None) -> int:
+    def prime(self, fetch: Callable, source: CountMinSketch | None = None, limit: int | None = None,
+              accept: Callable | None = None) -> int:
         """Fill the cache with ``fetch(key)`` for the heaviest keys of ``source`` (default: own sketch).
+
+        At most ``limit`` (default ``capacity``) keys are taken, skipping keys for which
+        ``accept(key)`` is false.
 
         Keys go in lightest first, so the heaviest end most recently used; entries bypass admission.
         Counts from another sketch are added to this cache's sketch so primed entries are not the
         first victims. Return how many entries were inserted.
         """
         source = self.sketch if source is None else source
-        heavy = source.heavy_hitters(min(self.capacity, limit or self.capacity))
+        heavy = source.heavy_hitters(max(source.heavy_hitter_capacity, self.capacity))
+        heavy = [(key, count) for key, count in heavy if accept is None or accept(key)]
+        heavy = heavy[: min(self.capacity, limit or self.capacity)]
         inserted = 0
         for key, count in reversed(heavy):
             if source is not self.sketch:

@@ -10,11 +10,15 @@ Two forward paths share the weights:
   the oracle the paged path is tested against.
 """
 
+import math
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 import torch.nn.functional as F
 
 from llmds_torch.errors import ContextWindowExceeded, InvalidTokenIds
+from llmds_torch.kernels.reference import paged_attention_prefill_reference
 from llmds_torch.models.config import LlamaConfig
 from llmds_torch.models.layers import apply_rope, dense_causal_attention, rms_norm, rope_cos_sin, swiglu
 
@@ -164,3 +168,71 @@ class LlamaModel(nn.Module):
             q, k, v = self._qkv(layer, x, positions)
             x = self._finish_layer(layer, x, dense_causal_attention(q, k, v))
         return self._logits(x)
+
+    # ------------------------------------------------------------------ paged path
+
+    @torch.no_grad()
+    def forward(self, cache, seq_ids: Sequence[int], token_ids: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Compute the next reserved tokens of a batch of cached sequences and write their K/V.
+
+        Sequence ``seq_ids[i]`` must already hold ``token_ids[i]`` as reserved, unwritten tokens
+        right after its written ones (``cache.attach`` reserves a prompt, ``cache.append_batch``
+        reserves decode tokens). A prompt may be computed in chunks: ``token_ids[i]`` can be the
+        first part of what is pending. Each new token attends causally over the sequence's pages.
+
+        Parameters
+        ----------
+        cache : PagedKVCache
+            Its config must match this model's layers, KV heads and head dim.
+        seq_ids : sequence of int ``[batch]``
+        token_ids : sequence of int sequences, ``token_ids[i]`` non-empty
+
+        Returns
+        -------
+        Tensor ``[batch, vocab_size]``: logits after the last new token of each sequence.
+        """
+        batch = len(seq_ids)
+        if batch != len(token_ids) or batch == 0:
+            raise ValueError(f"forward needs one non-empty token list per sequence, got {batch} "
+                             f"sequences and {len(token_ids)} token lists")
+        query_lens = [len(t) for t in token_ids]
+        starts = [cache.num_written(s) for s in seq_ids]
+        pending = [cache.num_tokens(s) - w for s, w in zip(seq_ids, starts)]
+        for s, n, p in zip(seq_ids, query_lens, pending):
+            if not 1 <= n <= p:
+                raise ValueError(f"sequence {s} has {p} reserved tokens to compute; asked for {n} "
+                                 f"(allowed: 1 to {p})")
+        flat = [t for toks in token_ids for t in toks]
+        self.check_token_ids(flat)
+        device = self.device
+        ids = torch.tensor(flat, dtype=torch.int64, device=device)  # [N]
+        positions = torch.cat([torch.arange(w, w + n) for w, n in zip(starts, query_lens)]).to(device)
+        slot_mapping = _first_slots(cache.slot_mapping(list(seq_ids)), pending, query_lens).to(device)
+        kv_lens = torch.tensor([w + n for w, n in zip(starts, query_lens)], dtype=torch.int32, device=device)
+        query_start_loc = torch.tensor([0] + query_lens, device=device).cumsum(0).to(torch.int32)
+        block_table = cache.block_table(list(seq_ids))  # [B, max_pages]
+
+        x = self.embed_tokens[ids]  # [N, hidden]
+        for index, layer in enumerate(self.layers):
+            q, k, v = self._qkv(layer, x, positions)  # q: [N, H, D], k, v: [N, Hkv, D]
+            cache.write(index, slot_mapping, k, v)
+            attn = _paged_attention(q, cache.layer(index), block_table, kv_lens, query_start_loc)
+            x = self._finish_layer(layer, x, attn)
+        last_rows = query_start_loc[1:].long() - 1  # [B]
+        return self._logits(x[last_rows])
+
+
+def _first_slots(slots: torch.Tensor, pending: list[int], take: list[int]) -> torch.Tensor:
+    """From the pending slots of each sequence (concatenated, ``pending[i]`` each) keep the first
+    ``take[i]``: ``[sum(pending)]`` -> ``[sum(take)]``."""
+    if pending == take:
+        return slots
+    return torch.cat([part[:n] for part, n in zip(torch.split(slots, pending), take)])
+
+
+def _paged_attention(q: torch.Tensor, layer_cache: torch.Tensor, block_table: torch.Tensor,
+                     kv_lens: torch.Tensor, query_start_loc: torch.Tensor) -> torch.Tensor:
+    """Causal attention of new tokens over their sequences' pages (the torch prefill reference,
+    which reads exactly ``kv_lens`` tokens per sequence and so never touches unwritten slots)."""
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    return paged_attention_prefill_reference(q, layer_cache, block_table, kv_lens, query_start_loc, scale)

@@ -59,7 +59,7 @@ class BlockManager:
 
     def __init__(self, num_pages: int, page_size: int, *, num_layers: int = 1, salt=None,
                  verify_tokens: bool = True, max_context_len: int | None = None,
-                 max_num_pages: int | None = None, eviction_policy="lru", hash_fn: HashFn = sha256,
+                 max_num_pages: int | None = None, eviction_policy="lru", hash_fn: HashFn | None = None,
                  on_resize: Callable[[int], None] | None = None):
         if num_pages < 1 or page_size < 1 or num_layers < 1:
             raise ValueError("num_pages, page_size and num_layers must be positive")
@@ -68,7 +68,7 @@ class BlockManager:
         self.verify_tokens = verify_tokens
         self.max_context_len = max_context_len
         self.max_num_pages = max(max_num_pages or num_pages, num_pages)
-        self.hash_fn = hash_fn
+        self.hash_fn = hash_fn or sha256
         self.on_resize = on_resize
         self.cache_salt = new_cache_salt() if salt is None else as_bytes(salt, "salt")
         self.index = PrefixIndex()
@@ -252,30 +252,42 @@ class BlockManager:
         ``seq_ids[i]``. All or nothing: on any error no sequence changes."""
         if len(seq_ids) != len(token_ids):
             raise ValueError(f"{len(seq_ids)} sequence ids but {len(token_ids)} token lists")
+        seqs = [self._seq(s) for s in seq_ids]
         if len(set(seq_ids)) != len(seq_ids):
             raise ValueError("append_batch got the same sequence id twice")
-        seqs = [self._seq(s) for s in seq_ids]
-        lists = [[t] if isinstance(t, (int, np.integer)) and not isinstance(t, bool) else t for t in token_ids]
-        lists = [validate_token_ids(t) for t in lists]
-        plans, needed = [], 0
+        if all(isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in token_ids):
+            lists = [[t] for t in validate_token_ids(token_ids)]  # a decode step: one check for all
+        else:
+            lists = [validate_token_ids([t] if isinstance(t, (int, np.integer)) and not isinstance(t, bool) else t)
+                     for t in token_ids]
+        page_size, refcount, max_len = self.page_size, self.allocator.refcount, self.max_context_len
+        cows, extras, needed = [], [], 0
         for seq, toks in zip(seqs, lists):
-            self._check_context(seq.num_tokens + len(toks), f"sequence {seq.seq_id}")
-            cow, need = self._append_need(seq, len(toks))
-            plans.append(cow)
-            needed += need
+            old_len = len(seq.tokens)
+            new_len = old_len + len(toks)
+            if max_len is not None and new_len > max_len:
+                self._check_context(new_len, f"sequence {seq.seq_id}")
+            cow = old_len % page_size != 0 and refcount[seq.pages[-1]] > 1
+            extra = -(-new_len // page_size) - len(seq.pages)
+            cows.append(cow)
+            extras.append(extra)
+            needed += extra + cow
         if needed > self._obtainable():
             self._refuse(f"append needs {needed} pages; {self.allocator.num_free} free, "
                          f"{self.allocator.num_evictable} evictable")
         self.pending_copies = []
-        for seq, toks, cow in zip(seqs, lists, plans):
+        fresh = self._allocate(needed) if needed else []
+        i = 0
+        for seq, toks, cow, extra in zip(seqs, lists, cows, extras):
             if cow:
-                self._copy_on_write(seq)
-            extra = self._pages_for(seq.num_tokens + len(toks)) - len(seq.pages)
+                self._copy_on_write(seq, fresh[i])
+                i += 1
             if extra:
-                seq.pages.extend(self._allocate(extra))
-            start = seq.num_tokens
+                seq.pages.extend(fresh[i:i + extra])
+                i += extra
+            start = len(seq.tokens)
             seq.tokens.extend(toks)
-            self._reserve(seq, start, seq.num_tokens)
+            self._reserve(seq, start, start + len(toks))
 
     def _reserve(self, seq: Sequence, start: int, end: int) -> None:
         """Mark the pages holding positions ``[start, end)`` as owned by ``seq`` for writing."""
@@ -287,9 +299,9 @@ class BlockManager:
             self.page_owner[page] = seq.seq_id
             self.page_fill[page] = min(page_size, seq.num_tokens - i * page_size)
 
-    def _copy_on_write(self, seq: Sequence) -> None:
+    def _copy_on_write(self, seq: Sequence, new: int) -> None:
+        """Give ``seq`` the fresh page ``new`` in place of its shared last page."""
         old = seq.pages[-1]
-        (new,) = self._allocate(1)
         rows = self.slot_writes.reshape(-1, self.page_size)
         rows[new] = rows[old]
         last = self.slot_last_layer.reshape(-1, self.page_size)
@@ -371,13 +383,19 @@ class BlockManager:
         ``checked``: the caller already ran ``check_write`` on exactly these arguments."""
         if not checked:
             self.check_write(layer, slots)
-        self.slot_writes[slots] += 1
+        writes = self.slot_writes
+        writes[slots] += 1
         self.slot_last_layer[slots] = layer
-        done = slots[self.slot_writes[slots] == self.num_layers]
-        if done.size:
-            owners = np.unique(self.page_owner[done // self.page_size])
-            for seq_id in owners.tolist():
-                self._advance(self.seqs[seq_id])
+        done = slots[writes[slots] == self.num_layers]
+        if not done.size:
+            return
+        owners, counts = np.unique(self.page_owner[done // self.page_size], return_counts=True)
+        for seq_id, count in zip(owners.tolist(), counts.tolist()):
+            seq = self.seqs[seq_id]
+            if count == len(seq.tokens) - seq.num_written:
+                self._complete(seq)  # every pending token of the sequence is written: no scan
+            else:
+                self._advance(seq)
 
     def mark_written(self, seq_id: int, num_tokens: int | None = None) -> None:
         """Declare the KV of the sequence's pending tokens (or the first ``num_tokens`` of them)
@@ -406,6 +424,15 @@ class BlockManager:
             if min((i + 1) * page_size, seq.num_tokens) <= end and self.page_owner[seq.pages[i]] == seq.seq_id:
                 self.page_owner[seq.pages[i]] = NOT_OWNED
         self._publish(seq)
+
+    def _complete(self, seq: Sequence) -> None:
+        """All reserved tokens of ``seq`` are written: release its pages from writing, publish."""
+        page_size, owner = self.page_size, self.page_owner
+        for i in range(seq.num_written // page_size, (len(seq.tokens) - 1) // page_size + 1):
+            owner[seq.pages[i]] = NOT_OWNED
+        seq.num_written = len(seq.tokens)
+        if len(seq.keys) < seq.num_written // page_size:
+            self._publish(seq)
 
     def _publish(self, seq: Sequence) -> None:
         full = seq.num_written // self.page_size

@@ -10,6 +10,8 @@ Tuning knobs, in one place
     Beam width while inserting.
 ``ef_search`` (attribute, default 64)
     Beam width of ``search`` when ``ef`` is not given; the beam is never narrower than ``k``.
+``exact_filter_factor`` (attribute, default 1.0)
+    Scales the threshold below which a filtered search runs exactly (see *Filtered search*).
 ``MAX_INSERT_BATCH`` (1024)
     Largest batch of points inserted against one frozen graph (see *Deterministic batched build*).
 
@@ -45,7 +47,8 @@ Filtered search
 ``search(..., allow=ids)`` returns only ids in the allow-list (ids not in the index are ignored).
 A graph search with selectivity ``s = n_allowed / n_live`` expands about ``ef / s`` nodes of
 ``M0`` neighbours each, while exact search costs ``n_allowed`` distances, so exact search is used
-when ``n_allowed ** 2 <= M0 * ef * n_live`` (for 100k points, M=16, ef=64: below about 14k allowed).
+when ``n_allowed ** 2 <= exact_filter_factor * M0 * ef * n_live`` (for 100k points, M=16, ef=64
+and the default factor 1.0: below about 14k allowed). ``exact_filter_factor = 0`` forces the graph.
 
 Backends
 --------
@@ -120,6 +123,7 @@ class HNSW:
         self.seed = seed
         self.device = torch.device(device)
         self.ef_search = 64
+        self.exact_filter_factor = 1.0
         self._kernel_metric = kernels.L2 if metric == "l2" else kernels.IP
         self._rng = np.random.default_rng(seed)
         self._level_mult = 1.0 / math.log(M)
@@ -396,7 +400,7 @@ class HNSW:
             allow_ids = self._as_ids(allow, "allow")
             allowed_slots = np.array(sorted({self._slot_of[i] for i in allow_ids.tolist() if i in self._slot_of}),
                                      np.int32)
-            if allowed_slots.size ** 2 <= self.M0 * ef * n_live:
+            if allowed_slots.size == 0 or allowed_slots.size ** 2 <= self.exact_filter_factor * self.M0 * ef * n_live:
                 return self._exact(q, allowed_slots, k)
             allow_mask = np.zeros(self._vectors.shape[0], np.bool_)
             allow_mask[allowed_slots] = True

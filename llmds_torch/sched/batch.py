@@ -28,12 +28,11 @@ Then call ``Scheduler.complete_batch(results, now)`` with one ``StepResult`` per
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class ScheduledSeq:
-    """One request's share of a step.
+class ScheduledSeq(NamedTuple):
+    """One request's share of a step (an immutable named tuple: cheap to build 256 per step).
 
     Attributes
     ----------

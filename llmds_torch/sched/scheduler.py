@@ -34,6 +34,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -338,15 +339,16 @@ class Scheduler:
             return Batch((), now, wake_time=wake)
         plan = _StepPlan(self.config.max_batch_tokens)
         while True:
-            self._schedule_decodes(plan)
-            self._schedule_prefill_chunks(plan)
+            by_score = self._running_by_score()
+            self._schedule_decodes(plan, by_score)
+            self._schedule_prefill_chunks(plan, by_score)
             self._admit_waiting(plan, now)
             if plan.items or not self._running:
                 break
             victim = self._pick_victim(honour_cap=False)  # deadlock breaker (step 5)
             self.metrics.forced_preemptions += 1
             self._preempt(victim, plan)
-        items = tuple(sorted(plan.items.values(), key=lambda item: item.kind != "decode"))
+        items = tuple(plan.items.values())  # decodes were added first, prefill chunks after
         batch = Batch(items, now, preempted=tuple(plan.preempted))
         if items:
             self._outstanding = batch
@@ -364,26 +366,30 @@ class Scheduler:
         return wake if now < wake else None
 
     def _running_by_score(self) -> list[RequestState]:
-        score, params = self._score_fn, self._params
-        return sorted(self._running.values(), key=lambda s: score(s, params), reverse=True)
+        return sorted(self._running.values(), key=partial(self._score_fn, params=self._params), reverse=True)
 
     def _decode_item(self, state: RequestState) -> ScheduledSeq:
         position = len(state.request.prompt) + len(state.output) - 1
         return ScheduledSeq(state.request_id, state.seq_id, "decode", position, position + 1,
                             (state.output[-1],), True)
 
-    def _schedule_decodes(self, plan: _StepPlan) -> None:
+    def _schedule_decodes(self, plan: _StepPlan, by_score: list[RequestState]) -> None:
         room = min(self.config.max_batch_size - len(plan.items), plan.tokens_left)
         if room <= 0:
             return
-        chosen = [s for s in self._running_by_score() if s.prefill_done and s.request_id not in plan.items][:room]
+        chosen = [s for s in by_score if s.prefill_done][:room]
         if not chosen:
             return
         seq_ids = [s.seq_id for s in chosen]
         if self.cache.can_append(seq_ids, 1):
-            self.cache.append_batch(seq_ids, [s.output[-1] for s in chosen])
-            for s in chosen:
-                plan.add(self._decode_item(s))
+            last_tokens = [s.output[-1] for s in chosen]
+            self.cache.append_batch(seq_ids, last_tokens)
+            items = plan.items
+            for s, seq_id, token in zip(chosen, seq_ids, last_tokens):
+                position = len(s.request.prompt) + len(s.output) - 1
+                items[s.request_id] = ScheduledSeq(s.request_id, seq_id, "decode", position, position + 1,
+                                                   (token,), True)
+            plan.tokens_left -= len(chosen)
             return
         for s in chosen:  # pages are short: one at a time, preempting the lowest score
             fits = False
@@ -399,11 +405,11 @@ class Scheduler:
                 self.cache.append(s.seq_id, [s.output[-1]])
                 plan.add(self._decode_item(s))
 
-    def _schedule_prefill_chunks(self, plan: _StepPlan) -> None:
-        for s in self._running_by_score():
+    def _schedule_prefill_chunks(self, plan: _StepPlan, by_score: list[RequestState]) -> None:
+        for s in by_score:
             if plan.tokens_left <= 0 or len(plan.items) >= self.config.max_batch_size:
                 return
-            if s.prefill_done or s.request_id in plan.items:
+            if s.status is not RequestStatus.RUNNING or s.prefill_done or s.request_id in plan.items:
                 continue
             plan.add(self._prefill_item(s, plan.tokens_left))
 

@@ -10,7 +10,7 @@ Two forward paths share the weights:
   the oracle the paged path is tested against.
 """
 
-import math
+import dataclasses
 from collections.abc import Sequence
 
 import torch
@@ -18,7 +18,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from llmds_torch.errors import ContextWindowExceeded, InvalidTokenIds
-from llmds_torch.kernels.reference import paged_attention_prefill_reference
+from llmds_torch.attention import AttentionMetadata, paged_attention
 from llmds_torch.models.config import LlamaConfig
 from llmds_torch.models.layers import apply_rope, dense_causal_attention, rms_norm, rope_cos_sin, swiglu
 
@@ -208,17 +208,21 @@ class LlamaModel(nn.Module):
         ids = torch.tensor(flat, dtype=torch.int64, device=device)  # [N]
         positions = torch.cat([torch.arange(w, w + n) for w, n in zip(starts, query_lens)]).to(device)
         slot_mapping = _first_slots(cache.slot_mapping(list(seq_ids)), pending, query_lens).to(device)
-        kv_lens = torch.tensor([w + n for w, n in zip(starts, query_lens)], dtype=torch.int32, device=device)
-        query_start_loc = torch.tensor([0] + query_lens, device=device).cumsum(0).to(torch.int32)
-        block_table = cache.block_table(list(seq_ids))  # [B, max_pages]
+        # Always the prefill form (decode batches are prefills of one token each): the torch decode
+        # reference multiplies V of unwritten padding slots by zero probabilities, so an uninitialized
+        # pool holding NaN bit patterns poisons it; the prefill path reads exactly seq_lens tokens.
+        metadata = AttentionMetadata.build(cache, seq_ids, query_lens)
+        if pending != query_lens:  # a prompt chunk: attend over the written part plus the chunk only
+            kv_lens = torch.tensor([w + n for w, n in zip(starts, query_lens)], dtype=torch.int32)
+            metadata = dataclasses.replace(metadata, seq_lens=kv_lens.to(metadata.seq_lens.device))
 
         x = self.embed_tokens[ids]  # [N, hidden]
         for index, layer in enumerate(self.layers):
             q, k, v = self._qkv(layer, x, positions)  # q: [N, H, D], k, v: [N, Hkv, D]
             cache.write(index, slot_mapping, k, v)
-            attn = _paged_attention(q, cache.layer(index), block_table, kv_lens, query_start_loc)
+            attn = paged_attention(q, cache.layer(index), metadata)  # [N, H, D]
             x = self._finish_layer(layer, x, attn)
-        last_rows = query_start_loc[1:].long() - 1  # [B]
+        last_rows = torch.tensor(query_lens, device=device).cumsum(0) - 1  # [B]
         return self._logits(x[last_rows])
 
 
@@ -228,11 +232,3 @@ def _first_slots(slots: torch.Tensor, pending: list[int], take: list[int]) -> to
     if pending == take:
         return slots
     return torch.cat([part[:n] for part, n in zip(torch.split(slots, pending), take)])
-
-
-def _paged_attention(q: torch.Tensor, layer_cache: torch.Tensor, block_table: torch.Tensor,
-                     kv_lens: torch.Tensor, query_start_loc: torch.Tensor) -> torch.Tensor:
-    """Causal attention of new tokens over their sequences' pages (the torch prefill reference,
-    which reads exactly ``kv_lens`` tokens per sequence and so never touches unwritten slots)."""
-    scale = 1.0 / math.sqrt(q.shape[-1])
-    return paged_attention_prefill_reference(q, layer_cache, block_table, kv_lens, query_start_loc, scale)

@@ -188,7 +188,8 @@ class GenerationEngine:
         self._next_id = 0
         self._reserved_pages = 0
         self.counters = dict(steps=0, prompt_tokens=0, prefill_tokens_computed=0, generated_tokens=0,
-                             requests_finished=0, preemptions=0, defragmentations=0)
+                             requests_finished=0, preemptions=0, defragmentations=0,
+                             peak_pages_used=0)
         self._busy_seconds = 0.0
 
     # ------------------------------------------------------------------ submission
@@ -357,6 +358,7 @@ class GenerationEngine:
             else:
                 self._sample_step(req, req.branches, rows, result)
         self.counters["steps"] += 1
+        self.counters["peak_pages_used"] = max(self.counters["peak_pages_used"], self.cache.stats()["pages_used"])
         every = self.config.defrag_every
         if every is not None and self.counters["steps"] % every == 0:
             self.cache.defragment(order=self.config.defrag_order)

@@ -185,25 +185,34 @@ def _search_one(terms, weights, k, prune, data, term_block_start, block_byte_sta
     return size
 
 
-def _search_batch_impl(query_ptr, query_terms, query_weights, k, prune, num_chunks, data, term_block_start,
-                       block_byte_start, block_count, block_last_doc, block_max_tf, block_min_doc_length,
-                       doc_lengths, avgdl, code, k1, b, delta, out_slots, out_scores, out_sizes):
-    num_queries = query_ptr.shape[0] - 1
+@numba.njit(cache=True)
+def search_range(first, last, query_ptr, query_terms, query_weights, k, prune, data, term_block_start,
+                 block_byte_start, block_count, block_last_doc, block_max_tf, block_min_doc_length, doc_lengths,
+                 avgdl, code, k1, b, delta, out_slots, out_scores, out_sizes):
+    """Search queries ``first:last`` with one set of per-document scratch arrays."""
     num_slots = doc_lengths.shape[0]
+    acc = np.zeros(num_slots)
+    touched_flag = np.zeros(num_slots, dtype=np.uint8)
+    touched = np.empty(num_slots, dtype=np.int64)
+    heap_scores = np.empty(k)
+    heap_slots = np.empty(k, dtype=np.int64)
+    for q in range(first, last):
+        lo, hi = query_ptr[q], query_ptr[q + 1]
+        out_sizes[q] = _search_one(
+            query_terms[lo:hi], query_weights[lo:hi], k, prune, data, term_block_start, block_byte_start,
+            block_count, block_last_doc, block_max_tf, block_min_doc_length, doc_lengths, avgdl, code, k1,
+            b, delta, acc, touched_flag, touched, heap_scores, heap_slots, out_slots[q], out_scores[q])
+
+
+@numba.njit(parallel=True)
+def search_parallel(num_chunks, query_ptr, query_terms, query_weights, k, prune, data, term_block_start,
+                    block_byte_start, block_count, block_last_doc, block_max_tf, block_min_doc_length, doc_lengths,
+                    avgdl, code, k1, b, delta, out_slots, out_scores, out_sizes):
+    """Queries split into ``num_chunks`` contiguous chunks, one :func:`search_range` each, in parallel."""
+    num_queries = query_ptr.shape[0] - 1
     chunk = (num_queries + num_chunks - 1) // num_chunks
     for c in numba.prange(num_chunks):
-        acc = np.zeros(num_slots)
-        touched_flag = np.zeros(num_slots, dtype=np.uint8)
-        touched = np.empty(num_slots, dtype=np.int64)
-        heap_scores = np.empty(k)
-        heap_slots = np.empty(k, dtype=np.int64)
-        for q in range(c * chunk, min(num_queries, (c + 1) * chunk)):
-            lo, hi = query_ptr[q], query_ptr[q + 1]
-            out_sizes[q] = _search_one(
-                query_terms[lo:hi], query_weights[lo:hi], k, prune, data, term_block_start, block_byte_start,
-                block_count, block_last_doc, block_max_tf, block_min_doc_length, doc_lengths, avgdl, code, k1,
-                b, delta, acc, touched_flag, touched, heap_scores, heap_slots, out_slots[q], out_scores[q])
-
-
-search_batch_serial = numba.njit(cache=True)(_search_batch_impl)
-search_batch_parallel = numba.njit(cache=True, parallel=True)(_search_batch_impl)
+        search_range(c * chunk, min(num_queries, (c + 1) * chunk), query_ptr, query_terms, query_weights, k,
+                     prune, data, term_block_start, block_byte_start, block_count, block_last_doc, block_max_tf,
+                     block_min_doc_length, doc_lengths, avgdl, code, k1, b, delta, out_slots, out_scores,
+                     out_sizes)

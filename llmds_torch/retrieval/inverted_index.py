@@ -23,7 +23,7 @@ import numpy as np
 from llmds_torch.errors import ConfigError
 
 from . import persist
-from ._bm25_search import search_batch_parallel, search_batch_serial
+from ._bm25_search import search_parallel, search_range
 from .bm25 import BM25Params
 from .codec import (
     DEFAULT_BLOCK_SIZE,
@@ -227,13 +227,15 @@ class InvertedIndex:
         out_sizes = np.zeros(num_queries, dtype=np.int64)
         if query_terms.size:
             postings = self._postings
-            num_chunks = max(1, min(num_queries, numba.get_num_threads() * 4)) if parallel else 1
-            kernel = search_batch_parallel if parallel and num_queries > 1 else search_batch_serial
-            kernel(query_ptr, query_terms, query_weights, int(k), bool(prune), num_chunks, postings.data,
-                   postings.term_block_start, postings.block_byte_start, postings.block_count,
-                   postings.block_last_doc, postings.block_max_tf, postings.block_min_doc_length,
-                   self._doc_lengths.astype(np.float64), self._avgdl(), self.params.code, self.params.k1,
-                   self.params.b, self.params.delta, out_slots, out_scores, out_sizes)
+            index_args = (postings.data, postings.term_block_start, postings.block_byte_start, postings.block_count,
+                          postings.block_last_doc, postings.block_max_tf, postings.block_min_doc_length,
+                          self._doc_lengths.astype(np.float64), self._avgdl(), self.params.code, self.params.k1,
+                          self.params.b, self.params.delta, out_slots, out_scores, out_sizes)
+            if parallel and num_queries > 1:
+                num_chunks = min(num_queries, numba.get_num_threads() * 4)
+                search_parallel(num_chunks, query_ptr, query_terms, query_weights, int(k), bool(prune), *index_args)
+            else:
+                search_range(0, num_queries, query_ptr, query_terms, query_weights, int(k), bool(prune), *index_args)
         found = out_slots >= 0
         ids = np.where(found, self._slot_ids[np.where(found, out_slots, 0)] if self._slot_ids.size else -1, -1)
         scores = np.where(found, out_scores + baselines[:, None], -np.inf)

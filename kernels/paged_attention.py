@@ -42,7 +42,7 @@ def _paged_decode_kernel(
 ):
     batch = tl.program_id(0).to(tl.int64)
     kv_head = tl.program_id(1).to(tl.int64)
-    split = tl.program_id(2)
+    split = tl.program_id(2).to(tl.int64)
     seq_len = tl.load(seq_lens_ptr + batch)
     start = split * tokens_per_split
     end = tl.minimum(start + tokens_per_split, seq_len)
@@ -83,7 +83,8 @@ def _paged_decode_kernel(
         + split * stride_out_split + d[None, :] * stride_out_dim
     tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=g_mask[:, None] & d_mask[None, :])
     if WRITE_LSE:
-        lse = m + tl.log2(l)                                           # -inf for an empty split
+        has_tokens = l > 0
+        lse = tl.where(has_tokens, m + tl.log2(tl.where(has_tokens, l, 1.0)), float("-inf"))
         tl.store(lse_ptr + batch * stride_lse_batch + head * stride_lse_head + split * stride_lse_split,
                  lse, mask=g_mask)
 

@@ -230,6 +230,20 @@ def test_fork_then_append_copies_the_shared_page_once(device, dtype):
     cache.check_invariants()
 
 
+def test_parent_and_fork_appended_together_copy_the_shared_page_once():
+    cache = make_cache()
+    a = cache.attach(prompt(P + 1))
+    k, _ = write_all(cache, [a])
+    b = cache.fork(a)
+    free_before = cache.stats()["pages_free"]
+    cache.append_batch([a, b], [1, 2])
+    assert cache.stats()["cow_copies"] == 1
+    assert cache.stats()["pages_free"] == free_before - 1
+    write_all(cache, [a, b], seed=9)
+    assert torch.equal(cache.get(a)[0][:, :P + 1], k) and torch.equal(cache.get(b)[0][:, :P + 1], k)
+    cache.check_invariants()
+
+
 def test_fork_with_unwritten_tokens_is_refused():
     cache = make_cache()
     a = cache.attach(prompt(3))

@@ -277,10 +277,15 @@ class BlockManager:
                          f"{self.allocator.num_evictable} evictable")
         self.pending_copies = []
         fresh = self._allocate(needed) if needed else []
-        i = 0
+        i, unused = 0, []
         for seq, toks, cow, extra in zip(seqs, lists, cows, extras):
             if cow:
-                self._copy_on_write(seq, fresh[i])
+                # A parent and its fork in one batch: after the first copies the shared page, the
+                # last holder writes it in place, and the page reserved for its copy goes back.
+                if refcount[seq.pages[-1]] > 1:
+                    self._copy_on_write(seq, fresh[i])
+                else:
+                    unused.append(fresh[i])
                 i += 1
             if extra:
                 seq.pages.extend(fresh[i:i + extra])
@@ -288,6 +293,7 @@ class BlockManager:
             start = len(seq.tokens)
             seq.tokens.extend(toks)
             self._reserve(seq, start, start + len(toks))
+        self.allocator.release(unused)
 
     def _reserve(self, seq: Sequence, start: int, end: int) -> None:
         """Mark the pages holding positions ``[start, end)`` as owned by ``seq`` for writing."""

@@ -60,22 +60,21 @@ def paged_attention_decode_reference(q: torch.Tensor, layer_cache: torch.Tensor,
     batch, num_q_heads, head_dim = q.shape
     page_size, num_kv_heads = layer_cache.shape[2], layer_cache.shape[3]
     group = num_q_heads // num_kv_heads
-    max_len = int(seq_lens.max())
-    num_pages = math.ceil(max_len / page_size)
+    num_pages = math.ceil(int(seq_lens.max()) / page_size)
+    num_keys = num_pages * page_size
     pages_per_seq = (seq_lens.long() + page_size - 1) // page_size
     in_seq = torch.arange(num_pages, device=q.device)[None, :] < pages_per_seq[:, None]
-    pages = torch.where(in_seq, block_table[:, :num_pages].long(), 0)   # padding reads page 0, masked below
-    kv = layer_cache[pages].float()                           # [B, pages, 2, page_size, Hkv, D]
-    k = kv[:, :, 0].reshape(batch, num_pages * page_size, num_kv_heads, head_dim).transpose(1, 2)
-    v = kv[:, :, 1].reshape(batch, num_pages * page_size, num_kv_heads, head_dim).transpose(1, 2)
-    # k, v: [B, Hkv, N, D]; q heads h = kv_head * group + g share kv_head
-    q_grouped = q.float().reshape(batch, num_kv_heads, group, head_dim)
-    scores = torch.matmul(q_grouped, k.transpose(-1, -2)) * scale          # [B, Hkv, group, N]
-    positions = torch.arange(num_pages * page_size, device=q.device)
-    beyond = positions[None, :] >= seq_lens.long()[:, None]                # [B, N]
-    scores = scores.masked_fill(beyond[:, None, None, :], float("-inf"))
-    probs = torch.softmax(scores, dim=-1)
-    out = torch.matmul(probs, v)                                            # [B, Hkv, group, D]
+    pages = torch.where(in_seq, block_table[:, :num_pages].long(), 0).flatten()   # padding reads page 0
+    # gather whole pages: k, v [B, N, Hkv, D] with N = num_pages * page_size, masked past seq_len below
+    k = layer_cache[:, 0].index_select(0, pages).view(batch, num_keys, num_kv_heads, head_dim).float()
+    v = layer_cache[:, 1].index_select(0, pages).view(batch, num_keys, num_kv_heads, head_dim).float()
+    q_grouped = q.float().view(batch, num_kv_heads, group, head_dim)        # query head h = kv_head * group + g
+    # each KV head's group of query heads against that head's keys (strided views, no copy)
+    scores = torch.stack([torch.bmm(q_grouped[:, h], k[:, :, h].transpose(1, 2)) for h in range(num_kv_heads)],
+                         dim=1) * scale                                      # [B, Hkv, group, N]
+    beyond = torch.arange(num_keys, device=q.device)[None, :] >= seq_lens.long()[:, None]   # [B, N]
+    probs = torch.softmax(scores.masked_fill(beyond[:, None, None, :], float("-inf")), dim=-1)
+    out = torch.stack([torch.bmm(probs[:, h], v[:, :, h]) for h in range(num_kv_heads)], dim=1)   # [B, Hkv, group, D]
     return out.reshape(batch, num_q_heads, head_dim).to(q.dtype)
 
 
@@ -104,17 +103,18 @@ def paged_attention_prefill_reference(q: torch.Tensor, layer_cache: torch.Tensor
     out = torch.empty_like(q)
     starts = query_start_loc.tolist()
     for b, seq_len in enumerate(seq_lens.tolist()):
-        q_b = q[starts[b]: starts[b + 1]].float()                 # [q_len, Hq, D]
-        q_len = q_b.shape[0]
-        if q_len == 0:
+        query_len = starts[b + 1] - starts[b]
+        if query_len == 0:
             continue
-        k, v = _gather_kv(layer_cache, block_table[b], seq_len)   # [seq_len, Hkv, D]
-        k = k.float().repeat_interleave(group, dim=1).transpose(0, 1)   # [Hq, seq_len, D]
-        v = v.float().repeat_interleave(group, dim=1).transpose(0, 1)
-        scores = torch.matmul(q_b.transpose(0, 1), k.transpose(1, 2)) * scale   # [Hq, q_len, seq_len]
-        query_pos = torch.arange(seq_len - q_len, seq_len, device=q.device)
-        key_pos = torch.arange(seq_len, device=q.device)
-        future = key_pos[None, :] > query_pos[:, None]                           # [q_len, seq_len]
-        scores = scores.masked_fill(future, float("-inf"))
-        out[starts[b]: starts[b + 1]] = torch.matmul(torch.softmax(scores, -1), v).transpose(0, 1).to(q.dtype)
+        k, v = _gather_kv(layer_cache, block_table[b], seq_len)           # [seq_len, Hkv, D]
+        k, v = k.float(), v.float()
+        q_b = q[starts[b]: starts[b + 1]].float().view(query_len, num_kv_heads, group, head_dim)
+        query_pos = torch.arange(seq_len - query_len, seq_len, device=q.device)
+        future = torch.arange(seq_len, device=q.device)[None, :] > query_pos[:, None]   # [q_len, seq_len]
+        per_head = []
+        for h in range(num_kv_heads):                                       # the group of query heads sharing h
+            scores = torch.einsum("qgd,nd->qgn", q_b[:, h], k[:, h]) * scale  # [q_len, group, seq_len]
+            probs = torch.softmax(scores.masked_fill(future[:, None, :], float("-inf")), dim=-1)
+            per_head.append(torch.einsum("qgn,nd->qgd", probs, v[:, h]))
+        out[starts[b]: starts[b + 1]] = torch.stack(per_head, dim=1).reshape(query_len, num_q_heads, head_dim).to(q.dtype)
     return out

@@ -233,13 +233,18 @@ class BlockManager:
 
     def can_append(self, seq_ids, num_tokens: int = 1) -> bool:
         """Whether appending ``num_tokens`` to each of ``seq_ids`` (an id or a list) fits now."""
-        ids = [seq_ids] if isinstance(seq_ids, (int, np.integer)) else list(seq_ids)
+        ids = [seq_ids] if isinstance(seq_ids, (int, np.integer)) else seq_ids
+        page_size, refcount, max_len = self.page_size, self.allocator.refcount, self.max_context_len
         needed = 0
         for seq_id in ids:
             seq = self._seq(seq_id)
-            if self.max_context_len is not None and seq.num_tokens + num_tokens > self.max_context_len:
+            old_len = len(seq.tokens)
+            new_len = old_len + num_tokens
+            if max_len is not None and new_len > max_len:
                 return False
-            needed += self._append_need(seq, num_tokens)[1]
+            needed += -(-new_len // page_size) - len(seq.pages)
+            if old_len % page_size and refcount[seq.pages[-1]] > 1:
+                needed += 1
         return needed <= self._obtainable()
 
     def append(self, seq_id: int, token_ids) -> None:
@@ -277,7 +282,7 @@ class BlockManager:
                          f"{self.allocator.num_evictable} evictable")
         self.pending_copies = []
         fresh = self._allocate(needed) if needed else []
-        i, unused = 0, []
+        i, unused, owned_pages, fills = 0, [], [], []
         for seq, toks, cow, extra in zip(seqs, lists, cows, extras):
             if cow:
                 # A parent and its fork in one batch: after the first copies the shared page, the
@@ -292,7 +297,14 @@ class BlockManager:
                 i += extra
             start = len(seq.tokens)
             seq.tokens.extend(toks)
-            self._reserve(seq, start, start + len(toks))
+            if len(toks) == 1:  # a decode step: collect, assign once below
+                owned_pages.append(seq.pages[-1])
+                fills.append(start % page_size + 1)
+            else:
+                self._reserve(seq, start, start + len(toks))
+        if owned_pages:
+            self.page_owner[owned_pages] = [seq_ids[j] for j, toks in enumerate(lists) if len(toks) == 1]
+            self.page_fill[owned_pages] = fills
         self.allocator.release(unused)
 
     def _reserve(self, seq: Sequence, start: int, end: int) -> None:
@@ -355,8 +367,14 @@ class BlockManager:
         np.ndarray
             int64 ``[sum of pending tokens]``.
         """
-        parts = [self._slots(seq, seq.num_written, seq.num_tokens) for seq in map(self._seq, seq_ids)]
-        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        page_size, slots = self.page_size, []
+        for seq in map(self._seq, seq_ids):
+            start, end = seq.num_written, len(seq.tokens)
+            if end - start == 1:  # a decode step: plain ints, one array at the end
+                slots.append(seq.pages[start // page_size] * page_size + start % page_size)
+            elif end > start:
+                slots.extend(self._slots(seq, start, end).tolist())
+        return np.array(slots, dtype=np.int64)
 
     def _slots(self, seq: Sequence, start: int, end: int) -> np.ndarray:
         if end - start == 1:

@@ -83,7 +83,8 @@ def page_copy(pool: torch.Tensor, src_pages: torch.Tensor, dst_pages: torch.Tens
         layers and pages may have any strides, the dims after them must be contiguous
     src_pages, dst_pages : int64 ``[num_pairs]`` in ``[0, num_pages)``; ``dst_pages`` distinct.
         A page that is both a source and a destination in one call is read and written by
-        concurrent programs; use ``page_move``, which rejects that, when it can happen.
+        concurrent Triton programs in no set order (the torch backend reads every source first);
+        use ``page_move``, which rejects such calls, when it can happen.
     backend : ``"auto"``, ``"triton"`` or ``"torch"``
     validate_indices : check ranges and distinctness (a device sync); False only when guaranteed
 

@@ -19,15 +19,23 @@ def kv_write_reference(layer_cache: torch.Tensor, slot_mapping: torch.Tensor, k:
     ``slot_mapping`` ``[num_tokens]``; tokens with a negative slot are skipped. In place."""
     page_size = layer_cache.shape[2]
     keep = slot_mapping >= 0
-    slots = slot_mapping[keep]
-    pages, offsets = slots // page_size, slots % page_size
-    layer_cache[pages, 0, offsets] = k[keep]
-    layer_cache[pages, 1, offsets] = v[keep]
+    if not bool(keep.all()):                                        # drop skipped tokens
+        slot_mapping, k, v = slot_mapping[keep], k[keep], v[keep]
+    pages, offsets = slot_mapping // page_size, slot_mapping % page_size
+    layer_cache[:, 0].index_put_((pages, offsets), k)               # K of every page: [pages, page_size, Hkv, D]
+    layer_cache[:, 1].index_put_((pages, offsets), v)
 
 
 def page_copy_reference(pool: torch.Tensor, src_pages: torch.Tensor, dst_pages: torch.Tensor) -> None:
     """Copy page ``src_pages[i]`` to page ``dst_pages[i]`` ``[num_pairs]`` in every layer of
     ``pool``. All sources are read before any destination is written. In place."""
+    if pool.device.type == "cpu":
+        src, dst = src_pages.tolist(), dst_pages.tolist()
+        if not set(src) & set(dst):
+            # a memcpy per page is about 10x faster on CPU than gathering and scattering by index
+            for s, d in zip(src, dst):
+                pool[:, d].copy_(pool[:, s])
+            return
     pool[:, dst_pages] = pool[:, src_pages]
 
 

@@ -103,3 +103,14 @@ def test_page_move_rejects_a_destination_that_is_also_a_source():
     with pytest.raises(KernelInputError, match="3 is in both"):
         page_move(pool, pages([1, 3], "cpu"), pages([3, 4], "cpu"))
     assert torch.equal(pool, before)
+
+
+def test_torch_page_copy_reads_every_source_before_writing():
+    # a page both read and written in one call: the torch backend reads all sources first
+    # (the Triton backend gives no order; page_move rejects such calls)
+    pool = random_pool(2, 6, 4, 2, 16, torch.float32, "cpu")
+    src, dst = pages([1, 3, 4], "cpu"), pages([3, 4, 0], "cpu")
+    expected = pool.clone()
+    copy_loop(expected, src, dst)
+    page_copy(pool, src, dst, backend="torch")
+    assert torch.equal(pool, expected)

@@ -190,9 +190,13 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, seconds")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--backend", default="auto", choices=["auto", "triton", "torch"])
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's); 1 gives steadier numbers on a shared machine")
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--prefill", action="store_true", help="also time prefill over a cached prefix")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if args.quick:
         shape, batches, contexts, max_tokens = QUICK_SHAPE, [1, 4], [128, 300], None
@@ -203,7 +207,7 @@ def main(argv=None) -> None:
     else:
         # CPU: fp32 (CPU bf16 matmuls are slow), smaller heads, batch x context capped so the sweep
         # (including the dense copies it times against) finishes in a few minutes on 2 cores
-        shape, batches, contexts, max_tokens = CPU_SHAPE, [1, 4, 16, 64, 256], [128, 512, 1024, 4096], 2**16
+        shape, batches, contexts, max_tokens = CPU_SHAPE, [1, 4, 16, 64, 256], [128, 512, 1024, 4096], 2**18
         prefill_cases = [(2, 768, 256)]
     payload = run(batches, contexts, shape, device, args.backend, args.repeat, max_tokens,
                   prefill_cases if args.prefill or args.quick else ())

@@ -173,8 +173,12 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, seconds")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--backend", default="auto", choices=["auto", "triton", "torch"])
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's); 1 gives steadier numbers on a shared machine")
     parser.add_argument("--repeat", type=int, default=20)
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     sizes = QUICK if args.quick else KernelSizes()
     payload = run(sizes, torch.device(args.device), args.backend, args.repeat)
     print(f"hardware: {hardware()}")

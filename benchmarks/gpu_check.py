@@ -184,9 +184,8 @@ def hnsw_section(device: torch.device, quick: bool) -> dict:
     except ImportError:
         faiss_index = None
     for ef in (32, 64, 128):
-        if device.type == "cuda":
-            rate, (ids, _) = qps(lambda: index.search(queries.to(device), k, ef, backend="torch"))
-            rows.append({"engine": "hnsw cuda (torch)", "ef": ef, "qps": rate, "recall@10": recall(ids)})
+        rate, (ids, _) = qps(lambda: index.search(queries.to(device), k, ef, backend="torch"))
+        rows.append({"engine": f"hnsw {device.type} (torch)", "ef": ef, "qps": rate, "recall@10": recall(ids)})
         rate, (ids, _) = qps(lambda: index.search(queries, k, ef, backend="numba"))
         rows.append({"engine": "hnsw cpu (numba)", "ef": ef, "qps": rate, "recall@10": recall(ids)})
         if faiss_index is not None:

@@ -56,7 +56,9 @@ On CPU, ``search`` runs the compiled numba loops (``backend="numba"``) on zero-c
 the tensors. ``backend="torch"`` runs the lockstep batched beam search written in tensor
 operations (:mod:`llmds_torch.retrieval.hnsw_lockstep`), the CUDA path; ``"auto"`` picks numba on
 CPU, torch elsewhere. Building and deleting always run the numba loops on the CPU master tensors;
-an index with ``device="cuda"`` mirrors them onto the GPU for searching.
+an index with ``device="cuda"`` mirrors them onto the GPU for searching. The numba loops reuse
+per-thread scratch held by the index, so one index must not be used from several Python threads at
+once (numba's own threads inside one call are fine).
 """
 
 from __future__ import annotations
@@ -134,7 +136,9 @@ class HNSW:
         self._max_level = -1
         self._next_id = 0          # default ids continue from the largest id ever added
         self._slot_of: dict[int, int] = {}
-        self._visited = np.zeros((0, 0), np.int32)
+        self._visited = np.zeros((0, 0), np.int32)       # [n_threads, capacity] scratch, reused
+        self._cand_keys = np.zeros((0, 0), np.float32)   # [n_threads, capacity + 1]
+        self._cand_vals = np.zeros((0, 0), np.int32)
         self._tag_base = 0
         self._device_mirror = None
 
@@ -172,19 +176,22 @@ class HNSW:
         """Zero-copy numpy views of the CPU tensors, as the kernels take them."""
         return (self._vectors.numpy(), self._links0.numpy(), self._upper_links.numpy(), self._upper_offset.numpy())
 
-    def _visited_pool(self, tags_needed: int) -> tuple[np.ndarray, int]:
-        """Per-thread visited arrays ``[n_threads, capacity]`` and the first free tag."""
+    def _scratch(self, tags_needed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """Per-thread scratch, kept between calls: visited tags ``[n_threads, capacity]``, candidate
+        heap keys and values ``[n_threads, capacity + 1]``; and the first free visited tag."""
         n_threads = numba.get_num_threads()
         cap = self._vectors.shape[0]
         if self._visited.shape != (n_threads, cap):
             self._visited = np.zeros((n_threads, cap), np.int32)
+            self._cand_keys = np.empty((n_threads, cap + 1), np.float32)
+            self._cand_vals = np.empty((n_threads, cap + 1), np.int32)
             self._tag_base = 0
         if self._tag_base + tags_needed + 1 >= _TAG_LIMIT:
             self._visited[:] = 0
             self._tag_base = 0
         base = self._tag_base
         self._tag_base += tags_needed + 1
-        return self._visited, base
+        return self._visited, self._cand_keys, self._cand_vals, base
 
     # ---------------------------------------------------------------------------------- validate
     def _as_matrix(self, x, what: str) -> np.ndarray:
@@ -296,10 +303,10 @@ class HNSW:
         top = max(self._max_level, 0)
         out_links0 = np.full((batch, self.M0), -1, np.int32)
         out_upper = np.full((batch, max(top, 1), self.M), -1, np.int32)
-        visited, tag_base = self._visited_pool(batch * (self._max_level + 1))
+        visited, cand_keys, cand_vals, tag_base = self._scratch(batch * (self._max_level + 1))
         kernels.insert_search(slots, levels, self._entry, self._max_level, self.ef_construction, vectors, links0,
-                              upper_links, upper_offset, self._kernel_metric, visited, tag_base, out_links0,
-                              out_upper)
+                              upper_links, upper_offset, self._kernel_metric, visited, cand_keys, cand_vals,
+                              tag_base, out_links0, out_upper)
         links0[slots] = out_links0
         sources, targets, target_levels = [slots.repeat(self.M0)], [out_links0.reshape(-1)], [np.zeros(batch * self.M0, np.int32)]
         for b in range(batch):
@@ -416,12 +423,12 @@ class HNSW:
         nq = q.shape[0]
         out_slots = np.empty((nq, k), np.int32)
         out_dists = np.empty((nq, k), np.float32)
-        visited, tag_base = self._visited_pool(nq)
+        visited, cand_keys, cand_vals, tag_base = self._scratch(nq)
         use_allow = allow_mask is not None
         allow = allow_mask if use_allow else np.zeros(1, np.bool_)
         run = kernels.search_batch_serial if nq == 1 else kernels.search_batch_parallel
         run(q, k, ef, self._entry, self._max_level, vectors, links0, upper_links, upper_offset,
-            self._kernel_metric, allow, use_allow, visited, tag_base, out_slots, out_dists)
+            self._kernel_metric, allow, use_allow, visited, cand_keys, cand_vals, tag_base, out_slots, out_dists)
         return out_slots, out_dists
 
     def _search_torch(self, q: np.ndarray, k: int, ef: int, allow_mask):

@@ -157,15 +157,17 @@ def drain_sorted(res_keys, res_vals, n_res, out_ids, out_dists):
 
 
 def _search_batch(queries, k, ef, entry, max_level, vectors, links0, upper_links, upper_offset, metric,
-                  allow, use_allow, visited_pool, tag_base, out_ids, out_dists):
-    """Search every query ``[nq, dim]``; fills ``out_ids`` (slots) ``[nq, k]`` and ``out_dists``."""
+                  allow, use_allow, visited_pool, cand_keys_pool, cand_vals_pool, tag_base, out_ids, out_dists):
+    """Search every query ``[nq, dim]``; fills ``out_ids`` (slots) ``[nq, k]`` and ``out_dists``.
+
+    The pools ``[n_chunks, capacity (+ 1)]`` are per-chunk scratch (visited tags, candidate heap).
+    """
     nq = queries.shape[0]
     n_chunks = min(visited_pool.shape[0], nq)
-    capacity = vectors.shape[0]
     for c in nb.prange(n_chunks):
         visited = visited_pool[c]
-        cand_keys = np.empty(capacity + 1, np.float32)
-        cand_vals = np.empty(capacity + 1, np.int32)
+        cand_keys = cand_keys_pool[c]
+        cand_vals = cand_vals_pool[c]
         res_keys = np.empty(ef + 1, np.float32)
         res_vals = np.empty(ef + 1, np.int32)
         for qi in range(c, nq, n_chunks):
@@ -211,7 +213,8 @@ def select_heuristic(cand_ids, cand_dists, n_cand, vectors, metric, out):
 
 
 def _insert_search(new_slots, new_levels, entry, max_level, ef_construction, vectors, links0, upper_links,
-                   upper_offset, metric, visited_pool, tag_base, out_links0, out_upper):
+                   upper_offset, metric, visited_pool, cand_keys_pool, cand_vals_pool, tag_base, out_links0,
+                   out_upper):
     """Forward links of a batch of new points, found on the graph as it was before the batch.
 
     For point ``b`` (slot ``new_slots[b]``, level ``new_levels[b]``): greedy descent to its level,
@@ -222,12 +225,11 @@ def _insert_search(new_slots, new_levels, entry, max_level, ef_construction, vec
     """
     batch = new_slots.shape[0]
     n_chunks = min(visited_pool.shape[0], batch)
-    capacity = vectors.shape[0]
     dummy_allow = np.zeros(1, np.bool_)
     for c in nb.prange(n_chunks):
         visited = visited_pool[c]
-        cand_keys = np.empty(capacity + 1, np.float32)
-        cand_vals = np.empty(capacity + 1, np.int32)
+        cand_keys = cand_keys_pool[c]
+        cand_vals = cand_vals_pool[c]
         res_keys = np.empty(ef_construction + 1, np.float32)
         res_vals = np.empty(ef_construction + 1, np.int32)
         sorted_ids = np.empty(ef_construction, np.int32)

@@ -81,6 +81,7 @@ def paged_attention_decode_reference(q: torch.Tensor, layer_cache: torch.Tensor,
     scores = torch.stack([torch.bmm(q_grouped[:, h], k[:, :, h].transpose(1, 2)) for h in range(num_kv_heads)],
                          dim=1) * scale                                      # [B, Hkv, group, N]
     beyond = torch.arange(num_keys, device=q.device)[None, :] >= seq_lens.long()[:, None]   # [B, N]
+    v = v.masked_fill(beyond[:, :, None, None], 0.0)  # unwritten slots may hold NaN; 0 * NaN is NaN
     probs = torch.softmax(scores.masked_fill(beyond[:, None, None, :], float("-inf")), dim=-1)
     out = torch.stack([torch.bmm(probs[:, h], v[:, :, h]) for h in range(num_kv_heads)], dim=1)   # [B, Hkv, group, D]
     return out.reshape(batch, num_q_heads, head_dim).to(q.dtype)

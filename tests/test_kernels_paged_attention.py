@@ -219,3 +219,16 @@ def test_prefill_rejects_wrong_query_start_loc_length_and_too_small_max_query_le
         paged_attention_prefill(q, cache, table, lens, torch.tensor([0, 6], dtype=torch.int32))
     with pytest.raises(KernelInputError, match="max_query_len=2"):
         paged_attention_prefill(q, cache, table, lens, torch.tensor([0, 3, 6], dtype=torch.int32), max_query_len=2)
+
+
+def test_decode_reference_ignores_nan_in_unwritten_slots():
+    """An uninitialized pool may hold NaN bit patterns past a sequence's length; they must not leak."""
+    from llmds_torch.kernels.reference import paged_attention_decode_reference
+    torch.manual_seed(0)
+    cache = torch.full((4, 2, 4, 2, 8), float("nan"))
+    cache[0, :, :3] = torch.randn(2, 3, 2, 8)      # sequence 0: 3 tokens in page 0
+    cache[1] = torch.randn(2, 4, 2, 8)             # sequence 1: 6 tokens in pages 1, 2
+    cache[2, :, :2] = torch.randn(2, 2, 2, 8)
+    table = torch.tensor([[0, -1], [1, 2]], dtype=torch.int32)
+    out = paged_attention_decode_reference(torch.randn(2, 4, 8), cache, table, torch.tensor([3, 6], dtype=torch.int32), 0.35)
+    assert torch.isfinite(out).all()

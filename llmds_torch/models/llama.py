@@ -208,10 +208,10 @@ class LlamaModel(nn.Module):
         ids = torch.tensor(flat, dtype=torch.int64, device=device)  # [N]
         positions = torch.cat([torch.arange(w, w + n) for w, n in zip(starts, query_lens)]).to(device)
         slot_mapping = _first_slots(cache.slot_mapping(list(seq_ids)), pending, query_lens).to(device)
-        # Always the prefill form (decode batches are prefills of one token each): the torch decode
-        # reference multiplies V of unwritten padding slots by zero probabilities, so an uninitialized
-        # pool holding NaN bit patterns poisons it; the prefill path reads exactly seq_lens tokens.
-        metadata = AttentionMetadata.build(cache, seq_ids, query_lens)
+        # One new token for every sequence: the decode kernel (split over long contexts); otherwise
+        # the causal prefill kernel over each sequence's cached prefix and its new tokens.
+        is_decode = pending == query_lens and all(n == 1 for n in query_lens)
+        metadata = AttentionMetadata.build(cache, seq_ids, None if is_decode else query_lens)
         if pending != query_lens:  # a prompt chunk: attend over the written part plus the chunk only
             kv_lens = torch.tensor([w + n for w, n in zip(starts, query_lens)], dtype=torch.int32)
             metadata = dataclasses.replace(metadata, seq_lens=kv_lens.to(metadata.seq_lens.device))

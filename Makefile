@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= test,compare,hf
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-cpu test-interpret test-gpu bench install clean
+.PHONY: demo test test-cpu test-interpret test-gpu gpu-check install clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ test-interpret: $(STAMP)
 
 test-gpu: $(STAMP)
 	$(BIN)/python -m pytest -q -m gpu tests --ignore=tests/interpret
+
+# One prepared script for a GPU machine: gpu tests, kernel bandwidth, attention timings, HNSW on CUDA.
+gpu-check: $(STAMP)
+	$(BIN)/python -m benchmarks.gpu_check
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -42,11 +42,12 @@ class TokenBudget:
         if prompt_len < 1 or max_new_tokens < 0:
             return f"prompt_len must be >= 1 and max_new_tokens >= 0, got {prompt_len} and {max_new_tokens}"
         total = prompt_len + max_new_tokens
+        if total > self.kv_tokens:
+            return (f"prompt ({prompt_len}) + max_new_tokens ({max_new_tokens}) = {total} tokens of KV exceed "
+                    f"the whole cache ({self.kv_tokens} tokens)")
         if total > self.max_context_len:
             return (f"prompt ({prompt_len}) + max_new_tokens ({max_new_tokens}) = {total} tokens exceeds the "
                     f"context window of {self.max_context_len}")
-        if total > self.kv_tokens:
-            return f"{total} tokens of KV exceed the whole cache ({self.kv_tokens} tokens)"
         return None
 
     def check(self, prompt_len: int, max_new_tokens: int) -> None:

@@ -39,6 +39,7 @@ from functools import partial
 import numpy as np
 
 from llmds_torch.errors import ConfigError
+from llmds_torch.kv.budget import TokenBudget
 from llmds_torch.sched.admission import AdmissionController
 from llmds_torch.sched.batch import Batch, ScheduledSeq, StepResult
 from llmds_torch.sched.cache_protocol import CacheProtocol
@@ -224,6 +225,8 @@ class Scheduler:
         self._page_size = int(cache.page_size)
         self._cache_pages = int(_cache_setting(cache, "max_num_pages") or cache.num_pages)
         self._max_context_len = self.config.max_context_len or _cache_setting(cache, "max_context_len")
+        kv_tokens = self._cache_pages * self._page_size
+        self._budget = TokenBudget(kv_tokens, self.config.max_batch_tokens, self._max_context_len or kv_tokens)
         self._lock = threading.Lock()  # guards _inbox, _next_id, admission, metrics.refused
         self._inbox: list[RequestState] = []
         self._next_id = 0
@@ -236,14 +239,9 @@ class Scheduler:
     # ------------------------------------------------------------------ submission (any thread)
     def check_fits(self, request: Request) -> None:
         """Raise :class:`RequestTooLarge` if ``request`` could never run on this cache."""
-        total = request.max_total_tokens
-        if self._max_context_len is not None and total > self._max_context_len:
-            raise RequestTooLarge(f"prompt ({request.prompt_len}) + max_new_tokens ({request.max_new_tokens}) "
-                                  f"= {total} tokens exceeds the context window of {self._max_context_len}")
-        pages = -(-total // self._page_size)
-        if pages > self._cache_pages:
-            raise RequestTooLarge(f"prompt + max_new_tokens = {total} tokens needs {pages} pages of "
-                                  f"{self._page_size}; the whole cache has {self._cache_pages}")
+        reason = self._budget.why_never_fits(request.prompt_len, request.max_new_tokens)
+        if reason is not None:
+            raise RequestTooLarge(reason)
 
     def submit(self, request: Request, now: float | None = None) -> int:
         """Queue ``request``; returns its request id.

@@ -229,3 +229,16 @@ def test_stats_report_compression_against_raw_int32():
     assert stats["raw_int32_postings_bytes"] == 8 * stats["num_postings"]
     assert 0 < stats["compressed_postings_bytes"] < stats["raw_int32_postings_bytes"]
     assert stats["compression_ratio"] == pytest.approx(stats["compressed_postings_bytes"] / stats["raw_int32_postings_bytes"])
+
+
+def test_long_gaps_and_large_term_frequencies_decode_in_search():
+    # Gaps of ~20k docs take three varint bytes once tf is folded in; tf = 300 takes two.
+    docs = [["filler"] for _ in range(20_000)]
+    docs[0], docs[19_999], docs[9_000] = ["rare", "filler"], ["rare"] * 300, ["rare", "rare"]
+    index = InvertedIndex(block_size=2)  # three postings of "rare" span two blocks
+    index.add(docs)
+    expected = reference_scores(docs, ["rare"], "lucene")
+    for prune in (True, False):
+        ids, scores = index.search(["rare"], 5, prune=prune)
+        assert sorted(ids.tolist()) == [0, 9_000, 19_999]
+        np.testing.assert_allclose(scores, [expected[i] for i in ids.tolist()], rtol=0, atol=1e-6)

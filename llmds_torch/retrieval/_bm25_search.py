@@ -1,27 +1,61 @@
 """Compiled BM25 top-k search over blocked varint postings (the inner loops of InvertedIndex).
 
-Term-at-a-time accumulation into a dense per-document array, with MaxScore-style pruning by
-per-block upper bounds, then an exact top-k through a binary heap. Terms are processed in
-descending order of their upper bound, the same order with pruning on or off, so every document
-that is fully scored gets bit-identical scores either way.
+Term-at-a-time accumulation into a dense per-document array, terms in descending order of their
+upper bound (the same order with pruning on or off, so every fully scored document gets bit-identical
+scores either way). A top-k heap of the current partial scores is kept up to date posting by posting
+(a document already in it moves when its score grows), so ``theta``, the heap's worst score, is at all
+times the k-th best partial score.
 
-Pruning (when ``prune`` is set): every contribution is >= 0, so partial scores only grow and the
-k-th largest partial score ``theta`` is a lower bound of the final k-th score. Once the bounds of
-the terms not yet processed sum below ``theta``, no untouched document can enter the top k, so
-later terms only update documents already touched; a block is skipped (not even decoded) when no
-touched document in its doc-id range could reach ``theta`` even if it scored the block's bound and
-every later term's bound. A relative slack of 1e-9 keeps floating-point rounding of bound sums on the
-safe side. Skipped documents end strictly below ``theta``, so the top k are exactly those of an
-exhaustive run.
+Pruning (when ``prune`` is set), Lucene-style block-max MaxScore: every contribution is >= 0, so
+partial scores only grow and ``theta`` is a lower bound of the final k-th score. Documents are grouped
+in windows of ``2**WINDOW_SHIFT`` ids, each with the largest partial score in it (0 for untouched
+documents). A block of a term is skipped without decoding when no document in its id range could
+reach ``theta``: window maximum + the block's largest contribution + the bound of every later term
+< ``theta``. Once the bounds of the terms not yet processed sum below ``theta``, documents that no
+earlier term touched cannot enter the top k and are passed over. A relative slack of 1e-9 keeps
+floating-point rounding of bound sums on the safe side. A document that loses a contribution this way
+already ends strictly below ``theta``, so the heap's k documents are fully scored and are exactly those
+of an exhaustive run.
+
+Single-block terms carry no block metadata (see ``codec.BlockedPostings``); their bound is found by
+decoding them in a first pass.
 """
 
 import numba
 import numpy as np
 
-from .bm25 import tfc_by_code
-from .codec import uvarint_at
+from .bm25 import idf_by_code, tfc_by_code
+from .codec import posting_at, term_header_at
 
 _SLACK = 1e-9
+WINDOW_SHIFT = 6
+
+
+@numba.njit(cache=True)
+def posting_contributions(term_freqs, doc_ids, tfc_one, doc_lengths, avgdl, code, k1, b, delta):
+    """``tfc(tf, |d|) - tfc(0)`` per posting, float64 ``[n_postings]``: the block maxima the search bounds with."""
+    absent = tfc_by_code(code, 0.0, avgdl, avgdl, k1, b, delta)
+    out = np.empty(term_freqs.shape[0])
+    for i in range(term_freqs.shape[0]):
+        out[i] = _contribution(term_freqs[i], doc_ids[i], tfc_one, doc_lengths, avgdl, code, k1, b, delta, absent)
+    return out
+
+
+@numba.njit(cache=True)
+def tfc_of_one(doc_lengths, avgdl, code, k1, b, delta):
+    """``tfc(1, |d|) - tfc(0)`` per document, float64 ``[n_slots]``: the contribution of a tf = 1 posting."""
+    absent = tfc_by_code(code, 0.0, avgdl, avgdl, k1, b, delta)
+    out = np.empty(doc_lengths.shape[0])
+    for d in range(doc_lengths.shape[0]):
+        out[d] = tfc_by_code(code, 1.0, np.float64(doc_lengths[d]), avgdl, k1, b, delta) - absent
+    return out
+
+
+@numba.njit(inline="always")
+def _contribution(tf, doc, tfc_one, doc_lengths, avgdl, code, k1, b, delta, absent):
+    if tf == 1:
+        return tfc_one[doc]
+    return tfc_by_code(code, np.float64(tf), np.float64(doc_lengths[doc]), avgdl, k1, b, delta) - absent
 
 
 @numba.njit(inline="always")
@@ -31,7 +65,15 @@ def _better(score_a, slot_a, score_b, slot_b):
 
 
 @numba.njit(inline="always")
-def _sift_down(heap_scores, heap_slots, size, i):
+def _swap(heap_scores, heap_slots, heap_pos, i, j):
+    heap_scores[i], heap_scores[j] = heap_scores[j], heap_scores[i]
+    heap_slots[i], heap_slots[j] = heap_slots[j], heap_slots[i]
+    heap_pos[heap_slots[i]] = i
+    heap_pos[heap_slots[j]] = j
+
+
+@numba.njit
+def _sift_down(heap_scores, heap_slots, heap_pos, size, i):
     # A min-heap on "worse first": the root is the worst of the kept k.
     while True:
         left = 2 * i + 1
@@ -43,176 +85,192 @@ def _sift_down(heap_scores, heap_slots, size, i):
             worst = right
         if worst == i:
             return
-        heap_scores[i], heap_scores[worst] = heap_scores[worst], heap_scores[i]
-        heap_slots[i], heap_slots[worst] = heap_slots[worst], heap_slots[i]
+        _swap(heap_scores, heap_slots, heap_pos, i, worst)
         i = worst
 
 
-@numba.njit(inline="always")
-def _sift_up(heap_scores, heap_slots, i):
+@numba.njit
+def _sift_up(heap_scores, heap_slots, heap_pos, i):
     while i > 0:
         parent = (i - 1) // 2
-        if _better(heap_scores[parent], heap_slots[parent], heap_scores[i], heap_slots[i]):
-            heap_scores[i], heap_scores[parent] = heap_scores[parent], heap_scores[i]
-            heap_slots[i], heap_slots[parent] = heap_slots[parent], heap_slots[i]
-            i = parent
-        else:
+        if not _better(heap_scores[parent], heap_slots[parent], heap_scores[i], heap_slots[i]):
             return
+        _swap(heap_scores, heap_slots, heap_pos, i, parent)
+        i = parent
 
 
 @numba.njit
-def _top_k(acc, touched, num_touched, k, heap_scores, heap_slots):
-    """Keep the k best touched documents in the heap; return how many were kept."""
-    size = 0
-    for i in range(num_touched):
-        slot = touched[i]
-        score = acc[slot]
-        if size < k:
-            heap_scores[size] = score
-            heap_slots[size] = slot
-            _sift_up(heap_scores, heap_slots, size)
-            size += 1
-        elif _better(score, slot, heap_scores[0], heap_slots[0]):
-            heap_scores[0] = score
-            heap_slots[0] = slot
-            _sift_down(heap_scores, heap_slots, size, 0)
+def _offer(doc, score, k, size, state, heap_scores, heap_slots, heap_pos):
+    """Doc's partial score grew to ``score``; keep the heap the k best. ``state``: 1 touched, 2 in the heap."""
+    if state[doc] == 2:
+        heap_scores[heap_pos[doc]] = score
+        _sift_down(heap_scores, heap_slots, heap_pos, size, heap_pos[doc])
+    elif size < k:
+        heap_scores[size] = score
+        heap_slots[size] = doc
+        heap_pos[doc] = size
+        state[doc] = 2
+        _sift_up(heap_scores, heap_slots, heap_pos, size)
+        size += 1
+    elif _better(score, doc, heap_scores[0], heap_slots[0]):
+        state[heap_slots[0]] = 1
+        heap_scores[0] = score
+        heap_slots[0] = doc
+        heap_pos[doc] = 0
+        state[doc] = 2
+        _sift_down(heap_scores, heap_slots, heap_pos, size, 0)
     return size
 
 
-@numba.njit
-def _kth_best(acc, touched, num_touched, k, heap_scores, heap_slots):
-    if num_touched < k:
-        return -np.inf
-    _top_k(acc, touched, num_touched, k, heap_scores, heap_slots)
-    return heap_scores[0]
-
-
 @numba.njit(inline="always")
-def _block_bound(block, weight, absent, block_max_tf, block_min_doc_length, avgdl, code, k1, b, delta):
-    tfc = tfc_by_code(code, np.float64(block_max_tf[block]), np.float64(block_min_doc_length[block]),
-                      avgdl, k1, b, delta)
-    return weight * (tfc - absent)
+def _cut(theta):
+    return theta - _SLACK * (1.0 + abs(theta))
 
 
 @numba.njit
-def _search_one(terms, weights, k, prune, data, term_block_start, block_byte_start, block_count,
-                block_last_doc, block_max_tf, block_min_doc_length, doc_lengths, avgdl, code, k1, b,
-                delta, acc, touched_flag, touched, heap_scores, heap_slots, out_slots, out_scores):
-    """Score one query; write its top k to ``out_slots`` / ``out_scores`` (``[k]``, best first)."""
+def _search_one(terms, counts, k, prune, data, term_byte_start, block_byte_start, block_last_doc,
+                block_max_impact, block_size, tfc_one, doc_lengths, num_docs, avgdl, code, k1, b, delta,
+                acc, state, touched, heap_pos, window_max, heap_scores, heap_slots, out_slots, out_scores):
+    """Score one query; write its top k to ``out_slots`` / ``out_scores`` (``[k]``, best first); return how many."""
     num_terms = terms.shape[0]
     absent = tfc_by_code(code, 0.0, avgdl, avgdl, k1, b, delta)
+    weights = np.zeros(num_terms)
     bounds = np.zeros(num_terms)
+    doc_freqs = np.zeros(num_terms, dtype=np.int64)
+    first_blocks = np.zeros(num_terms, dtype=np.int64)
+    starts = np.zeros(num_terms, dtype=np.int64)
+    baseline = 0.0
     for j in range(num_terms):
-        term = terms[j]
-        for block in range(term_block_start[term], term_block_start[term + 1]):
-            bound = _block_bound(block, weights[j], absent, block_max_tf, block_min_doc_length, avgdl,
-                                 code, k1, b, delta)
-            bounds[j] = max(bounds[j], bound)
+        df, first_block, pos = term_header_at(data, term_byte_start, terms[j], block_size)
+        doc_freqs[j], first_blocks[j], starts[j] = df, first_block, pos
+        if df == 0:
+            continue
+        weight = counts[j] * idf_by_code(code, df, num_docs)
+        weights[j] = weight
+        baseline += weight * absent
+        best = 0.0
+        if first_block >= 0:
+            for block in range(first_block, first_block + (df + block_size - 1) // block_size):
+                best = max(best, np.float64(block_max_impact[block]))
+        else:
+            doc = np.int64(0)
+            for _ in range(df):
+                gap, tf, pos = posting_at(data, pos)
+                doc += gap
+                best = max(best, _contribution(tf, doc, tfc_one, doc_lengths, avgdl, code, k1, b, delta, absent))
+        bounds[j] = weight * best
     order = np.argsort(-bounds, kind="mergesort")
     remaining = np.zeros(num_terms + 1)  # remaining[j]: bound sum of terms order[j:]
     for j in range(num_terms - 1, -1, -1):
         remaining[j] = remaining[j + 1] + bounds[order[j]]
 
     num_touched = 0
-    theta = -np.inf
-    essential = True
-    candidates = np.empty(0, dtype=np.int64)
-    for j in range(num_terms):
-        term = terms[order[j]]
-        weight = weights[order[j]]
-        first_block = term_block_start[term]
-        if prune and essential and remaining[j] < theta - _SLACK * (1.0 + abs(theta)):
-            essential = False
-            candidates = np.sort(touched[:num_touched])
-        after = remaining[j + 1]
-        if not essential:
-            # Keep only touched documents that could still reach theta.
-            alive = 0
-            for i in range(candidates.shape[0]):
-                slot = candidates[i]
-                if acc[slot] + bounds[order[j]] + after >= theta - _SLACK * (1.0 + abs(theta)):
-                    candidates[alive] = slot
-                    alive += 1
-            candidates = candidates[:alive]
-            if alive == 0:
-                break
-        cursor = 0
-        for block in range(first_block, term_block_start[term + 1]):
-            base = block_last_doc[block - 1] if block > first_block else 0
-            if not essential:
-                while cursor < candidates.shape[0] and candidates[cursor] <= base and block > first_block:
-                    cursor += 1
-                best = -np.inf
-                scan = cursor
-                while scan < candidates.shape[0] and candidates[scan] <= block_last_doc[block]:
-                    best = max(best, acc[candidates[scan]])
-                    scan += 1
-                if scan == cursor:
-                    continue
-                bound = _block_bound(block, weight, absent, block_max_tf, block_min_doc_length, avgdl,
-                                     code, k1, b, delta)
-                if best + bound + after < theta - _SLACK * (1.0 + abs(theta)):
-                    continue
-            pos = block_byte_start[block]
-            doc = np.int64(base)
-            for _ in range(block_count[block]):
-                gap, pos = uvarint_at(data, pos)
-                tf, pos = uvarint_at(data, pos)
-                doc += np.int64(gap)
-                if essential:
-                    if touched_flag[doc] == 0:
-                        touched_flag[doc] = 1
-                        touched[num_touched] = doc
-                        num_touched += 1
-                elif touched_flag[doc] == 0:
-                    continue
-                tfc = tfc_by_code(code, np.float64(tf), doc_lengths[doc], avgdl, k1, b, delta)
-                acc[doc] += weight * (tfc - absent)
-        if prune and essential:
-            theta = _kth_best(acc, touched, num_touched, k, heap_scores, heap_slots)
+    size = 0
+    for jj in range(num_terms):
+        j = order[jj]
+        df, first_block, weight = doc_freqs[j], first_blocks[j], weights[j]
+        if df == 0:
+            continue
+        after = remaining[jj + 1]
+        num_blocks = 1 if first_block < 0 else (df + block_size - 1) // block_size
+        for i in range(num_blocks):
+            only_touched = False
+            if first_block < 0:
+                pos, base, count = starts[j], np.int64(0), df
+                if prune and size == k:
+                    only_touched = remaining[jj] < _cut(heap_scores[0])
+            else:
+                block = first_block + i
+                pos = np.int64(block_byte_start[block])
+                base = np.int64(block_last_doc[block - 1]) if i > 0 else np.int64(0)
+                count = min(block_size, df - i * block_size)
+                if prune and size == k:
+                    cut = _cut(heap_scores[0])
+                    best = 0.0
+                    for w in range((base + (i > 0)) >> WINDOW_SHIFT, (np.int64(block_last_doc[block]) >> WINDOW_SHIFT) + 1):
+                        best = max(best, window_max[w])
+                    if best + weight * np.float64(block_max_impact[block]) + after < cut:
+                        continue
+                    only_touched = remaining[jj] < cut
+            doc = base
+            for _ in range(count):
+                gap, tf, pos = posting_at(data, pos)
+                doc += gap
+                if state[doc] == 0:
+                    if only_touched:
+                        continue
+                    state[doc] = 1
+                    touched[num_touched] = doc
+                    num_touched += 1
+                score = acc[doc] + weight * _contribution(tf, doc, tfc_one, doc_lengths, avgdl, code, k1, b, delta,
+                                                          absent)
+                acc[doc] = score
+                if score > window_max[doc >> WINDOW_SHIFT]:
+                    window_max[doc >> WINDOW_SHIFT] = score
+                if size < k or score >= heap_scores[0]:
+                    size = _offer(doc, score, k, size, state, heap_scores, heap_slots, heap_pos)
 
-    size = _top_k(acc, touched, num_touched, k, heap_scores, heap_slots)
     # Pop worst-first into the tail so the output is best-first.
     for i in range(size - 1, -1, -1):
-        out_scores[i] = heap_scores[0]
+        out_scores[i] = heap_scores[0] + baseline
         out_slots[i] = heap_slots[0]
         heap_scores[0] = heap_scores[i]
         heap_slots[0] = heap_slots[i]
-        _sift_down(heap_scores, heap_slots, i, 0)
+        heap_pos[heap_slots[0]] = 0
+        _sift_down(heap_scores, heap_slots, heap_pos, i, 0)
     for i in range(num_touched):
-        acc[touched[i]] = 0.0
-        touched_flag[touched[i]] = 0
+        doc = touched[i]
+        acc[doc] = 0.0
+        state[doc] = 0
+        window_max[doc >> WINDOW_SHIFT] = 0.0
     return size
 
 
+def new_scratch(num_slots: int, k: int):
+    """Per-thread scratch of :func:`search_range`, all zero between queries.
+
+    Returns
+    -------
+    acc : float64 ``[num_slots]``, state : uint8 ``[num_slots]``, touched : int32 ``[num_slots]``,
+    heap_pos : int32 ``[num_slots]``, window_max : float64 ``[num_slots // 2**WINDOW_SHIFT + 1]``,
+    heap_scores : float64 ``[k]``, heap_slots : int64 ``[k]``
+    """
+    return (np.zeros(num_slots), np.zeros(num_slots, dtype=np.uint8), np.zeros(num_slots, dtype=np.int32),
+            np.zeros(num_slots, dtype=np.int32), np.zeros((num_slots >> WINDOW_SHIFT) + 1),
+            np.zeros(k), np.zeros(k, dtype=np.int64))
+
+
+def scratch_nbytes(num_slots: int) -> int:
+    """Bytes of one :func:`new_scratch` set (without the two ``[k]`` heap arrays); one per searching thread."""
+    return num_slots * (8 + 1 + 4 + 4) + 8 * ((num_slots >> WINDOW_SHIFT) + 1)
+
+
 @numba.njit(cache=True)
-def search_range(first, last, query_ptr, query_terms, query_weights, k, prune, data, term_block_start,
-                 block_byte_start, block_count, block_last_doc, block_max_tf, block_min_doc_length, doc_lengths,
-                 avgdl, code, k1, b, delta, out_slots, out_scores, out_sizes):
-    """Search queries ``first:last`` with one set of per-document scratch arrays."""
-    num_slots = doc_lengths.shape[0]
-    acc = np.zeros(num_slots)
-    touched_flag = np.zeros(num_slots, dtype=np.uint8)
-    touched = np.empty(num_slots, dtype=np.int64)
-    heap_scores = np.empty(k)
-    heap_slots = np.empty(k, dtype=np.int64)
+def search_range(first, last, query_ptr, query_terms, query_counts, k, prune, data, term_byte_start,
+                 block_byte_start, block_last_doc, block_max_impact, block_size, tfc_one, doc_lengths, num_docs,
+                 avgdl, code, k1, b, delta, acc, state, touched, heap_pos, window_max, heap_scores, heap_slots,
+                 out_slots, out_scores, out_sizes):
+    """Search queries ``first:last`` with one scratch set (see :func:`new_scratch`); fills ``out_*[q]``."""
     for q in range(first, last):
         lo, hi = query_ptr[q], query_ptr[q + 1]
         out_sizes[q] = _search_one(
-            query_terms[lo:hi], query_weights[lo:hi], k, prune, data, term_block_start, block_byte_start,
-            block_count, block_last_doc, block_max_tf, block_min_doc_length, doc_lengths, avgdl, code, k1,
-            b, delta, acc, touched_flag, touched, heap_scores, heap_slots, out_slots[q], out_scores[q])
+            query_terms[lo:hi], query_counts[lo:hi], k, prune, data, term_byte_start, block_byte_start,
+            block_last_doc, block_max_impact, block_size, tfc_one, doc_lengths, num_docs, avgdl, code, k1, b,
+            delta, acc, state, touched, heap_pos, window_max, heap_scores, heap_slots, out_slots[q], out_scores[q])
 
 
 @numba.njit(parallel=True)
-def search_parallel(num_chunks, query_ptr, query_terms, query_weights, k, prune, data, term_block_start,
-                    block_byte_start, block_count, block_last_doc, block_max_tf, block_min_doc_length, doc_lengths,
+def search_parallel(num_chunks, query_ptr, query_terms, query_counts, k, prune, data, term_byte_start,
+                    block_byte_start, block_last_doc, block_max_impact, block_size, tfc_one, doc_lengths, num_docs,
                     avgdl, code, k1, b, delta, out_slots, out_scores, out_sizes):
     """Queries split into ``num_chunks`` contiguous chunks, one :func:`search_range` each, in parallel."""
     num_queries = query_ptr.shape[0] - 1
+    num_slots = doc_lengths.shape[0]
     chunk = (num_queries + num_chunks - 1) // num_chunks
     for c in numba.prange(num_chunks):
-        search_range(c * chunk, min(num_queries, (c + 1) * chunk), query_ptr, query_terms, query_weights, k,
-                     prune, data, term_block_start, block_byte_start, block_count, block_last_doc, block_max_tf,
-                     block_min_doc_length, doc_lengths, avgdl, code, k1, b, delta, out_slots, out_scores,
-                     out_sizes)
+        search_range(c * chunk, min(num_queries, (c + 1) * chunk), query_ptr, query_terms, query_counts, k, prune,
+                     data, term_byte_start, block_byte_start, block_last_doc, block_max_impact, block_size, tfc_one,
+                     doc_lengths, num_docs, avgdl, code, k1, b, delta, np.zeros(num_slots),
+                     np.zeros(num_slots, dtype=np.uint8), np.zeros(num_slots, dtype=np.int32),
+                     np.zeros(num_slots, dtype=np.int32), np.zeros((num_slots >> WINDOW_SHIFT) + 1), np.zeros(k),
+                     np.zeros(k, dtype=np.int64), out_slots, out_scores, out_sizes)

@@ -97,6 +97,22 @@ def tfc_by_code(code, tf, doc_length, avgdl, k1, b, delta):
     return tfc_bm25plus(tf, doc_length, avgdl, k1, b, delta)
 
 
+@numba.njit(cache=True)
+def idf_by_code(code, doc_freq, num_docs):
+    """The idf of ``METHODS[code]`` for one term (scalars), for compiled loops; same formulas as ``idf_*``."""
+    df = np.float64(doc_freq)
+    n = np.float64(num_docs)
+    if code == 0:
+        return np.log(1.0 + (n - df + 0.5) / (df + 0.5))
+    if code == 1:
+        return np.log(max(1.0, (n - df + 0.5) / (df + 0.5)))
+    if code == 2:
+        return np.log(n / df)
+    if code == 3:
+        return np.log((n + 1.0) / (df + 0.5))
+    return np.log((n + 1.0) / df)
+
+
 @dataclass(frozen=True, slots=True)
 class BM25Params:
     """Which variant and its parameters (names as bm25s has them).

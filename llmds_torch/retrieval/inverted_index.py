@@ -1,9 +1,11 @@
 """BM25 inverted index over compressed, blocked postings with exact top-k search.
 
-Postings live in one :class:`~llmds_torch.retrieval.codec.BlockedPostings`: per term, doc gaps and
-term frequencies as LEB128 varints in blocks of ``block_size`` with each block's largest term
-frequency and shortest document, which bound the block's best score for pruning. Search runs in
-compiled loops (``_bm25_search``); see there for why pruning never changes results.
+Postings live in one :class:`~llmds_torch.retrieval.codec.BlockedPostings`: per term, doc gaps with
+the term frequency folded in (tf = 1 is one bit) as LEB128 varints; terms longer than ``block_size``
+are cut into blocks that record their largest contribution ``tfc - tfc(0)``, which bounds the block's
+best score for pruning. Search runs in compiled loops (``_bm25_search``); see there for why pruning
+never changes results. Per document, the contribution of a tf = 1 posting is precomputed at each
+rebuild, so most postings cost one lookup.
 
 Documents are stored in slots (insertion order); the caller's ids map to slots. ``add`` and
 ``delete`` rebuild the postings from decoded arrays in vectorized numpy, so add documents in
@@ -23,7 +25,14 @@ import numpy as np
 from llmds_torch.errors import ConfigError
 
 from . import persist
-from ._bm25_search import search_parallel, search_range
+from ._bm25_search import (
+    new_scratch,
+    posting_contributions,
+    scratch_nbytes,
+    search_parallel,
+    search_range,
+    tfc_of_one,
+)
 from .bm25 import BM25Params
 from .codec import (
     DEFAULT_BLOCK_SIZE,
@@ -36,7 +45,7 @@ from .errors import CorruptIndexFile, DuplicateIds, InvalidDocument, InvalidQuer
 from .tokenizer import Tokenizer
 
 _FILE_KIND = "inverted_index"
-_FILE_VERSION = 1
+_FILE_VERSION = 2  # 2: tf folded into the doc gap, block metadata only for multi-block terms
 
 
 class InvertedIndex:
@@ -51,7 +60,7 @@ class InvertedIndex:
     tokenizer : Tokenizer, optional
         Splits raw-text documents and queries (default: ``Tokenizer()``). Token lists bypass it.
     block_size : int
-        Postings per compressed block (default 128).
+        Postings per compressed block of a long term (default 128); shorter terms are one block.
     """
 
     def __init__(self, method: str = "lucene", k1: float = 1.5, b: float = 0.75, delta: float = 0.5,
@@ -68,7 +77,8 @@ class InvertedIndex:
         self._live = np.empty(0, dtype=bool)              # [n_slots]
         self._slot_of: dict[int, int] = {}
         self._next_id = 0
-        self._postings = encode_blocked_postings([], [], [], [], 0, block_size)
+        self._postings = encode_blocked_postings([], [], [], 0, block_size)
+        self._refresh_search_state()
 
     # ----------------------------------------------------------------------------------- building
 
@@ -108,16 +118,17 @@ class InvertedIndex:
 
         old_terms, old_docs, old_tfs = decode_blocked_postings(self._postings)
         doc_lengths = np.concatenate([self._doc_lengths, lengths])
-        postings = encode_blocked_postings(
-            np.concatenate([old_terms, new_terms]), np.concatenate([old_docs, new_slots]),
-            np.concatenate([old_tfs, counts]), doc_lengths, len(vocab), self.block_size)
+        live = np.concatenate([self._live, np.ones(len(token_lists), dtype=bool)])
+        postings = self._encode(np.concatenate([old_terms, new_terms]), np.concatenate([old_docs, new_slots]),
+                                np.concatenate([old_tfs, counts]), doc_lengths, live, len(vocab))
 
         self._vocab, self._terms, self._postings = vocab, terms, postings
         self._doc_lengths = doc_lengths
         self._slot_ids = np.concatenate([self._slot_ids, new_ids])
-        self._live = np.concatenate([self._live, np.ones(len(token_lists), dtype=bool)])
+        self._live = live
         self._slot_of.update(zip(new_ids.tolist(), range(first_slot, first_slot + len(token_lists))))
         self._next_id = max(self._next_id, int(new_ids.max()) + 1)
+        self._refresh_search_state()
         return new_ids
 
     def delete(self, ids) -> None:
@@ -139,12 +150,28 @@ class InvertedIndex:
             return
         terms, docs, tfs = decode_blocked_postings(self._postings)
         keep = ~np.isin(docs, slots)
-        postings = encode_blocked_postings(terms[keep], docs[keep], tfs[keep], self._doc_lengths,
-                                           len(self._vocab), self.block_size)
-        self._postings = postings
-        self._live[slots] = False
+        live = self._live.copy()
+        live[slots] = False
+        self._postings = self._encode(terms[keep], docs[keep], tfs[keep], self._doc_lengths, live, len(self._vocab))
+        self._live = live
         for i in ids.tolist():
             self._slot_of.pop(int(i), None)
+        self._refresh_search_state()
+
+    def _encode(self, terms, docs, tfs, doc_lengths, live, num_terms) -> BlockedPostings:
+        """Postings with block maxima of ``tfc - tfc(0)`` at the average length of the ``live`` documents."""
+        avgdl = _average_length(doc_lengths, live)
+        p = self.params
+        tfc_one = tfc_of_one(doc_lengths, avgdl, p.code, p.k1, p.b, p.delta)
+        impacts = posting_contributions(tfs, docs, tfc_one, doc_lengths, avgdl, p.code, p.k1, p.b, p.delta)
+        return encode_blocked_postings(terms, docs, tfs, num_terms, self.block_size, impacts)
+
+    def _refresh_search_state(self) -> None:
+        """Recompute what search reads besides the postings: avgdl and the tf = 1 contributions."""
+        self._avgdl = _average_length(self._doc_lengths, self._live)
+        p = self.params
+        self._tfc_one = tfc_of_one(self._doc_lengths, self._avgdl, p.code, p.k1, p.b, p.delta)
+        self._scratch = None  # allocated by the first single-query search
 
     def _tokenize_documents(self, docs) -> list[list[str]]:
         if isinstance(docs, (str, bytes)) or not isinstance(docs, Sequence):
@@ -195,9 +222,20 @@ class InvertedIndex:
         ids : np.ndarray of int64, ``[n]`` with ``n <= k``, best first
         scores : np.ndarray of float64, ``[n]``
         """
-        ids, scores = self.search_batch([query], k, prune=prune, parallel=False)
-        found = ids[0] >= 0
-        return ids[0][found], scores[0][found]
+        _check_k(k)
+        terms, counts = self._query_terms(query, 0)
+        if not terms:
+            return np.empty(0, dtype=np.int64), np.empty(0)
+        if self._scratch is None or self._scratch[5].size < k:
+            self._scratch = new_scratch(self._slot_ids.size, int(k))
+        out_slots = np.empty((1, k), dtype=np.int64)
+        out_scores = np.empty((1, k))
+        out_sizes = np.zeros(1, dtype=np.int64)
+        search_range(0, 1, np.array([0, len(terms)], dtype=np.int64), np.array(terms, dtype=np.int64),
+                     np.array(counts, dtype=np.float64), int(k), bool(prune), *self._index_args(), *self._scratch,
+                     out_slots, out_scores, out_sizes)
+        size = int(out_sizes[0])
+        return self._slot_ids[out_slots[0, :size]], out_scores[0, :size]
 
     def search_batch(self, queries: Sequence, k: int = 10, prune: bool = True,
                      parallel: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -216,92 +254,93 @@ class InvertedIndex:
         ids : np.ndarray of int64, ``[n_queries, k]``, best first, padded with -1
         scores : np.ndarray of float64, ``[n_queries, k]``, padded with -inf
         """
-        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
-            raise InvalidSearchParameter(f"k must be an int >= 1; got {k!r}")
+        _check_k(k)
         if isinstance(queries, (str, bytes)) or not isinstance(queries, Sequence):
             raise InvalidQuery("queries must be a list of queries (str or list of str)")
-        query_ptr, query_terms, query_weights, baselines = self._prepare_queries(queries)
+        query_ptr, all_terms, all_counts = [0], [], []
+        for q, query in enumerate(queries):
+            terms, counts = self._query_terms(query, q)
+            all_terms += terms
+            all_counts += counts
+            query_ptr.append(len(all_terms))
         num_queries = len(queries)
         out_slots = np.full((num_queries, k), -1, dtype=np.int64)
         out_scores = np.full((num_queries, k), -np.inf)
         out_sizes = np.zeros(num_queries, dtype=np.int64)
-        if query_terms.size:
-            postings = self._postings
-            index_args = (postings.data, postings.term_block_start, postings.block_byte_start, postings.block_count,
-                          postings.block_last_doc, postings.block_max_tf, postings.block_min_doc_length,
-                          self._doc_lengths.astype(np.float64), self._avgdl(), self.params.code, self.params.k1,
-                          self.params.b, self.params.delta, out_slots, out_scores, out_sizes)
+        if all_terms:
+            query_args = (np.array(query_ptr, dtype=np.int64), np.array(all_terms, dtype=np.int64),
+                          np.array(all_counts, dtype=np.float64), int(k), bool(prune))
             if parallel and num_queries > 1:
                 num_chunks = min(num_queries, numba.get_num_threads() * 4)
-                search_parallel(num_chunks, query_ptr, query_terms, query_weights, int(k), bool(prune), *index_args)
+                search_parallel(num_chunks, *query_args, *self._index_args(), out_slots, out_scores, out_sizes)
             else:
-                search_range(0, num_queries, query_ptr, query_terms, query_weights, int(k), bool(prune), *index_args)
+                search_range(0, num_queries, *query_args, *self._index_args(),
+                             *new_scratch(self._slot_ids.size, int(k)), out_slots, out_scores, out_sizes)
         found = out_slots >= 0
         ids = np.where(found, self._slot_ids[np.where(found, out_slots, 0)] if self._slot_ids.size else -1, -1)
-        scores = np.where(found, out_scores + baselines[:, None], -np.inf)
-        return ids, scores
+        return ids, out_scores
 
-    def _prepare_queries(self, queries):
-        """Query terms as flat arrays: ``query_ptr [n+1]``, ``terms``, ``weights`` (count*idf), baselines ``[n]``."""
-        live_docs = len(self._slot_of)
-        doc_freq = self._postings.doc_freq
-        avgdl = self._avgdl()
-        absent = self.params.tfc_absent(avgdl) if live_docs else 0.0
-        query_ptr, all_terms, all_weights = [0], [], []
-        baselines = np.zeros(len(queries))
-        for q, query in enumerate(queries):
-            if isinstance(query, str):
-                tokens = self.tokenizer(query)
-            elif isinstance(query, (list, tuple)) and all(isinstance(tok, str) for tok in query):
-                tokens = query
-            else:
-                raise InvalidQuery(f"query {q} is a {type(query).__name__}; queries must be str or lists of str")
-            counts: dict[int, int] = {}
-            for tok in tokens:
-                term = self._vocab.get(tok)
-                if term is not None and doc_freq[term] > 0:
-                    counts[term] = counts.get(term, 0) + 1
-            if counts:
-                terms = np.fromiter(counts, dtype=np.int64, count=len(counts))
-                weights = np.fromiter(counts.values(), dtype=np.float64, count=len(counts))
-                weights *= self.params.idf(doc_freq[terms], live_docs)
-                all_terms.append(terms)
-                all_weights.append(weights)
-                baselines[q] = float(weights.sum()) * absent
-            query_ptr.append(query_ptr[-1] + len(counts))
-        terms = np.concatenate(all_terms) if all_terms else np.empty(0, dtype=np.int64)
-        weights = np.concatenate(all_weights) if all_weights else np.empty(0)
-        return np.asarray(query_ptr, dtype=np.int64), terms, weights, baselines
+    def _query_terms(self, query, position: int) -> tuple[list, list]:
+        """Known query terms (vocabulary ids) and how often each occurs in the query."""
+        if isinstance(query, str):
+            tokens = self.tokenizer(query)
+        elif isinstance(query, (list, tuple)) and all(isinstance(tok, str) for tok in query):
+            tokens = query
+        else:
+            raise InvalidQuery(f"query {position} is a {type(query).__name__}; queries must be str or lists of str")
+        counts: dict[int, int] = {}
+        vocab = self._vocab
+        for tok in tokens:
+            term = vocab.get(tok)
+            if term is not None:
+                counts[term] = counts.get(term, 0) + 1
+        return list(counts), list(counts.values())
 
-    def _avgdl(self) -> float:
-        live_lengths = self._doc_lengths[self._live]
-        return float(live_lengths.mean()) if live_lengths.size and live_lengths.sum() > 0 else 1.0
+    def _index_args(self) -> tuple:
+        """What the compiled search reads, in :func:`_bm25_search.search_range`'s argument order."""
+        p, params = self._postings, self.params
+        return (p.data, p.term_byte_start, p.block_byte_start, p.block_last_doc, p.block_max_impact, p.block_size,
+                self._tfc_one, self._doc_lengths, len(self._slot_of), self._avgdl, params.code, params.k1, params.b,
+                params.delta)
 
     # ----------------------------------------------------------------------------------- inspection
 
     def stats(self) -> dict:
-        """Sizes and counts, including compressed postings against raw int32 (doc id + tf) postings."""
+        """Sizes and counts, including compressed postings against raw int32 (doc id + tf) postings.
+
+        ``compressed_postings_bytes`` counts every byte search reads from the postings: the varint
+        stream (term headers, gaps, tfs), the term directory (one offset per term) and the block
+        metadata (offset, last doc id, largest contribution per block of a multi-block term). The
+        vocabulary strings and the per-document arrays are not in it; ``index_bytes`` adds the
+        per-document arrays.
+        """
         postings = self._postings
         raw = 8 * postings.num_postings
         compressed = postings.nbytes()
+        stream, directory = int(postings.data.nbytes), int(postings.term_byte_start.nbytes)
         return {
             "method": self.params.method,
             "num_documents": len(self._slot_of),
-            "num_terms": int(np.count_nonzero(postings.doc_freq)),
+            "num_terms": int(np.count_nonzero(postings.doc_freq())),
             "num_postings": postings.num_postings,
-            "num_blocks": int(postings.block_count.size),
+            "num_blocks": postings.num_blocks,
             "block_size": self.block_size,
-            "avg_doc_length": self._avgdl() if self._slot_of else 0.0,
+            "avg_doc_length": self._avgdl if self._slot_of else 0.0,
             "compressed_postings_bytes": compressed,
-            "varint_stream_bytes": int(postings.data.nbytes),
+            "varint_stream_bytes": stream,
+            "term_directory_bytes": directory,
+            "block_metadata_bytes": compressed - stream - directory,
             "raw_int32_postings_bytes": raw,
             "compression_ratio": compressed / raw if raw else 0.0,
             "index_bytes": self.nbytes(),
+            "search_scratch_bytes": scratch_nbytes(self._slot_ids.size),
         }
 
     def nbytes(self) -> int:
-        """Bytes of the postings, block metadata and per-document arrays (the vocabulary not included)."""
-        return (self._postings.nbytes() + self._slot_ids.nbytes + self._doc_lengths.nbytes + self._live.nbytes)
+        """Bytes of the postings with their metadata and of the per-document arrays, including the
+        precomputed tf = 1 contributions (not the vocabulary, nor the per-thread search scratch)."""
+        return (self._postings.nbytes() + self._slot_ids.nbytes + self._doc_lengths.nbytes + self._live.nbytes
+                + self._tfc_one.nbytes)
 
     # ----------------------------------------------------------------------------------- persistence
 
@@ -316,7 +355,7 @@ class InvertedIndex:
             slot_ids=self._slot_ids, doc_lengths=self._doc_lengths, live=self._live)
         meta = {
             "method": self.params.method, "k1": self.params.k1, "b": self.params.b, "delta": self.params.delta,
-            "block_size": self.block_size, "next_id": self._next_id,
+            "block_size": self.block_size, "next_id": self._next_id, "num_postings": self._postings.num_postings,
             "tokenizer": {"lowercase": self.tokenizer.lowercase, "stopwords": sorted(self.tokenizer.stopwords),
                           "min_length": self.tokenizer.min_length},
         }
@@ -339,12 +378,12 @@ class InvertedIndex:
             tok = meta["tokenizer"]
             index = cls(meta["method"], meta["k1"], meta["b"], meta["delta"],
                         Tokenizer(tok["lowercase"], frozenset(tok["stopwords"]), tok["min_length"]), meta["block_size"])
+            slot_ids, doc_lengths, live = arrays["slot_ids"], arrays["doc_lengths"], arrays["live"]
             postings = postings_from_arrays(
                 {name.split(".", 1)[1]: a for name, a in arrays.items() if name.startswith("postings.")},
-                meta["block_size"])
+                meta["block_size"], meta["num_postings"], slot_ids.size)
             blob, offsets = arrays["vocab_bytes"].tobytes(), arrays["vocab_offsets"]
             terms = [blob[offsets[i]:offsets[i + 1]].decode("utf-8") for i in range(offsets.size - 1)]
-            slot_ids, doc_lengths, live = arrays["slot_ids"], arrays["doc_lengths"], arrays["live"]
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise CorruptIndexFile(f"inverted index file has inconsistent contents: {exc}") from None
         if not (slot_ids.size == doc_lengths.size == live.size) or len(terms) != postings.num_terms:
@@ -354,4 +393,17 @@ class InvertedIndex:
         index._slot_ids, index._doc_lengths, index._live = slot_ids, doc_lengths, live
         index._slot_of = {int(slot_ids[s]): int(s) for s in np.flatnonzero(live)}
         index._next_id = int(meta["next_id"])
+        index._refresh_search_state()
         return index
+
+
+def _check_k(k) -> None:
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+        raise InvalidSearchParameter(f"k must be an int >= 1; got {k!r}")
+
+
+def _average_length(doc_lengths: np.ndarray, live: np.ndarray) -> float:
+    """Mean length of the live documents (1.0 when there are none or all are empty, so nothing divides by 0)."""
+    live_lengths = doc_lengths[live]
+    total = int(live_lengths.sum())
+    return total / live_lengths.size if live_lengths.size and total > 0 else 1.0

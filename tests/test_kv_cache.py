@@ -410,3 +410,39 @@ def test_stats_report_what_happened():
     assert s["pages_used"] == 4 and s["pages_free"] == 12 and s["pages_cached"] == 0
     assert s["pool_bytes"] == 16 * cache.config.page_bytes
     assert np.isclose(s["prefix_hit_rate"], 2 * P / (2 * (2 * P + 1)))
+
+
+def test_eviction_policy_is_pluggable():
+    class MostRecentFirst:
+        """Evicts the most recently released page first (the opposite of LRU)."""
+
+        def __init__(self):
+            self.pages = []
+
+        def insert(self, page):
+            self.pages.append(page)
+
+        def remove(self, page):
+            self.pages.remove(page)
+
+        def victim(self):
+            return self.pages.pop()
+
+        def __len__(self):
+            return len(self.pages)
+
+        def __contains__(self, page):
+            return page in self.pages
+
+        def __iter__(self):
+            return iter(list(self.pages))
+
+    cache = make_cache(num_pages=5, eviction_policy=MostRecentFirst())
+    a = cache.attach(prompt(2 * P + 1, start=0))
+    write_all(cache, [a])
+    head, tail = cache.manager.pages(a)[:2]
+    cache.detach(a)  # released tail first, so the head is the most recent
+    cache.attach(prompt(4 * P, start=500))  # 4 pages: 3 free + 1 evicted
+    assert set(cache.manager.index.page_of.values()) == {tail}
+    assert cache.stats()["evictions"] == 1
+    cache.check_invariants()

@@ -34,7 +34,8 @@ def test_report_agrees_with_the_objects_it_used(demo):
     assert report["generation"]["output_tokens"] == sum(len(o) for o in parts.outputs) == summary["output_tokens"]
     assert report["slo"]["attainment"] == summary["slo_attainment"]
     retrieval = parts.pipeline.stats()
-    assert report["retrieval"]["queries"] == retrieval["queries"] == 6
+    assert report["retrieval"]["queries"] == retrieval["queries"] == 6 + 1  # one warm-up query
+    assert sum(stage["calls"] for name, stage in retrieval["stages"].items() if name == "cache") == 6
     assert report["retrieval"]["hot_cache_hits"] == retrieval["cache"]["hits"]
     assert report["corpus"]["documents"] == len(parts.pipeline) == 120
     assert report["parallel_sampling"]["generated_tokens"] == parts.engine.stats()["generated_tokens"] == 2 * 2 * 3

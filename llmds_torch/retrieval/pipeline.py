@@ -267,6 +267,10 @@ class RetrievalPipeline:
 
         return self.cache.prime(fetch, source=source, accept=text_only)
 
+    def reset_timings(self) -> None:
+        """Zero the per-stage timings (for example after a warm-up query compiled the search loops)."""
+        self._timings = {stage: [0, 0.0] for stage in STAGES}
+
     def stats(self) -> dict:
         """Counts, per-stage timings (calls, total and mean milliseconds), cache and index stats."""
         stages = {stage: {"calls": calls, "total_ms": 1e3 * seconds, "mean_ms": 1e3 * seconds / calls if calls else 0.0}

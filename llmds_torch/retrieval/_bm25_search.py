@@ -259,18 +259,29 @@ def search_range(first, last, query_ptr, query_terms, query_counts, k, prune, da
             delta, acc, state, touched, heap_pos, window_max, heap_scores, heap_slots, out_slots[q], out_scores[q])
 
 
+@numba.njit(cache=True)
+def _search_chunk(first, last, query_ptr, query_terms, query_counts, k, prune, data, term_byte_start,
+                  block_byte_start, block_last_doc, block_max_impact, block_size, tfc_one, doc_lengths, num_docs,
+                  avgdl, code, k1, b, delta, out_slots, out_scores, out_sizes):
+    # Scratch allocated here, not in the parallel loop: arrays made by np.zeros inside numba's prange
+    # body slowed the searches that used them about tenfold.
+    num_slots = doc_lengths.shape[0]
+    search_range(first, last, query_ptr, query_terms, query_counts, k, prune, data, term_byte_start,
+                 block_byte_start, block_last_doc, block_max_impact, block_size, tfc_one, doc_lengths, num_docs,
+                 avgdl, code, k1, b, delta, np.zeros(num_slots), np.zeros(num_slots, dtype=np.uint8),
+                 np.zeros(num_slots, dtype=np.int32), np.zeros(num_slots, dtype=np.int32),
+                 np.zeros((num_slots >> WINDOW_SHIFT) + 1), np.zeros(k), np.zeros(k, dtype=np.int64), out_slots,
+                 out_scores, out_sizes)
+
+
 @numba.njit(parallel=True)
 def search_parallel(num_chunks, query_ptr, query_terms, query_counts, k, prune, data, term_byte_start,
                     block_byte_start, block_last_doc, block_max_impact, block_size, tfc_one, doc_lengths, num_docs,
                     avgdl, code, k1, b, delta, out_slots, out_scores, out_sizes):
     """Queries split into ``num_chunks`` contiguous chunks, one :func:`search_range` each, in parallel."""
     num_queries = query_ptr.shape[0] - 1
-    num_slots = doc_lengths.shape[0]
     chunk = (num_queries + num_chunks - 1) // num_chunks
     for c in numba.prange(num_chunks):
-        search_range(c * chunk, min(num_queries, (c + 1) * chunk), query_ptr, query_terms, query_counts, k, prune,
-                     data, term_byte_start, block_byte_start, block_last_doc, block_max_impact, block_size, tfc_one,
-                     doc_lengths, num_docs, avgdl, code, k1, b, delta, np.zeros(num_slots),
-                     np.zeros(num_slots, dtype=np.uint8), np.zeros(num_slots, dtype=np.int32),
-                     np.zeros(num_slots, dtype=np.int32), np.zeros((num_slots >> WINDOW_SHIFT) + 1), np.zeros(k),
-                     np.zeros(k, dtype=np.int64), out_slots, out_scores, out_sizes)
+        _search_chunk(c * chunk, min(num_queries, (c + 1) * chunk), query_ptr, query_terms, query_counts, k, prune,
+                      data, term_byte_start, block_byte_start, block_last_doc, block_max_impact, block_size, tfc_one,
+                      doc_lengths, num_docs, avgdl, code, k1, b, delta, out_slots, out_scores, out_sizes)

@@ -174,7 +174,8 @@ class PagedKVCache:
 
     def slot_mapping(self, seq_ids) -> torch.Tensor:
         """Slots (``page * page_size + offset``) of every reserved token not yet written, in batch
-        order then position order: int64 ``[sum of pending tokens]`` on the pool's device."""
+        order then position order: int64 ``[sum of pending tokens]`` on the pool's device. Valid
+        until the next ``append``, ``detach`` or ``defragment`` (which renumbers pages)."""
         slots = self.manager.slot_mapping(list(seq_ids))
         tensor = torch.from_numpy(slots).to(self.device)
         self._last_slots = (tensor, slots)
@@ -255,6 +256,7 @@ class PagedKVCache:
         if shrink is not True and shrink is not False and shrink > self.num_pages:
             raise ValueError(f"shrink to {shrink} pages is larger than the pool ({self.num_pages}); use grow()")
         manager = self.manager
+        self._last_slots = None  # slot mappings issued before a compaction name old page ids
         before = (manager.num_pages, manager.fragmentation(), self.pool_bytes, manager.allocator.evictions)
         target = None
         if shrink is not False:

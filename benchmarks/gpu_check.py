@@ -16,6 +16,11 @@ Without CUDA it says so and exits 0; ``--cpu-dry-run`` runs every section except
 at tiny sizes with the torch backend, to check the script itself.
 
     python -m benchmarks.gpu_check [--cpu-dry-run] [--skip-tests]
+
+On a GPU machine that has torch and triton but cannot install from the network, make the package
+importable first (``kernels/`` is mapped to ``llmds_torch.kernels`` by the install):
+
+    python3 -m pip install --no-deps --no-build-isolation -e . && python3 -m benchmarks.gpu_check
 """
 
 import argparse

@@ -232,3 +232,53 @@ def test_decode_reference_ignores_nan_in_unwritten_slots():
     table = torch.tensor([[0, -1], [1, 2]], dtype=torch.int32)
     out = paged_attention_decode_reference(torch.randn(2, 4, 8), cache, table, torch.tensor([3, 6], dtype=torch.int32), 0.35)
     assert torch.isfinite(out).all()
+
+
+def nan_pool_case(seq_lens, page_size, num_kv_heads, head_dim, dtype, seed=0):
+    """Like ``paged_case`` but every slot no sequence has written holds NaN, page 0 (which padding
+    may be read as) included: an uninitialized pool."""
+    gen = torch.Generator().manual_seed(seed)
+    pages_per_seq = [math.ceil(n / page_size) for n in seq_lens]
+    num_pages = sum(pages_per_seq) + 1
+    cache = torch.full((num_pages, 2, page_size, num_kv_heads, head_dim), float("nan"), dtype=dtype)
+    table = torch.full((len(seq_lens), max(pages_per_seq) + 1), -1, dtype=torch.int32)
+    order = (torch.randperm(num_pages - 1, generator=gen) + 1).tolist()      # page 0 stays unwritten
+    for b, (seq_len, count) in enumerate(zip(seq_lens, pages_per_seq)):
+        table[b, :count] = torch.tensor([order.pop() for _ in range(count)], dtype=torch.int32)
+        for pos in range(seq_len):
+            cache[table[b, pos // page_size], :, pos % page_size] = torch.randn(
+                2, num_kv_heads, head_dim, generator=gen).to(dtype)
+    return cache, table, torch.tensor(seq_lens, dtype=torch.int32)
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 6_000, 2**30])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_decode_reference_chunks_of_mixed_lengths_match_loop(monkeypatch, chunk_bytes, dtype):
+    """The torch path in chunks of one sequence, of a few (padded to the longest, masked) and of all."""
+    from llmds_torch.kernels import reference
+    monkeypatch.setattr(reference, "GATHER_CHUNK_BYTES", chunk_bytes)
+    seq_lens = [33, 1, 130, 16, 17, 64, 5, 130, 99]
+    cache, table, lens = nan_pool_case(seq_lens, 8, 2, 16, dtype, seed=6)
+    q = torch.randn(len(seq_lens), 6, 16, generator=torch.Generator().manual_seed(7)).to(dtype)
+    out = paged_attention_decode(q, cache, table, lens, scale=0.4, backend="torch")
+    assert out.dtype == dtype
+    assert_close(out, decode_loop(q, cache, table, lens, 0.4), dtype)
+
+
+def test_decode_reference_ignores_nan_in_unused_padding_page():
+    cache, table, lens = nan_pool_case([3, 6, 40], 4, 2, 8, torch.float32, seed=8)
+    q = torch.randn(3, 4, 8, generator=torch.Generator().manual_seed(9))
+    out = paged_attention_decode(q, cache, table, lens, scale=0.35, backend="torch")
+    assert_close(out, decode_loop(q, cache, table, lens, 0.35), torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_prefill_reference_ignores_nan_in_unwritten_slots(dtype):
+    """Prefill reads exactly each sequence's tokens: NaN in slots past them (and in page 0) must not leak."""
+    seq_lens, query_lens = [3, 6, 13, 21, 9], [3, 1, 5, 1, 0]
+    cache, table, lens = nan_pool_case(seq_lens, 4, 2, 8, dtype, seed=10)
+    query_start_loc = torch.tensor([0] + list(torch.tensor(query_lens).cumsum(0)), dtype=torch.int32)
+    q = torch.randn(sum(query_lens), 4, 8, generator=torch.Generator().manual_seed(11)).to(dtype)
+    out = paged_attention_prefill(q, cache, table, lens, query_start_loc, scale=0.35, backend="torch")
+    assert torch.isfinite(out).all()
+    assert_close(out, prefill_loop(q, cache, table, lens, query_start_loc, 0.35), dtype)

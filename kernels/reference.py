@@ -9,6 +9,9 @@ Layouts (FlashInfer's NHD):
     slot         page * page_size + offset within the page
 """
 
+import math
+import threading
+
 import torch
 import torch.nn.functional as F
 
@@ -39,11 +42,31 @@ def page_copy_reference(pool: torch.Tensor, src_pages: torch.Tensor, dst_pages: 
     pool[:, dst_pages] = pool[:, src_pages]
 
 
-# Bytes of fp32 K+V gathered per chunk of decode sequences. The chunk's buffer is reused for every
-# chunk, so the gather writes into cache-resident memory that SDPA reads right back (on a 2-core EPYC,
-# 32 MiB L3, a 4-8 MiB chunk ran about 1.3x faster than gathering the whole batch), and it bounds
-# the temporary memory. A sequence longer than the budget gets a chunk of its own.
-GATHER_CHUNK_BYTES = 8 * 2**20
+# Bytes of fp32 K+V gathered per chunk of decode sequences. Each chunk is gathered into the same
+# buffer, which then stays in cache for SDPA to read right back, and the temporary memory is bounded
+# (on a 2-core EPYC with 32 MiB L3, 4 MiB chunks ran up to 1.2x faster than whole-batch gathers). A
+# sequence longer than the budget gets a chunk of its own.
+GATHER_CHUNK_BYTES = 4 * 2**20
+
+# On CPU the gather buffer is kept between calls, one per thread: fresh memory page-faults on first
+# touch, 4 KiB at a time, and that cost several times the attention itself (a 4 MiB buffer made a
+# one-sequence 4096-token decode step 12x slower). Buffers above SCRATCH_KEEP_BYTES are not kept.
+SCRATCH_KEEP_BYTES = 64 * 2**20
+_scratch = threading.local()
+
+
+def _scratch_bytes(num_bytes: int, device: torch.device) -> torch.Tensor:
+    """A uint8 buffer of at least ``num_bytes`` on ``device``; on CPU this thread's kept buffer when
+    it is large enough. Its contents are garbage."""
+    if device.type != "cpu":                                   # CUDA's caching allocator already reuses
+        return torch.empty(num_bytes, dtype=torch.uint8, device=device)
+    kept = getattr(_scratch, "buffer", None)
+    if kept is not None and kept.numel() >= num_bytes:
+        return kept
+    buffer = torch.empty(num_bytes, dtype=torch.uint8)
+    if num_bytes <= SCRATCH_KEEP_BYTES:
+        _scratch.buffer = buffer
+    return buffer
 
 
 def _gather_pages(layer_cache: torch.Tensor, pages: torch.Tensor, k_out: torch.Tensor, v_out: torch.Tensor,
@@ -59,28 +82,30 @@ def _gather_pages(layer_cache: torch.Tensor, pages: torch.Tensor, k_out: torch.T
 
 
 def _gather_buffers(layer_cache: torch.Tensor, max_pages: int):
-    """Reusable fp32 K and V buffers of ``max_pages`` pages each, and a staging buffer in the pool's
-    dtype when that is not fp32 (else None)."""
+    """fp32 K and V buffers of ``max_pages`` pages each, ``[max_pages, page_size, num_kv_heads,
+    head_dim]``, and a staging buffer of that shape in the pool's dtype when it is not fp32 (else
+    None): views of one scratch buffer, so callers must be done with them before the next call."""
     shape = (max_pages, *layer_cache.shape[2:])                              # [pages, S, Hkv, D]
-    k_buf = torch.empty(shape, dtype=torch.float32, device=layer_cache.device)
-    v_buf = torch.empty_like(k_buf)
-    staging = None if layer_cache.dtype == torch.float32 else torch.empty(shape, dtype=layer_cache.dtype,
-                                                                          device=layer_cache.device)
+    numel = math.prod(shape)
+    staging_bytes = 0 if layer_cache.dtype == torch.float32 else numel * layer_cache.element_size()
+    scratch = _scratch_bytes(8 * numel + staging_bytes, layer_cache.device)
+    k_buf = scratch[: 4 * numel].view(torch.float32).view(shape)
+    v_buf = scratch[4 * numel: 8 * numel].view(torch.float32).view(shape)
+    staging = None if not staging_bytes else scratch[8 * numel: 8 * numel + staging_bytes].view(
+        layer_cache.dtype).view(shape)
     return k_buf, v_buf, staging
 
 
-def _decode_chunks(seq_lens: list[int], page_size: int, pages_per_chunk: int) -> list[list[int]]:
-    """Sequence indices in order of length, cut into chunks whose sequences, each padded to the
-    chunk's longest, hold at most ``pages_per_chunk`` pages (a longer sequence gets its own chunk).
-    Sorting keeps sequences of similar length together, so padding wastes little."""
-    chunks, chunk = [], []
-    for b in sorted(range(len(seq_lens)), key=seq_lens.__getitem__):
-        pages = -(-seq_lens[b] // page_size)                   # the longest so far: the chunk's padding
-        if chunk and (len(chunk) + 1) * pages > pages_per_chunk:
-            chunks.append(chunk)
-            chunk = []
-        chunk.append(b)
-    return chunks + [chunk] if chunk else chunks
+def _chunk_bounds(sorted_lens: list[int], page_size: int, pages_per_chunk: int) -> list[tuple[int, int]]:
+    """Cut sequences sorted by length into runs ``[start, end)`` whose members, each padded to the
+    run's longest, hold at most ``pages_per_chunk`` pages (a longer sequence runs alone). Sorting
+    keeps sequences of similar length together, so padding wastes little."""
+    bounds, start = [], 0
+    for i, seq_len in enumerate(sorted_lens):
+        if i > start and (i + 1 - start) * -(-seq_len // page_size) > pages_per_chunk:
+            bounds.append((start, i))
+            start = i
+    return bounds + [(start, len(sorted_lens))]
 
 
 def paged_attention_decode_reference(q: torch.Tensor, layer_cache: torch.Tensor, block_table: torch.Tensor,
@@ -88,7 +113,7 @@ def paged_attention_decode_reference(q: torch.Tensor, layer_cache: torch.Tensor,
     """One query token per sequence over its pages.
 
     Sequences are taken in order of length, in chunks of about ``GATHER_CHUNK_BYTES`` of K/V: each
-    chunk's pages are gathered (one ``index_select`` for K, one for V) into a reused fp32 buffer
+    chunk's pages are gathered (one ``index_select`` for K, one for V) into a kept fp32 buffer
     ``[chunk, tokens, num_kv_heads, head_dim]``, then attended with
     ``torch.nn.functional.scaled_dot_product_attention``, each KV head's group of query heads
     passed as that head's query rows. Slots past a sequence's length are zeroed and masked, so
@@ -111,35 +136,39 @@ def paged_attention_decode_reference(q: torch.Tensor, layer_cache: torch.Tensor,
     group = num_q_heads // num_kv_heads
     device = q.device
     lengths = seq_lens.tolist()
+    order = sorted(range(batch), key=lengths.__getitem__)
+    sorted_lens = [lengths[b] for b in order]
     page_bytes = 2 * page_size * num_kv_heads * head_dim * 4                # K and V of a page, fp32
-    chunks = _decode_chunks(lengths, page_size, max(1, GATHER_CHUNK_BYTES // page_bytes))
-    buffer_pages = max(len(c) * -(-lengths[c[-1]] // page_size) for c in chunks)
-    k_buf, v_buf, staging = _gather_buffers(layer_cache, buffer_pages)
-    out = torch.empty_like(q)
-    for chunk in chunks:
-        rows = torch.tensor(chunk, device=device)
-        longest = lengths[chunk[-1]]
+    chunks = _chunk_bounds(sorted_lens, page_size, max(1, GATHER_CHUNK_BYTES // page_bytes))
+    k_buf, v_buf, staging = _gather_buffers(
+        layer_cache, max((end - start) * -(-sorted_lens[end - 1] // page_size) for start, end in chunks))
+    # everything below is in length order: row i is sequence order[i]
+    rows = torch.tensor(order, device=device)
+    lens = seq_lens.index_select(0, rows).long()                                       # [B]
+    max_pages = -(-sorted_lens[-1] // page_size)
+    in_seq = torch.arange(max_pages, device=device)[None, :] * page_size < lens[:, None]
+    pages = torch.where(in_seq, block_table.index_select(0, rows)[:, :max_pages].long(), 0)  # [B, max_pages]; padding reads page 0
+    q_grouped = q.index_select(0, rows).float().view(batch, num_kv_heads, group, head_dim)  # h = kv_head * group + g
+    attended = torch.empty_like(q_grouped)                                              # [B, Hkv, group, D]
+    for start, end in chunks:
+        count, longest = end - start, sorted_lens[end - 1]
         num_pages = -(-longest // page_size)
-        tokens = num_pages * page_size
-        chunk_lens = seq_lens.index_select(0, rows).long()                              # [C]
-        in_seq = torch.arange(num_pages, device=device)[None, :] * page_size < chunk_lens[:, None]
-        pages = torch.where(in_seq, block_table.index_select(0, rows)[:, :num_pages].long(), 0)  # padding reads page 0
-        size = len(chunk) * num_pages
-        _gather_pages(layer_cache, pages.flatten(), k_buf[:size], v_buf[:size],
+        size = count * num_pages
+        _gather_pages(layer_cache, pages[start:end, :num_pages].flatten(), k_buf[:size], v_buf[:size],
                       None if staging is None else staging[:size])
-        # k, v: [C, longest, Hkv, D] views of the buffer (slots past the longest are never read)
-        k = k_buf[:size].view(len(chunk), tokens, num_kv_heads, head_dim)[:, :longest]
-        v = v_buf[:size].view(len(chunk), tokens, num_kv_heads, head_dim)[:, :longest]
+        # k, v: [count, longest, Hkv, D] views of the buffer (slots past the longest are never read)
+        k = k_buf[:size].view(count, num_pages * page_size, num_kv_heads, head_dim)[:, :longest]
+        v = v_buf[:size].view(count, num_pages * page_size, num_kv_heads, head_dim)[:, :longest]
         mask = None
-        if lengths[chunk[0]] < longest:                      # some sequences shorter than the chunk's longest
-            beyond = torch.arange(longest, device=device)[None, :] >= chunk_lens[:, None]    # [C, longest]
+        if sorted_lens[start] < longest:                      # some sequences shorter than the chunk's longest
+            beyond = torch.arange(longest, device=device)[None, :] >= lens[start:end, None]   # [count, longest]
             k[beyond] = 0.0                                   # unwritten slots may hold NaN; 0 * NaN is NaN
             v[beyond] = 0.0
-            mask = ~beyond[:, None, None, :]                  # [C, 1, 1, longest]
-        q_grouped = q.index_select(0, rows).float().view(len(chunk), num_kv_heads, group, head_dim)  # h = kv_head * group + g
-        attended = F.scaled_dot_product_attention(q_grouped, k.transpose(1, 2), v.transpose(1, 2),
-                                                  attn_mask=mask, scale=scale)             # [C, Hkv, group, D]
-        out.index_copy_(0, rows, attended.reshape(len(chunk), num_q_heads, head_dim).to(q.dtype))
+            mask = ~beyond[:, None, None, :]                  # [count, 1, 1, longest]
+        attended[start:end] = F.scaled_dot_product_attention(q_grouped[start:end], k.transpose(1, 2),
+                                                             v.transpose(1, 2), attn_mask=mask, scale=scale)
+    out = torch.empty_like(q)
+    out.index_copy_(0, rows, attended.view(batch, num_q_heads, head_dim).to(q.dtype))
     return out
 
 

@@ -282,3 +282,35 @@ def test_prefill_reference_ignores_nan_in_unwritten_slots(dtype):
     out = paged_attention_prefill(q, cache, table, lens, query_start_loc, scale=0.35, backend="torch")
     assert torch.isfinite(out).all()
     assert_close(out, prefill_loop(q, cache, table, lens, query_start_loc, 0.35), dtype)
+
+
+def test_reference_outputs_do_not_share_the_kept_gather_buffer():
+    """The CPU path keeps its gather buffer between calls; an earlier output must survive later calls."""
+    cache, table, lens = paged_case([40, 7], 8, 2, 16, torch.float32, "cpu", seed=12)
+    q = torch.randn(2, 4, 16, generator=torch.Generator().manual_seed(13))
+    first = paged_attention_decode(q, cache, table, lens, backend="torch")
+    kept = first.clone()
+    other_cache, other_table, other_lens = paged_case([300, 3], 8, 2, 16, torch.float16, "cpu", seed=14)
+    paged_attention_decode(q.half(), other_cache, other_table, other_lens, backend="torch")
+    paged_attention_prefill(q.half(), other_cache, other_table, other_lens,
+                            torch.tensor([0, 2, 2], dtype=torch.int32), backend="torch")
+    torch.testing.assert_close(first, kept, rtol=0, atol=0)
+    assert_close(first, decode_loop(q, cache, table, lens, 16 ** -0.5), torch.float32)
+
+
+def test_reference_from_many_threads_matches_loop():
+    """Each thread keeps its own gather buffer, so concurrent calls do not overwrite each other."""
+    from concurrent.futures import ThreadPoolExecutor
+    cases = [paged_case([int(n) for n in torch.randint(1, 400, (6,), generator=torch.Generator().manual_seed(s))],
+                        8, 2, 16, torch.float32, "cpu", seed=s) for s in range(4)]
+    queries = [torch.randn(6, 4, 16, generator=torch.Generator().manual_seed(20 + s)) for s in range(4)]
+
+    def run(i):
+        return [paged_attention_decode(queries[i], *cases[i], backend="torch") for _ in range(20)]
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(run, range(4)))
+    for i, outs in enumerate(results):
+        expected = decode_loop(queries[i], *cases[i], 16 ** -0.5)
+        for out in outs:
+            assert_close(out, expected, torch.float32)

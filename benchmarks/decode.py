@@ -3,16 +3,21 @@
 For each batch size and context length: one query token per sequence, its K/V in scattered pages
 read through a block table (``paged``), beside ``torch.nn.functional.scaled_dot_product_attention``
 over the same K/V laid out contiguously (``sdpa``, the dense-cache baseline) and over a copy gathered
-from the pages at every step (``gather+sdpa``). Reported as time ratios (< 1 means paged is faster)
-and memory: the KV bytes each layout holds for this batch, the bytes a dense cache preallocated for
-the longest context holds, and the extra bytes gather+sdpa copies per step (on CUDA also the measured
-peak allocation of each method).
+from the pages at every step (``gather+sdpa``: one ``index_select`` of the pages for K and one for V,
+then the same SDPA call on views of the copy). For decode SDPA is called two ways and ``sdpa`` is
+the faster one in this run: ``enable_gqa=True`` with one query row per head (``sdpa_gqa_ms``), or
+each KV head's group of query heads passed as that head's query rows (``sdpa_folded_ms``, which the
+CPU path uses too). Reported as time ratios (< 1 means paged is faster) and memory: the KV bytes
+each layout holds for this batch, the bytes a dense cache preallocated for the longest context
+holds, and the extra bytes gather+sdpa copies per step (on CUDA also the measured peak allocation
+of each method).
 
 Backend ``auto`` runs the Triton kernels on CUDA and the torch reference on CPU. GPU goals at batch
 64 x 4096 and 256 x 1024 (32 query / 8 KV heads, head 128, bf16): paged within 1.15x of sdpa and
->= 2.5x faster than gather+sdpa.
+>= 2.5x faster than gather+sdpa. CPU goal (fp32, 8 query / 2 KV heads, head 64, ``--threads 1``):
+paged within 1.5x of sdpa at batch >= 16 and context >= 1024.
 
-    python -m benchmarks.decode [--quick] [--device cpu|cuda] [--prefill]
+    python -m benchmarks.decode [--quick] [--device cpu|cuda] [--threads N] [--prefill]
 """
 
 import argparse
@@ -62,13 +67,22 @@ def paged_layout(batch: int, lengths: list[int], shape: AttentionShape, device, 
     return cache, table.to(device), torch.tensor(lengths, dtype=torch.int32, device=device), sum(pages_per_seq)
 
 
-def gather_dense(cache: torch.Tensor, table: torch.Tensor, context: int):
-    """Copy equal-length sequences out of their pages: k, v ``[batch, num_kv_heads, context, head_dim]``."""
+def gather_pages(cache: torch.Tensor, table: torch.Tensor, context: int):
+    """Equal-length sequences copied out of their pages by one ``index_select`` for K and one for V:
+    k, v ``[batch, num_kv_heads, context, head_dim]``, views of ``[batch, tokens, num_kv_heads, head_dim]``
+    copies."""
     batch, width = table.shape
-    kv = cache[table.long().clamp(min=0)]                              # [B, pages, 2, S, Hkv, D]
-    k = kv[:, :, 0].reshape(batch, width * cache.shape[2], *cache.shape[3:])[:, :context]
-    v = kv[:, :, 1].reshape(batch, width * cache.shape[2], *cache.shape[3:])[:, :context]
-    return k.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous()
+    pages = table.long().clamp(min=0).flatten()
+    tokens = width * cache.shape[2]
+    k = cache[:, 0].index_select(0, pages).view(batch, tokens, *cache.shape[3:])[:, :context]
+    v = cache[:, 1].index_select(0, pages).view(batch, tokens, *cache.shape[3:])[:, :context]
+    return k.transpose(1, 2), v.transpose(1, 2)
+
+
+def dense_kv(cache: torch.Tensor, table: torch.Tensor, context: int):
+    """The dense cache: k, v contiguous ``[batch, num_kv_heads, context, head_dim]``."""
+    k, v = gather_pages(cache, table, context)
+    return k.contiguous(), v.contiguous()
 
 
 def _peak_extra_mib(fn, device) -> float | None:
@@ -86,30 +100,44 @@ def _peak_extra_mib(fn, device) -> float | None:
 def bench_decode_case(batch: int, context: int, shape: AttentionShape, device: torch.device, backend: str,
                       repeat: int, max_context: int) -> dict:
     cache, table, lens, pages_used = paged_layout(batch, [context] * batch, shape, device, seed=batch + context)
-    k_dense, v_dense = gather_dense(cache, table, context)             # [B, Hkv, ctx, D]
+    k_dense, v_dense = dense_kv(cache, table, context)                 # [B, Hkv, ctx, D]
     q = torch.randn(batch, shape.num_q_heads, shape.head_dim, device=device).to(shape.dtype)
+    q_folded = q.view(batch, shape.num_kv_heads, shape.num_q_heads // shape.num_kv_heads, shape.head_dim)
+
+    def attend_gqa(k, v):                                              # q: [B, Hq, 1, D]
+        return F.scaled_dot_product_attention(q[:, :, None], k, v, enable_gqa=True)[:, :, 0]
+
+    def attend_folded(k, v):                                           # q: [B, Hkv, group, D]
+        return F.scaled_dot_product_attention(q_folded, k, v).reshape(q.shape)
 
     def paged():
         return paged_attention_decode(q, cache, table, lens, backend=backend, validate_indices=False)
 
+    expected = attend_gqa(k_dense, v_dense)
+    error = (paged().float() - expected.float()).abs().max().item()
+    folded_error = (attend_folded(k_dense, v_dense).float() - expected.float()).abs().max().item()
+    if max(error, folded_error) > TOLERANCE[shape.dtype] * 10:
+        raise AssertionError(f"paged decode (or folded SDPA) differs from SDPA by {max(error, folded_error)} "
+                             f"at batch {batch}, context {context}")
+    t_paged = device_time(paged, device, repeat=repeat)
+    t_sdpa_gqa = device_time(lambda: attend_gqa(k_dense, v_dense), device, repeat=repeat)
+    t_sdpa_folded = device_time(lambda: attend_folded(k_dense, v_dense), device, repeat=repeat)
+    attend = attend_folded if t_sdpa_folded <= t_sdpa_gqa else attend_gqa
+    t_sdpa = min(t_sdpa_gqa, t_sdpa_folded)
+
     def sdpa():
-        return F.scaled_dot_product_attention(q[:, :, None], k_dense, v_dense, enable_gqa=True)[:, :, 0]
+        return attend(k_dense, v_dense)
 
     def gather_sdpa():
-        k, v = gather_dense(cache, table, context)
-        return F.scaled_dot_product_attention(q[:, :, None], k, v, enable_gqa=True)[:, :, 0]
+        return attend(*gather_pages(cache, table, context))
 
-    error = (paged().float() - sdpa().float()).abs().max().item()
-    if error > TOLERANCE[shape.dtype] * 10:
-        raise AssertionError(f"paged decode differs from SDPA by {error} at batch {batch}, context {context}")
-    t_paged = device_time(paged, device, repeat=repeat)
-    t_sdpa = device_time(sdpa, device, repeat=repeat)
     t_gather = device_time(gather_sdpa, device, repeat=repeat)
     itemsize = torch.empty(0, dtype=shape.dtype).element_size()
     token_bytes = 2 * shape.num_kv_heads * shape.head_dim * itemsize
     row = {
         "batch": batch, "context": context,
         "paged_ms": t_paged * 1e3, "sdpa_ms": t_sdpa * 1e3, "gather_sdpa_ms": t_gather * 1e3,
+        "sdpa_gqa_ms": t_sdpa_gqa * 1e3, "sdpa_folded_ms": t_sdpa_folded * 1e3,
         "paged/sdpa": t_paged / t_sdpa, "gather/paged": t_gather / t_paged,
         "max_abs_err": error,
         "paged_kv_MiB": _mib(pages_used * shape.page_size * token_bytes),
@@ -130,7 +158,7 @@ def bench_prefill_case(batch: int, cached: int, new: int, shape: AttentionShape,
     themselves: the paged prefill kernel against SDPA on contiguous K/V and gather-then-SDPA."""
     context = cached + new
     cache, table, lens, _ = paged_layout(batch, [context] * batch, shape, device, seed=context)
-    k_dense, v_dense = gather_dense(cache, table, context)
+    k_dense, v_dense = dense_kv(cache, table, context)
     q_dense = torch.randn(batch, shape.num_q_heads, new, shape.head_dim, device=device).to(shape.dtype)
     q_flat = q_dense.transpose(1, 2).reshape(batch * new, shape.num_q_heads, shape.head_dim).contiguous()
     query_start_loc = torch.arange(0, batch * new + 1, new, dtype=torch.int32, device=device)
@@ -149,7 +177,7 @@ def bench_prefill_case(batch: int, cached: int, new: int, shape: AttentionShape,
         return attend(k_dense, v_dense)
 
     def gather_sdpa():
-        return attend(*gather_dense(cache, table, context))
+        return attend(*gather_pages(cache, table, context))
 
     expected = sdpa().transpose(1, 2).reshape(batch * new, shape.num_q_heads, shape.head_dim)
     error = (paged().float() - expected.float()).abs().max().item()
@@ -179,7 +207,7 @@ def run(batches, contexts, shape: AttentionShape, device: torch.device, backend:
             "max_tokens": max_tokens, "decode": decode_rows, "prefill": prefill_rows}
 
 
-DECODE_COLUMNS = ["batch", "context", "paged_ms", "sdpa_ms", "gather_sdpa_ms", "paged/sdpa", "gather/paged",
+DECODE_COLUMNS = ["batch", "context", "paged_ms", "sdpa_ms", "sdpa_gqa_ms", "gather_sdpa_ms", "paged/sdpa", "gather/paged",
                   "max_abs_err", "paged_kv_MiB", "dense_prealloc_MiB", "gather_copy_MiB"]
 PREFILL_COLUMNS = ["batch", "cached", "new", "paged_ms", "sdpa_ms", "gather_sdpa_ms", "paged/sdpa", "gather/paged",
                    "max_abs_err"]

@@ -143,12 +143,17 @@ def paged_attention_decode_reference(q: torch.Tensor, layer_cache: torch.Tensor,
     k_buf, v_buf, staging = _gather_buffers(
         layer_cache, max((end - start) * -(-sorted_lens[end - 1] // page_size) for start, end in chunks))
     # everything below is in length order: row i is sequence order[i]
-    rows = torch.tensor(order, device=device)
-    lens = seq_lens.index_select(0, rows).long()                                       # [B]
+    rows = None if order == list(range(batch)) else torch.tensor(order, device=device)
+
+    def in_order(t: torch.Tensor) -> torch.Tensor:
+        return t if rows is None else t.index_select(0, rows)
+
+    lens = in_order(seq_lens)                                                           # [B]
     max_pages = -(-sorted_lens[-1] // page_size)
-    in_seq = torch.arange(max_pages, device=device)[None, :] * page_size < lens[:, None]
-    pages = torch.where(in_seq, block_table.index_select(0, rows)[:, :max_pages].long(), 0)  # [B, max_pages]; padding reads page 0
-    q_grouped = q.index_select(0, rows).float().view(batch, num_kv_heads, group, head_dim)  # h = kv_head * group + g
+    pages = in_order(block_table)[:, :max_pages].long()                                 # [B, max_pages]
+    if -(-sorted_lens[0] // page_size) < max_pages:           # padding entries (e.g. -1) read page 0 instead
+        pages = torch.where(torch.arange(max_pages, device=device)[None, :] * page_size < lens[:, None], pages, 0)
+    q_grouped = in_order(q).float().view(batch, num_kv_heads, group, head_dim)          # h = kv_head * group + g
     attended = torch.empty_like(q_grouped)                                              # [B, Hkv, group, D]
     for start, end in chunks:
         count, longest = end - start, sorted_lens[end - 1]
@@ -167,9 +172,8 @@ def paged_attention_decode_reference(q: torch.Tensor, layer_cache: torch.Tensor,
             mask = ~beyond[:, None, None, :]                  # [count, 1, 1, longest]
         attended[start:end] = F.scaled_dot_product_attention(q_grouped[start:end], k.transpose(1, 2),
                                                              v.transpose(1, 2), attn_mask=mask, scale=scale)
-    out = torch.empty_like(q)
-    out.index_copy_(0, rows, attended.view(batch, num_q_heads, head_dim).to(q.dtype))
-    return out
+    attended = attended.view(batch, num_q_heads, head_dim).to(q.dtype)
+    return attended if rows is None else torch.empty_like(q).index_copy_(0, rows, attended)
 
 
 def paged_attention_prefill_reference(q: torch.Tensor, layer_cache: torch.Tensor, block_table: torch.Tensor,

@@ -265,6 +265,15 @@ def test_decode_reference_chunks_of_mixed_lengths_match_loop(monkeypatch, chunk_
     assert_close(out, decode_loop(q, cache, table, lens, 0.4), dtype)
 
 
+@pytest.mark.parametrize("seq_lens", [[48, 48, 48], [37, 37], [40, 33, 37]])
+def test_decode_reference_equal_page_counts_match_loop(seq_lens):
+    """Sequences needing the same number of pages (no padding entry read), sorted or not."""
+    cache, table, lens = nan_pool_case(seq_lens, 16, 2, 16, torch.float32, seed=15)
+    q = torch.randn(len(seq_lens), 4, 16, generator=torch.Generator().manual_seed(16))
+    out = paged_attention_decode(q, cache, table, lens, scale=0.3, backend="torch")
+    assert_close(out, decode_loop(q, cache, table, lens, 0.3), torch.float32)
+
+
 def test_decode_reference_ignores_nan_in_unused_padding_page():
     cache, table, lens = nan_pool_case([3, 6, 40], 4, 2, 8, torch.float32, seed=8)
     q = torch.randn(3, 4, 8, generator=torch.Generator().manual_seed(9))

@@ -207,8 +207,8 @@ def run(batches, contexts, shape: AttentionShape, device: torch.device, backend:
             "max_tokens": max_tokens, "decode": decode_rows, "prefill": prefill_rows}
 
 
-DECODE_COLUMNS = ["batch", "context", "paged_ms", "sdpa_ms", "sdpa_gqa_ms", "gather_sdpa_ms", "paged/sdpa", "gather/paged",
-                  "max_abs_err", "paged_kv_MiB", "dense_prealloc_MiB", "gather_copy_MiB"]
+DECODE_COLUMNS = ["batch", "context", "paged_ms", "sdpa_ms", "sdpa_gqa_ms", "gather_sdpa_ms", "paged/sdpa",
+                  "gather/paged", "max_abs_err", "paged_kv_MiB", "dense_prealloc_MiB", "gather_copy_MiB"]
 PREFILL_COLUMNS = ["batch", "cached", "new", "paged_ms", "sdpa_ms", "gather_sdpa_ms", "paged/sdpa", "gather/paged",
                    "max_abs_err"]
 

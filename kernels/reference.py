@@ -182,7 +182,7 @@ def paged_attention_prefill_reference(q: torch.Tensor, layer_cache: torch.Tensor
     """New tokens attend causally over their sequence's cached prefix and themselves.
 
     Sequences with one new token go through ``paged_attention_decode_reference`` together; each
-    other sequence's pages are gathered into a reused fp32 buffer, exactly its ``seq_len`` tokens
+    other sequence's pages are gathered into a kept fp32 buffer, exactly its ``seq_len`` tokens
     (no unwritten slot is read), and attended with
     ``torch.nn.functional.scaled_dot_product_attention`` under a bottom-right causal mask.
 

@@ -73,10 +73,11 @@ def zipf_queries(rng, num_queries, vocab_size):
 
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("params", [dict(k1=1.5, b=0.75, delta=0.5), dict(k1=0.9, b=0.4, delta=1.0)])
-def test_scores_equal_plain_loop_reference(method, params):
+@pytest.mark.parametrize("impact_cache_bytes", [0, 2**20])
+def test_scores_equal_plain_loop_reference(method, params, impact_cache_bytes):
     rng = np.random.default_rng(11)
     docs = zipf_corpus(rng, 400, 300)
-    index = InvertedIndex(method, block_size=8, **params)
+    index = InvertedIndex(method, block_size=8, impact_cache_bytes=impact_cache_bytes, **params)
     index.add(docs)
     for query in zipf_queries(rng, 30, 300) + [["w0", "w0", "w1"]]:  # repeated terms count twice
         expected = reference_scores(docs, query, method, **params)
@@ -104,6 +105,44 @@ def test_pruning_changes_nothing(method, k):
         best = sorted(expected, key=lambda i: (-expected[i], i))[:k]
         found = pruned[0][q][pruned[0][q] >= 0]
         np.testing.assert_allclose(pruned[1][q][: found.size], [expected[i] for i in best], atol=1e-6)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_impact_cache_changes_nothing(method):
+    rng = np.random.default_rng(6)
+    docs = [doc + ["everywhere"] for doc in zipf_corpus(rng, 1500, 400, max_len=50)]  # one term in every doc
+    queries = zipf_queries(rng, 60, 400) + [["everywhere"], ["everywhere", "w0", "w1"], ["w0", "w1", "w2", "w3"]]
+    results, cached_terms = {}, {}
+    for budget in [0, 12 * 3000, 2**24]:  # none, some terms, every term longer than one block
+        index = InvertedIndex(method, block_size=16, impact_cache_bytes=budget)
+        index.add(docs)
+        stats = index.stats()
+        assert stats["impact_cache_bytes"] <= budget
+        cached_terms[budget] = stats["impact_cache_terms"]
+        results[budget] = [index.search_batch(queries, k, prune=prune) for k in (3, 10, len(docs))
+                           for prune in (True, False)]
+        results[budget] += [index.search(query, 10) for query in queries]
+    assert 0 == cached_terms[0] < cached_terms[12 * 3000] < cached_terms[2**24]
+    for budget in results:
+        for got, want in zip(results[budget], results[0]):
+            np.testing.assert_array_equal(got[0], want[0])
+            np.testing.assert_array_equal(got[1], want[1])
+    # With k = every document, the query of the term in every doc returns them all, scored as the reference.
+    expected = reference_scores(docs, ["everywhere", "w0", "w1"], method)
+    ids, scores = index.search(["everywhere", "w0", "w1"], len(docs))
+    assert sorted(ids.tolist()) == list(range(len(docs)))
+    np.testing.assert_allclose(scores, [expected[i] for i in ids.tolist()], rtol=0, atol=1e-6)
+
+
+def test_impact_cache_budget_is_validated_and_saved(tmp_path):
+    for bad in [-1, 2.5, True, None]:
+        with pytest.raises(ConfigError):
+            InvertedIndex(impact_cache_bytes=bad)
+    index = InvertedIndex(block_size=4, impact_cache_bytes=1000)
+    index.add(zipf_corpus(np.random.default_rng(3), 200, 50))
+    index.save(tmp_path / "small_cache.idx")
+    loaded = InvertedIndex.load(tmp_path / "small_cache.idx")
+    assert loaded.impact_cache_bytes == 1000 and loaded.stats() == index.stats()
 
 
 def test_batched_equals_single_and_serial_equals_parallel():

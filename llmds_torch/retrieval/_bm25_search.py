@@ -21,6 +21,8 @@ Single-block terms carry no block metadata (see ``codec.BlockedPostings``); thei
 decoding them in a first pass.
 """
 
+from dataclasses import dataclass
+
 import numba
 import numpy as np
 
@@ -28,6 +30,8 @@ from .bm25 import idf_by_code, tfc_by_code
 from .codec import posting_at, term_header_at
 
 _SLACK = 1e-9
+_TOUCHED = 1  # state of a document some query term holds
+_IN_HEAP = 3  # ... that is also in the top-k heap
 WINDOW_SHIFT = 6
 
 
@@ -56,6 +60,77 @@ def _contribution(tf, doc, tfc_one, doc_lengths, avgdl, code, k1, b, delta, abse
     if tf == 1:
         return tfc_one[doc]
     return tfc_by_code(code, np.float64(tf), np.float64(doc_lengths[doc]), avgdl, k1, b, delta) - absent
+
+
+@dataclass(frozen=True, slots=True)
+class ImpactCache:
+    """Decoded postings of the most frequent terms: doc ids and contributions ``tfc - tfc(0)``.
+
+    Search reads a cached term from here instead of decoding its varints and computing its
+    contributions. The contributions are computed by the same compiled function search uses, so
+    scores are bit-identical with and without the cache. It is derived state: rebuilt from the
+    postings after every change and never saved.
+
+    Attributes
+    ----------
+    terms : int64 ``[n_cached]``, sorted
+    start : int64 ``[n_cached + 1]`` (empty when nothing is cached) — term ``terms[i]``'s postings are
+        ``start[i]:start[i + 1]``
+    docs : int32 ``[n_cached_postings]``
+    impacts : float64 ``[n_cached_postings]``
+    """
+
+    terms: np.ndarray
+    start: np.ndarray
+    docs: np.ndarray
+    impacts: np.ndarray
+
+    def nbytes(self) -> int:
+        return int(self.terms.nbytes + self.start.nbytes + self.docs.nbytes + self.impacts.nbytes)
+
+    def arrays(self) -> tuple:
+        """``(terms, start, docs, impacts)``, in the compiled search's argument order."""
+        return self.terms, self.start, self.docs, self.impacts
+
+
+CACHE_BYTES_PER_POSTING = 12  # int32 doc id + float64 contribution
+
+
+def build_impact_cache(postings, budget_bytes: int, tfc_one, doc_lengths, avgdl, code, k1, b, delta) -> ImpactCache:
+    """Cache the terms with the most postings, most first, while the cache's arrays fit in ``budget_bytes``.
+
+    Only terms longer than one block are candidates (shorter ones are cheap to decode). Ties in
+    posting count go to the smaller term id.
+    """
+    doc_freq = postings.doc_freq()
+    candidates = np.flatnonzero(doc_freq > postings.block_size)
+    candidates = candidates[np.argsort(-doc_freq[candidates], kind="stable")]
+    per_term_bytes = CACHE_BYTES_PER_POSTING * doc_freq[candidates] + 16  # + its terms and start entries
+    fits = int(np.searchsorted(np.cumsum(per_term_bytes) + 8, budget_bytes, side="right"))  # + start[0]
+    terms = np.sort(candidates[:fits]).astype(np.int64)
+    start = np.zeros(terms.size + 1 if terms.size else 0, dtype=np.int64)
+    if terms.size:
+        np.cumsum(doc_freq[terms], out=start[1:])
+    num_cached = int(start[-1]) if terms.size else 0
+    docs = np.empty(num_cached, dtype=np.int32)
+    impacts = np.empty(num_cached)
+    _fill_impact_cache(postings.data, postings.term_byte_start, postings.block_size, terms, start, tfc_one,
+                       doc_lengths, avgdl, code, k1, b, delta, docs, impacts)
+    return ImpactCache(terms, start, docs, impacts)
+
+
+@numba.njit(cache=True)
+def _fill_impact_cache(data, term_byte_start, block_size, terms, start, tfc_one, doc_lengths, avgdl, code, k1, b,
+                       delta, docs, impacts):
+    absent = tfc_by_code(code, 0.0, avgdl, avgdl, k1, b, delta)
+    for i in range(terms.shape[0]):
+        df, _, pos = term_header_at(data, term_byte_start, terms[i], block_size)
+        doc = np.int64(0)
+        for t in range(start[i], start[i] + df):
+            gap, tf, pos = posting_at(data, pos)
+            doc += gap
+            docs[t] = doc
+            impacts[t] = _contribution(tf, doc, tfc_one, doc_lengths, avgdl, code, k1, b, delta, absent)
 
 
 @numba.njit(inline="always")
@@ -101,23 +176,23 @@ def _sift_up(heap_scores, heap_slots, heap_pos, i):
 
 @numba.njit
 def _offer(doc, score, k, size, state, heap_scores, heap_slots, heap_pos):
-    """Doc's partial score grew to ``score``; keep the heap the k best. ``state``: 1 touched, 2 in the heap."""
-    if state[doc] == 2:
+    """Doc's partial score grew to ``score``; keep the heap the k best. ``state``: bit 1 touched, bit 2 in the heap."""
+    if state[doc] == _IN_HEAP:
         heap_scores[heap_pos[doc]] = score
         _sift_down(heap_scores, heap_slots, heap_pos, size, heap_pos[doc])
     elif size < k:
         heap_scores[size] = score
         heap_slots[size] = doc
         heap_pos[doc] = size
-        state[doc] = 2
+        state[doc] = _IN_HEAP
         _sift_up(heap_scores, heap_slots, heap_pos, size)
         size += 1
     elif _better(score, doc, heap_scores[0], heap_slots[0]):
-        state[heap_slots[0]] = 1
+        state[heap_slots[0]] = _TOUCHED
         heap_scores[0] = score
         heap_slots[0] = doc
         heap_pos[doc] = 0
-        state[doc] = 2
+        state[doc] = _IN_HEAP
         _sift_down(heap_scores, heap_slots, heap_pos, size, 0)
     return size
 
@@ -130,6 +205,7 @@ def _cut(theta):
 @numba.njit
 def _search_one(terms, counts, k, prune, data, term_byte_start, block_byte_start, block_last_doc,
                 block_max_impact, block_size, tfc_one, doc_lengths, num_docs, avgdl, code, k1, b, delta,
+                cache_terms, cache_start, cache_docs, cache_impacts,
                 acc, state, touched, heap_pos, window_max, heap_scores, heap_slots, out_slots, out_scores):
     """Score one query; write its top k to ``out_slots`` / ``out_scores`` (``[k]``, best first); return how many."""
     num_terms = terms.shape[0]
@@ -139,6 +215,7 @@ def _search_one(terms, counts, k, prune, data, term_byte_start, block_byte_start
     doc_freqs = np.zeros(num_terms, dtype=np.int64)
     first_blocks = np.zeros(num_terms, dtype=np.int64)
     starts = np.zeros(num_terms, dtype=np.int64)
+    cached_at = np.full(num_terms, -1, dtype=np.int64)  # where a cached term's impacts start, else -1
     baseline = 0.0
     for j in range(num_terms):
         df, first_block, pos = term_header_at(data, term_byte_start, terms[j], block_size)
@@ -152,6 +229,9 @@ def _search_one(terms, counts, k, prune, data, term_byte_start, block_byte_start
         if first_block >= 0:
             for block in range(first_block, first_block + (df + block_size - 1) // block_size):
                 best = max(best, np.float64(block_max_impact[block]))
+            slot = np.searchsorted(cache_terms, terms[j])
+            if slot < cache_terms.shape[0] and cache_terms[slot] == terms[j]:
+                cached_at[j] = cache_start[slot]
         else:
             doc = np.int64(0)
             for _ in range(df):
@@ -164,6 +244,12 @@ def _search_one(terms, counts, k, prune, data, term_byte_start, block_byte_start
     for j in range(num_terms - 1, -1, -1):
         remaining[j] = remaining[j + 1] + bounds[order[j]]
 
+    # Window maxima serve the block checks of later terms only.
+    last = -1
+    for jj in range(num_terms):
+        if doc_freqs[order[jj]] > 0:
+            last = jj
+    windows_needed = prune
     num_touched = 0
     size = 0
     for jj in range(num_terms):
@@ -192,21 +278,61 @@ def _search_one(terms, counts, k, prune, data, term_byte_start, block_byte_start
                     if best + weight * np.float64(block_max_impact[block]) + after < cut:
                         continue
                     only_touched = remaining[jj] < cut
+            # The loops below avoid branches on data (touched or not, a new window maximum): with the
+            # documents of frequent terms touched at random, mispredicted branches cost more than the
+            # arithmetic. Window maxima are carried in a register while the window stays the same.
+            windows = windows_needed and jj < last
+            if cached_at[j] >= 0:
+                first = cached_at[j] + i * block_size
+                window = np.int64(cache_docs[first]) >> WINDOW_SHIFT
+                window_best = window_max[window]
+                if only_touched:
+                    for t in range(first, first + count):
+                        doc = np.int64(cache_docs[t])
+                        held = state[doc] != 0
+                        score = acc[doc] + weight * (cache_impacts[t] * np.float64(held))  # untouched: stays 0
+                        acc[doc] = score
+                        if windows:
+                            if doc >> WINDOW_SHIFT != window:
+                                window_max[window] = window_best
+                                window = doc >> WINDOW_SHIFT
+                                window_best = window_max[window]
+                            window_best = max(window_best, score)
+                        if score >= heap_scores[0] and held:
+                            size = _offer(doc, score, k, size, state, heap_scores, heap_slots, heap_pos)
+                else:
+                    for t in range(first, first + count):
+                        doc = np.int64(cache_docs[t])
+                        touched[num_touched] = doc  # kept only when new
+                        num_touched += state[doc] == 0
+                        state[doc] |= _TOUCHED
+                        score = acc[doc] + weight * cache_impacts[t]
+                        acc[doc] = score
+                        if windows:
+                            if doc >> WINDOW_SHIFT != window:
+                                window_max[window] = window_best
+                                window = doc >> WINDOW_SHIFT
+                                window_best = window_max[window]
+                            window_best = max(window_best, score)
+                        if size < k or score >= heap_scores[0]:
+                            size = _offer(doc, score, k, size, state, heap_scores, heap_slots, heap_pos)
+                if windows:
+                    window_max[window] = window_best
+                continue
             doc = base
             for _ in range(count):
                 gap, tf, pos = posting_at(data, pos)
                 doc += gap
-                if state[doc] == 0:
-                    if only_touched:
-                        continue
-                    state[doc] = 1
-                    touched[num_touched] = doc
-                    num_touched += 1
+                if only_touched and state[doc] == 0:
+                    continue
+                touched[num_touched] = doc
+                num_touched += state[doc] == 0
+                state[doc] |= _TOUCHED
                 score = acc[doc] + weight * _contribution(tf, doc, tfc_one, doc_lengths, avgdl, code, k1, b, delta,
                                                           absent)
                 acc[doc] = score
-                if score > window_max[doc >> WINDOW_SHIFT]:
-                    window_max[doc >> WINDOW_SHIFT] = score
+                if windows:
+                    window_max[doc >> WINDOW_SHIFT] = max(window_max[doc >> WINDOW_SHIFT], score)
                 if size < k or score >= heap_scores[0]:
                     size = _offer(doc, score, k, size, state, heap_scores, heap_slots, heap_pos)
 
@@ -231,56 +357,60 @@ def new_scratch(num_slots: int, k: int):
 
     Returns
     -------
-    acc : float64 ``[num_slots]``, state : uint8 ``[num_slots]``, touched : int32 ``[num_slots]``,
+    acc : float64 ``[num_slots]``, state : uint8 ``[num_slots]``, touched : int32 ``[num_slots + 1]``,
     heap_pos : int32 ``[num_slots]``, window_max : float64 ``[num_slots // 2**WINDOW_SHIFT + 1]``,
     heap_scores : float64 ``[k]``, heap_slots : int64 ``[k]``
     """
-    return (np.zeros(num_slots), np.zeros(num_slots, dtype=np.uint8), np.zeros(num_slots, dtype=np.int32),
+    return (np.zeros(num_slots), np.zeros(num_slots, dtype=np.uint8), np.zeros(num_slots + 1, dtype=np.int32),
             np.zeros(num_slots, dtype=np.int32), np.zeros((num_slots >> WINDOW_SHIFT) + 1),
             np.zeros(k), np.zeros(k, dtype=np.int64))
 
 
 def scratch_nbytes(num_slots: int) -> int:
     """Bytes of one :func:`new_scratch` set (without the two ``[k]`` heap arrays); one per searching thread."""
-    return num_slots * (8 + 1 + 4 + 4) + 8 * ((num_slots >> WINDOW_SHIFT) + 1)
+    return num_slots * (8 + 1 + 4 + 4) + 4 + 8 * ((num_slots >> WINDOW_SHIFT) + 1)
 
 
 @numba.njit(cache=True)
 def search_range(first, last, query_ptr, query_terms, query_counts, k, prune, data, term_byte_start,
                  block_byte_start, block_last_doc, block_max_impact, block_size, tfc_one, doc_lengths, num_docs,
-                 avgdl, code, k1, b, delta, acc, state, touched, heap_pos, window_max, heap_scores, heap_slots,
-                 out_slots, out_scores, out_sizes):
+                 avgdl, code, k1, b, delta, cache_terms, cache_start, cache_docs, cache_impacts, acc, state, touched,
+                 heap_pos, window_max, heap_scores, heap_slots, out_slots, out_scores, out_sizes):
     """Search queries ``first:last`` with one scratch set (see :func:`new_scratch`); fills ``out_*[q]``."""
     for q in range(first, last):
         lo, hi = query_ptr[q], query_ptr[q + 1]
         out_sizes[q] = _search_one(
             query_terms[lo:hi], query_counts[lo:hi], k, prune, data, term_byte_start, block_byte_start,
             block_last_doc, block_max_impact, block_size, tfc_one, doc_lengths, num_docs, avgdl, code, k1, b,
-            delta, acc, state, touched, heap_pos, window_max, heap_scores, heap_slots, out_slots[q], out_scores[q])
+            delta, cache_terms, cache_start, cache_docs, cache_impacts, acc, state, touched, heap_pos, window_max,
+            heap_scores, heap_slots, out_slots[q], out_scores[q])
 
 
 @numba.njit(cache=True)
 def _search_chunk(first, last, query_ptr, query_terms, query_counts, k, prune, data, term_byte_start,
                   block_byte_start, block_last_doc, block_max_impact, block_size, tfc_one, doc_lengths, num_docs,
-                  avgdl, code, k1, b, delta, out_slots, out_scores, out_sizes):
+                  avgdl, code, k1, b, delta, cache_terms, cache_start, cache_docs, cache_impacts, out_slots,
+                  out_scores, out_sizes):
     # One scratch set per chunk, allocated by the serial code that uses it.
     num_slots = doc_lengths.shape[0]
     search_range(first, last, query_ptr, query_terms, query_counts, k, prune, data, term_byte_start,
                  block_byte_start, block_last_doc, block_max_impact, block_size, tfc_one, doc_lengths, num_docs,
-                 avgdl, code, k1, b, delta, np.zeros(num_slots), np.zeros(num_slots, dtype=np.uint8),
-                 np.zeros(num_slots, dtype=np.int32), np.zeros(num_slots, dtype=np.int32),
-                 np.zeros((num_slots >> WINDOW_SHIFT) + 1), np.zeros(k), np.zeros(k, dtype=np.int64), out_slots,
-                 out_scores, out_sizes)
+                 avgdl, code, k1, b, delta, cache_terms, cache_start, cache_docs, cache_impacts, np.zeros(num_slots),
+                 np.zeros(num_slots, dtype=np.uint8), np.zeros(num_slots + 1, dtype=np.int32),
+                 np.zeros(num_slots, dtype=np.int32), np.zeros((num_slots >> WINDOW_SHIFT) + 1), np.zeros(k),
+                 np.zeros(k, dtype=np.int64), out_slots, out_scores, out_sizes)
 
 
 @numba.njit(parallel=True)
 def search_parallel(num_chunks, query_ptr, query_terms, query_counts, k, prune, data, term_byte_start,
                     block_byte_start, block_last_doc, block_max_impact, block_size, tfc_one, doc_lengths, num_docs,
-                    avgdl, code, k1, b, delta, out_slots, out_scores, out_sizes):
+                    avgdl, code, k1, b, delta, cache_terms, cache_start, cache_docs, cache_impacts, out_slots,
+                    out_scores, out_sizes):
     """Queries split into ``num_chunks`` contiguous chunks, one :func:`search_range` each, in parallel."""
     num_queries = query_ptr.shape[0] - 1
     chunk = (num_queries + num_chunks - 1) // num_chunks
     for c in numba.prange(num_chunks):
         _search_chunk(c * chunk, min(num_queries, (c + 1) * chunk), query_ptr, query_terms, query_counts, k, prune,
                       data, term_byte_start, block_byte_start, block_last_doc, block_max_impact, block_size, tfc_one,
-                      doc_lengths, num_docs, avgdl, code, k1, b, delta, out_slots, out_scores, out_sizes)
+                      doc_lengths, num_docs, avgdl, code, k1, b, delta, cache_terms, cache_start, cache_docs,
+                      cache_impacts, out_slots, out_scores, out_sizes)

@@ -26,6 +26,7 @@ from llmds_torch.errors import ConfigError
 
 from . import persist
 from ._bm25_search import (
+    build_impact_cache,
     new_scratch,
     posting_contributions,
     scratch_nbytes,
@@ -46,6 +47,7 @@ from .tokenizer import Tokenizer
 
 _FILE_KIND = "inverted_index"
 _FILE_VERSION = 2  # 2: tf folded into the doc gap, block metadata only for multi-block terms
+DEFAULT_IMPACT_CACHE_BYTES = 16 * 2**20
 
 
 class InvertedIndex:
@@ -61,15 +63,23 @@ class InvertedIndex:
         Splits raw-text documents and queries (default: ``Tokenizer()``). Token lists bypass it.
     block_size : int
         Postings per compressed block of a long term (default 128); shorter terms are one block.
+    impact_cache_bytes : int
+        Memory for decoded postings of the most frequent terms (doc id and contribution, 12 bytes a
+        posting), which search reads instead of decoding them (default 16 MiB; 0 turns it off).
+        Results are identical with any budget. Not part of the index's size (``stats`` reports it).
     """
 
     def __init__(self, method: str = "lucene", k1: float = 1.5, b: float = 0.75, delta: float = 0.5,
-                 tokenizer: Tokenizer | None = None, block_size: int = DEFAULT_BLOCK_SIZE):
+                 tokenizer: Tokenizer | None = None, block_size: int = DEFAULT_BLOCK_SIZE,
+                 impact_cache_bytes: int = DEFAULT_IMPACT_CACHE_BYTES):
         self.params = BM25Params(method, k1, b, delta)
         if not isinstance(block_size, int) or not 1 <= block_size <= 65535:
             raise ConfigError(f"block_size must be an int in [1, 65535]; got {block_size!r}")
+        if not isinstance(impact_cache_bytes, int) or isinstance(impact_cache_bytes, bool) or impact_cache_bytes < 0:
+            raise ConfigError(f"impact_cache_bytes must be an int >= 0; got {impact_cache_bytes!r}")
         self.tokenizer = tokenizer if tokenizer is not None else Tokenizer()
         self.block_size = block_size
+        self.impact_cache_bytes = impact_cache_bytes
         self._vocab: dict[str, int] = {}
         self._terms: list[str] = []
         self._slot_ids = np.empty(0, dtype=np.int64)      # [n_slots] caller's id of each slot
@@ -167,10 +177,12 @@ class InvertedIndex:
         return encode_blocked_postings(terms, docs, tfs, num_terms, self.block_size, impacts)
 
     def _refresh_search_state(self) -> None:
-        """Recompute what search reads besides the postings: avgdl and the tf = 1 contributions."""
+        """Recompute what search reads besides the postings: avgdl, the tf = 1 contributions, the impact cache."""
         self._avgdl = _average_length(self._doc_lengths, self._live)
         p = self.params
         self._tfc_one = tfc_of_one(self._doc_lengths, self._avgdl, p.code, p.k1, p.b, p.delta)
+        self._impact_cache = build_impact_cache(self._postings, self.impact_cache_bytes, self._tfc_one,
+                                                self._doc_lengths, self._avgdl, p.code, p.k1, p.b, p.delta)
         self._scratch = None  # allocated by the first single-query search
 
     def _tokenize_documents(self, docs) -> list[list[str]]:
@@ -301,7 +313,7 @@ class InvertedIndex:
         p, params = self._postings, self.params
         return (p.data, p.term_byte_start, p.block_byte_start, p.block_last_doc, p.block_max_impact, p.block_size,
                 self._tfc_one, self._doc_lengths, len(self._slot_of), self._avgdl, params.code, params.k1, params.b,
-                params.delta)
+                params.delta, *self._impact_cache.arrays())
 
     # ----------------------------------------------------------------------------------- inspection
 
@@ -312,7 +324,8 @@ class InvertedIndex:
         stream (term headers, gaps, tfs), the term directory (one offset per term) and the block
         metadata (offset, last doc id, largest contribution per block of a multi-block term). The
         vocabulary strings and the per-document arrays are not in it; ``index_bytes`` adds the
-        per-document arrays.
+        per-document arrays. The impact cache (``impact_cache_*``) is counted in neither: it is
+        decoded copies of postings, bounded by ``impact_cache_bytes``.
         """
         postings = self._postings
         raw = 8 * postings.num_postings
@@ -334,6 +347,9 @@ class InvertedIndex:
             "compression_ratio": compressed / raw if raw else 0.0,
             "index_bytes": self.nbytes(),
             "search_scratch_bytes": scratch_nbytes(self._slot_ids.size),
+            "impact_cache_terms": int(self._impact_cache.terms.size),
+            "impact_cache_postings": int(self._impact_cache.docs.size),
+            "impact_cache_bytes": self._impact_cache.nbytes(),
         }
 
     def nbytes(self) -> int:
@@ -356,6 +372,7 @@ class InvertedIndex:
         meta = {
             "method": self.params.method, "k1": self.params.k1, "b": self.params.b, "delta": self.params.delta,
             "block_size": self.block_size, "next_id": self._next_id, "num_postings": self._postings.num_postings,
+            "impact_cache_bytes": self.impact_cache_bytes,
             "tokenizer": {"lowercase": self.tokenizer.lowercase, "stopwords": sorted(self.tokenizer.stopwords),
                           "min_length": self.tokenizer.min_length},
         }
@@ -377,7 +394,8 @@ class InvertedIndex:
         try:
             tok = meta["tokenizer"]
             index = cls(meta["method"], meta["k1"], meta["b"], meta["delta"],
-                        Tokenizer(tok["lowercase"], frozenset(tok["stopwords"]), tok["min_length"]), meta["block_size"])
+                        Tokenizer(tok["lowercase"], frozenset(tok["stopwords"]), tok["min_length"]), meta["block_size"],
+                        meta.get("impact_cache_bytes", DEFAULT_IMPACT_CACHE_BYTES))
             slot_ids, doc_lengths, live = arrays["slot_ids"], arrays["doc_lengths"], arrays["live"]
             postings = postings_from_arrays(
                 {name.split(".", 1)[1]: a for name, a in arrays.items() if name.startswith("postings.")},

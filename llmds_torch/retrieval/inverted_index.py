@@ -5,7 +5,8 @@ the term frequency folded in (tf = 1 is one bit) as LEB128 varints; terms longer
 are cut into blocks that record their largest contribution ``tfc - tfc(0)``, which bounds the block's
 best score for pruning. Search runs in compiled loops (``_bm25_search``); see there for why pruning
 never changes results. Per document, the contribution of a tf = 1 posting is precomputed at each
-rebuild, so most postings cost one lookup.
+rebuild, so most postings cost one lookup; the most frequent terms are also kept decoded, with their
+contributions, in a bounded impact cache (``impact_cache_bytes``) that search reads instead.
 
 Documents are stored in slots (insertion order); the caller's ids map to slots. ``add`` and
 ``delete`` rebuild the postings from decoded arrays in vectorized numpy, so add documents in

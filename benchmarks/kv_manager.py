@@ -110,7 +110,7 @@ def main(argv=None):
     print_table(hash_rows)
     print("\nchat workload (block manager only, no tensors)")
     print_table(work_rows)
-    write_results("kv_manager", dict(quick=args.quick, hashing=hash_rows, chat=work_rows))
+    write_results("kv_manager_quick" if args.quick else "kv_manager", dict(quick=args.quick, hashing=hash_rows, chat=work_rows))
 
 
 if __name__ == "__main__":

@@ -75,8 +75,10 @@ class BlockManager:
         self.allocator = PageAllocator(num_pages, make_policy(eviction_policy), self.index.forget)
         self.seqs: dict[int, Sequence] = {}
         self._next_seq_id = 0
-        self.slot_writes = np.zeros(num_pages * page_size, dtype=np.int32)  # [num_slots]
-        self.slot_last_layer = np.full(num_pages * page_size, -1, dtype=np.int32)  # [num_slots]
+        # Two small counters per slot (4 bytes): layers that wrote it, and the last of them.
+        self._slot_dtype = np.int16 if num_layers < 2**15 else np.int32
+        self.slot_writes = np.zeros(num_pages * page_size, dtype=self._slot_dtype)  # [num_slots]
+        self.slot_last_layer = np.full(num_pages * page_size, -1, dtype=self._slot_dtype)  # [num_slots]
         self.page_owner = np.full(num_pages, NOT_OWNED, dtype=np.int64)  # [num_pages]
         self.page_fill = np.zeros(num_pages, dtype=np.int64)  # [num_pages]: reserved slots of owned pages
         self.pending_copies: list[tuple[int, int]] = []
@@ -143,8 +145,8 @@ class BlockManager:
             self.on_resize(new_num_pages)
         extra = new_num_pages - self.num_pages
         self.allocator.grow(new_num_pages)
-        self.slot_writes = np.concatenate([self.slot_writes, np.zeros(extra * self.page_size, np.int32)])
-        self.slot_last_layer = np.concatenate([self.slot_last_layer, np.full(extra * self.page_size, -1, np.int32)])
+        self.slot_writes = np.concatenate([self.slot_writes, np.zeros(extra * self.page_size, self._slot_dtype)])
+        self.slot_last_layer = np.concatenate([self.slot_last_layer, np.full(extra * self.page_size, -1, self._slot_dtype)])
         self.page_owner = np.concatenate([self.page_owner, np.full(extra, NOT_OWNED, np.int64)])
         self.page_fill = np.concatenate([self.page_fill, np.zeros(extra, np.int64)])
         self.max_num_pages = max(self.max_num_pages, new_num_pages)

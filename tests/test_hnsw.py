@@ -1,5 +1,8 @@
 """HNSW recall against FAISS exact search, determinism, deletes, filters, persistence, bad input."""
 
+import subprocess
+import sys
+
 import numba
 import numpy as np
 import pytest
@@ -17,6 +20,7 @@ from llmds_torch.retrieval.errors import (
     NonFiniteVectors,
     UnknownIds,
 )
+from llmds_torch.retrieval import hnsw_numba as kernels
 from llmds_torch.retrieval.hnsw import HNSW
 from llmds_torch.retrieval.hnsw_errors import InvalidIds
 
@@ -121,6 +125,53 @@ def test_single_query_matches_batch(built):
         one_ids, one_d = index.search(q[i], K)
         assert one_ids.shape == (1, K)
         assert torch.equal(one_ids[0], ids[i]) and torch.equal(one_d[0], dists[i])
+
+
+def test_each_compiled_kernel_wraps_its_own_function():
+    """numba's disk cache keys entries by function, not by jit options: one function compiled both
+    serial and parallel would load one cached variant for both."""
+    dispatchers = [obj for obj in vars(kernels).values() if isinstance(obj, numba.core.registry.CPUDispatcher)]
+    assert len(dispatchers) > 5
+    functions = [d.py_func for d in dispatchers]
+    assert len(set(functions)) == len(functions)
+
+
+def test_single_query_search_never_starts_the_parallel_runtime(tmp_path, built):
+    index, _, q = built["clusters", "l2"]
+    index.save(tmp_path / "index.hnsw")
+    expected, _ = index.search(q[3], K)
+    script = (
+        "import sys, numba, numpy as np\n"
+        "from llmds_torch.retrieval.hnsw import HNSW\n"
+        "index = HNSW.load(sys.argv[1])\n"
+        "ids, _ = index.search(np.load(sys.argv[2]), 10)\n"
+        "try:\n"
+        "    layer = numba.threading_layer()\n"
+        "except ValueError:\n"
+        "    layer = 'none'\n"
+        "print(layer, ids[0].tolist())\n"
+    )
+    np.save(tmp_path / "query.npy", q[3])
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "index.hnsw"), str(tmp_path / "query.npy")],
+                         capture_output=True, text=True, check=True).stdout.split(maxsplit=1)
+    assert out[0] == "none"  # numba's threading layer was never initialized
+    assert out[1].strip() == str(expected[0].tolist())
+
+
+def test_compiled_input_checks_match_numpy():
+    rng = np.random.default_rng(60)
+    x = (rng.standard_normal((50, DIM)) * rng.uniform(1e-3, 1e3, (50, 1))).astype(np.float32)
+    assert kernels.first_nonfinite_row(x) == -1
+    for row, value in ((7, np.nan), (3, np.inf), (0, -np.inf)):
+        bad = x.copy()
+        bad[row, DIM - 1] = value
+        bad[row + 20, 0] = np.nan
+        assert kernels.first_nonfinite_row(bad) == row
+    unit = np.empty_like(x)
+    assert kernels.normalize_rows(x, unit) == -1
+    np.testing.assert_allclose(unit, x / np.linalg.norm(x.astype(np.float64), axis=1, keepdims=True), rtol=1e-6)
+    x[11] = 0.0
+    assert kernels.normalize_rows(x, unit) == 11
 
 
 def _graph(index):
@@ -313,6 +364,8 @@ def test_bad_input_raises_named_errors_and_leaves_index_unchanged():
         (InvalidIds, lambda: index.add(x[:2], ids=[600])),
         (DimensionMismatch, lambda: index.search(np.ones((2, DIM - 1), np.float32), 5)),
         (NonFiniteVectors, lambda: index.search(nan, 5)),
+        (NonFiniteVectors, lambda: index.search(nan[1], 5)),  # the one-query path checks too
+        (NonFiniteVectors, lambda: index.search(-inf[2], 5)),
         (InvalidSearchParameter, lambda: index.search(q, 301)),
         (InvalidSearchParameter, lambda: index.search(q, 0)),
         (InvalidSearchParameter, lambda: index.search(q, 10, ef=5)),
@@ -335,6 +388,9 @@ def test_empty_index_and_zero_cosine_vector():
     with pytest.raises(NonFiniteVectors):
         index.add(zero)
     assert len(index) == 0
+    index.add(zero[:1])
+    with pytest.raises(NonFiniteVectors):
+        index.search(zero[1], 1)
 
 
 def test_growth_by_doubling_keeps_points_findable():

@@ -59,6 +59,18 @@ CPU, torch elsewhere. Building and deleting always run the numba loops on the CP
 an index with ``device="cuda"`` mirrors them onto the GPU for searching. The numba loops reuse
 per-thread scratch held by the index, so one index must not be used from several Python threads at
 once (numba's own threads inside one call are fine).
+
+Threads
+-------
+A search of one query runs on the calling thread and never enters numba's parallel (OpenMP)
+runtime, so it costs no thread wake-up and cannot wait on a descheduled worker. Batched search,
+``add`` and ``delete`` run in parallel over ``numba.get_num_threads()`` threads (set it with
+``numba.set_num_threads``). After each parallel call the OpenMP workers keep spinning for a while
+so that the next call starts fast (GNU libgomp's default; about 8 ms of CPU time per call on the
+2-core development machine); where the cores are busy with other work, that spinning takes CPU
+time from it. ``OMP_WAIT_POLICY=passive`` (libgomp also reads ``GOMP_SPINCOUNT``, Intel's runtime
+``KMP_BLOCKTIME``), set in the environment before the first parallel call, makes the workers sleep
+at once instead; the index leaves these process-wide settings to the application.
 """
 
 from __future__ import annotations
@@ -90,6 +102,7 @@ MAX_INSERT_BATCH = 1024
 FILE_KIND = "hnsw"
 FILE_KIND_VERSION = 1
 _TAG_LIMIT = 2**31 - 1
+_NO_ALLOW = np.zeros(1, np.bool_)  # stands in for the allow mask when there is none (never written)
 
 
 class HNSW:
@@ -153,6 +166,11 @@ class HNSW:
         self._levels = torch.full((capacity,), -1, dtype=torch.int32)
         self._ids = torch.full((capacity,), -1, dtype=torch.int64)
         self._live = torch.zeros((capacity,), dtype=torch.bool)
+        # Zero-copy numpy views of the tensors, as the kernels take them: made once per allocation,
+        # since four .numpy() calls cost about 2 us, a few percent of a one-query search.
+        self._kernel_views = (self._vectors.numpy(), self._links0.numpy(), self._upper_links.numpy(),
+                              self._upper_offset.numpy())
+        self._ids_view = self._ids.numpy()
 
     def _grow(self, capacity: int, upper_capacity: int) -> None:
         """Double capacities until they reach the requested sizes, copying the used parts."""
@@ -172,16 +190,21 @@ class HNSW:
         for dst, src in zip(new, old):
             dst[: src.shape[0]] = src
 
-    def _views(self):
-        """Zero-copy numpy views of the CPU tensors, as the kernels take them."""
-        return (self._vectors.numpy(), self._links0.numpy(), self._upper_links.numpy(), self._upper_offset.numpy())
-
-    def _scratch(self, tags_needed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    def _scratch(self, tags_needed: int, serial: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
         """Per-thread scratch, kept between calls: visited tags ``[n_threads, capacity]``, candidate
-        heap keys and values ``[n_threads, capacity + 1]``; and the first free visited tag."""
-        n_threads = numba.get_num_threads()
+        heap keys and values ``[n_threads, capacity + 1]``; and the first free visited tag.
+
+        ``serial`` callers use row 0 only, so any pool with at least one row of the right capacity
+        serves them (no call into numba's thread settings).
+        """
         cap = self._vectors.shape[0]
-        if self._visited.shape != (n_threads, cap):
+        if serial:
+            fits = self._visited.shape[0] >= 1 and self._visited.shape[1] == cap
+            n_threads = 1
+        else:
+            n_threads = numba.get_num_threads()
+            fits = self._visited.shape == (n_threads, cap)
+        if not fits:
             self._visited = np.zeros((n_threads, cap), np.int32)
             self._cand_keys = np.empty((n_threads, cap + 1), np.float32)
             self._cand_vals = np.empty((n_threads, cap + 1), np.int32)
@@ -199,23 +222,24 @@ class HNSW:
         if isinstance(x, torch.Tensor):
             x = x.detach().to("cpu", torch.float32).numpy()
         x = np.asarray(x)
-        if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+        if x.dtype.kind not in "fiu":  # floating, signed or unsigned integer
             raise DimensionMismatch(f"{what} must be numeric, got dtype {x.dtype}")
         if x.ndim == 1:
             x = x[None, :]
         if x.ndim != 2 or x.shape[1] != self._dim:
             raise DimensionMismatch(f"{what} must have shape [n, {self._dim}] or [{self._dim}], got {list(x.shape)}")
         x = np.ascontiguousarray(x, dtype=np.float32)
-        bad = ~np.isfinite(x).all(axis=1)
-        if bad.any():
+        if kernels.first_nonfinite_row(x) >= 0:
+            bad = ~np.isfinite(x).all(axis=1)
             raise NonFiniteVectors(f"{what} rows {np.flatnonzero(bad)[:5].tolist()} hold NaN or infinity; "
                                    f"only finite values are allowed")
         if self.metric == "cosine":
-            norms = np.linalg.norm(x, axis=1, keepdims=True)
-            if (norms == 0).any():
-                raise NonFiniteVectors(f"{what} rows {np.flatnonzero(norms[:, 0] == 0)[:5].tolist()} are zero "
+            unit = np.empty_like(x)
+            if kernels.normalize_rows(x, unit) >= 0:
+                zero = ~x.any(axis=1)
+                raise NonFiniteVectors(f"{what} rows {np.flatnonzero(zero)[:5].tolist()} are zero "
                                        f"vectors, which have no cosine direction")
-            x = (x / norms).astype(np.float32)
+            x = unit
         return x
 
     @staticmethod
@@ -298,7 +322,7 @@ class HNSW:
 
     def _insert_batch(self, slots: np.ndarray, levels: np.ndarray) -> None:
         """Link one batch of already-stored points into the graph (see the module docstring)."""
-        vectors, links0, upper_links, upper_offset = self._views()
+        vectors, links0, upper_links, upper_offset = self._kernel_views
         batch = slots.shape[0]
         top = max(self._max_level, 0)
         out_links0 = np.full((batch, self.M0), -1, np.int32)
@@ -350,7 +374,7 @@ class HNSW:
         deleted = np.zeros(self._vectors.shape[0], np.bool_)
         deleted[slots] = True
         self._live[slots] = False
-        vectors, links0, upper_links, upper_offset = self._views()
+        vectors, links0, upper_links, upper_offset = self._kernel_views
         kernels.repair_deleted(deleted, self._live.numpy(), self._levels.numpy(), self._n_slots, vectors, links0,
                                upper_links, upper_offset, self._kernel_metric)
         links0[slots] = -1
@@ -413,23 +437,33 @@ class HNSW:
             allow_mask[allowed_slots] = True
 
         if backend == "torch":
-            slots, dists = self._search_torch(q, k, ef, allow_mask)
-        else:
-            slots, dists = self._search_numba(q, k, ef, allow_mask)
-        return self._to_result(slots, dists)
+            return self._to_result(*self._search_torch(q, k, ef, allow_mask))
+        return self._search_numba(q, k, ef, allow_mask)
 
     def _search_numba(self, q: np.ndarray, k: int, ef: int, allow_mask):
-        vectors, links0, upper_links, upper_offset = self._views()
+        """Compiled search of ``q`` ``[nq, dim]``; returns (ids int64 ``[nq, k]``, distances ``[nq, k]``).
+
+        One query runs serially on the calling thread; several run in parallel over numba's threads.
+        The kernels write ids and reported distances directly (no slot -> id pass afterwards).
+        """
+        vectors, links0, upper_links, upper_offset = self._kernel_views
         nq = q.shape[0]
-        out_slots = np.empty((nq, k), np.int32)
+        out_ids = np.empty((nq, k), np.int64)
         out_dists = np.empty((nq, k), np.float32)
-        visited, cand_keys, cand_vals, tag_base = self._scratch(nq)
         use_allow = allow_mask is not None
-        allow = allow_mask if use_allow else np.zeros(1, np.bool_)
-        run = kernels.search_batch_serial if nq == 1 else kernels.search_batch_parallel
-        run(q, k, ef, self._entry, self._max_level, vectors, links0, upper_links, upper_offset,
-            self._kernel_metric, allow, use_allow, visited, cand_keys, cand_vals, tag_base, out_slots, out_dists)
-        return out_slots, out_dists
+        allow = allow_mask if use_allow else _NO_ALLOW
+        dist_offset = np.float32(1.0 if self.metric == "cosine" else 0.0)
+        if nq == 1:
+            visited, cand_keys, cand_vals, tag_base = self._scratch(1, serial=True)
+            kernels.search_one(q[0], ef, self._entry, self._max_level, vectors, links0, upper_links, upper_offset,
+                               self._kernel_metric, allow, use_allow, visited, cand_keys, cand_vals, tag_base + 1,
+                               self._ids_view, dist_offset, out_ids[0], out_dists[0])
+        else:
+            visited, cand_keys, cand_vals, tag_base = self._scratch(nq)
+            kernels.search_batch(q, ef, self._entry, self._max_level, vectors, links0, upper_links, upper_offset,
+                                 self._kernel_metric, allow, use_allow, visited, cand_keys, cand_vals, tag_base,
+                                 self._ids_view, dist_offset, out_ids, out_dists)
+        return torch.from_numpy(out_ids), torch.from_numpy(out_dists)
 
     def _search_torch(self, q: np.ndarray, k: int, ef: int, allow_mask):
         graph = self._mirror()

@@ -22,6 +22,36 @@ IP = 1
 _JIT = dict(fastmath=True, cache=True, nogil=True)
 
 
+# Input checks compile without fastmath, which would let LLVM assume that no NaN or inf exists.
+@nb.njit(cache=True, nogil=True)
+def first_nonfinite_row(x):
+    """Index of the first row of ``x`` ``[n, dim]`` holding NaN or infinity; -1 when all are finite."""
+    for i in range(x.shape[0]):
+        for j in range(x.shape[1]):
+            if not np.isfinite(x[i, j]):
+                return i
+    return -1
+
+
+@nb.njit(cache=True, nogil=True)
+def normalize_rows(x, out):
+    """Write ``x / ||x||`` row by row into ``out`` (both float32 ``[n, dim]``), in float64 arithmetic.
+
+    Returns the index of the first all-zero row (which has no direction), or -1; rows from there on
+    are left unwritten.
+    """
+    for i in range(x.shape[0]):
+        sum_sq = 0.0
+        for j in range(x.shape[1]):
+            sum_sq += np.float64(x[i, j]) * np.float64(x[i, j])
+        if sum_sq == 0.0:
+            return i
+        inv_norm = 1.0 / np.sqrt(sum_sq)
+        for j in range(x.shape[1]):
+            out[i, j] = np.float32(x[i, j] * inv_norm)
+    return -1
+
+
 @nb.njit(inline="always", **_JIT)
 def distance(vectors, i, query, metric):
     """Distance from stored vector ``i`` to ``query`` ``[dim]`` (smaller is closer)."""
@@ -118,6 +148,7 @@ def search_layer(query, entry, entry_dist, level, ef, vectors, links0, upper_lin
     n_res = 0
     if not use_allow or allow[entry]:
         n_res = heap_push(res_keys, res_vals, 0, -entry_dist, entry)
+    fresh = np.empty(links0.shape[1], np.int32)  # unvisited neighbours of the expanded node
     while n_cand > 0:
         d = cand_keys[0]
         node = cand_vals[0]
@@ -125,13 +156,17 @@ def search_layer(query, entry, entry_dist, level, ef, vectors, links0, upper_lin
             break
         n_cand = heap_pop(cand_keys, cand_vals, n_cand)
         row = neighbour_row(links0, upper_links, upper_offset, node, level)
+        n_fresh = 0
         for j in range(row.shape[0]):
             nbr = row[j]
             if nbr < 0:
                 break
-            if visited[nbr] == tag:
-                continue
-            visited[nbr] = tag
+            if visited[nbr] != tag:
+                visited[nbr] = tag
+                fresh[n_fresh] = nbr
+                n_fresh += 1
+        for j in range(n_fresh):
+            nbr = fresh[j]
             dn = distance(vectors, nbr, query, metric)
             if n_res < ef or dn < -res_keys[0]:
                 n_cand = heap_push(cand_keys, cand_vals, n_cand, dn, nbr)
@@ -156,33 +191,69 @@ def drain_sorted(res_keys, res_vals, n_res, out_ids, out_dists):
         n_res = heap_pop(res_keys, res_vals, n_res)
 
 
-def _search_batch(queries, k, ef, entry, max_level, vectors, links0, upper_links, upper_offset, metric,
-                  allow, use_allow, visited_pool, cand_keys_pool, cand_vals_pool, tag_base, out_ids, out_dists):
-    """Search every query ``[nq, dim]``; fills ``out_ids`` (slots) ``[nq, k]`` and ``out_dists``.
+@nb.njit(**_JIT)
+def search_query(query, ef, entry, max_level, vectors, links0, upper_links, upper_offset, metric, allow,
+                 use_allow, visited, tag, cand_keys, cand_vals, res_keys, res_vals, slot_ids, dist_offset,
+                 out_ids, out_dists):
+    """One query ``[dim]``: greedy descent, level-0 beam of width ``ef``, results as ids.
 
-    The pools ``[n_chunks, capacity (+ 1)]`` are per-chunk scratch (visited tags, candidate heap).
+    Fills ``out_ids`` int64 ``[k]`` with ``slot_ids[slot]`` (-1 past the results found) and
+    ``out_dists`` ``[k]`` with the internal distance plus ``dist_offset`` (inf past the results).
+    """
+    dist = distance(vectors, entry, query, metric)
+    node, dist = greedy_descent(query, entry, dist, max_level, 0, vectors, links0, upper_links, upper_offset,
+                                metric)
+    n_res = search_layer(query, node, dist, 0, ef, vectors, links0, upper_links, upper_offset, metric, allow,
+                         use_allow, visited, tag, cand_keys, cand_vals, res_keys, res_vals)
+    width = out_ids.shape[0]
+    for r in range(n_res, width):
+        out_ids[r] = -1
+        out_dists[r] = np.inf
+    for r in range(n_res - 1, -1, -1):
+        if r < width:
+            out_ids[r] = slot_ids[res_vals[0]]
+            out_dists[r] = -res_keys[0] + dist_offset
+        n_res = heap_pop(res_keys, res_vals, n_res)
+
+
+# The serial and the parallel search are two separate Python functions on purpose: numba's on-disk
+# cache keys an entry by function, signature and bytecode but not by the ``parallel`` option, so
+# one function compiled both ways would load whichever variant was cached first for both (the
+# single-query path then started an OpenMP team per query, and stalled for milliseconds when the
+# woken worker had to share a core).
+@nb.njit(parallel=True, **_JIT)
+def search_batch(queries, ef, entry, max_level, vectors, links0, upper_links, upper_offset, metric, allow,
+                 use_allow, visited_pool, cand_keys_pool, cand_vals_pool, tag_base, slot_ids, dist_offset,
+                 out_ids, out_dists):
+    """Search every query ``[nq, dim]`` in parallel; fills ``out_ids`` int64 ``[nq, k]`` and ``out_dists``.
+
+    The pools ``[n_chunks, capacity (+ 1)]`` are per-chunk scratch (visited tags, candidate heap);
+    query ``qi`` uses visited tag ``tag_base + qi + 1``. See :func:`search_query` for the outputs.
     """
     nq = queries.shape[0]
     n_chunks = min(visited_pool.shape[0], nq)
     for c in nb.prange(n_chunks):
-        visited = visited_pool[c]
-        cand_keys = cand_keys_pool[c]
-        cand_vals = cand_vals_pool[c]
         res_keys = np.empty(ef + 1, np.float32)
         res_vals = np.empty(ef + 1, np.int32)
         for qi in range(c, nq, n_chunks):
-            query = queries[qi]
-            dist = distance(vectors, entry, query, metric)
-            node, dist = greedy_descent(query, entry, dist, max_level, 0, vectors, links0, upper_links,
-                                        upper_offset, metric)
-            n_res = search_layer(query, node, dist, 0, ef, vectors, links0, upper_links, upper_offset, metric,
-                                 allow, use_allow, visited, tag_base + qi + 1, cand_keys, cand_vals,
-                                 res_keys, res_vals)
-            drain_sorted(res_keys, res_vals, n_res, out_ids[qi], out_dists[qi])
+            search_query(queries[qi], ef, entry, max_level, vectors, links0, upper_links, upper_offset, metric,
+                         allow, use_allow, visited_pool[c], tag_base + qi + 1, cand_keys_pool[c], cand_vals_pool[c],
+                         res_keys, res_vals, slot_ids, dist_offset, out_ids[qi], out_dists[qi])
 
 
-search_batch_parallel = nb.njit(parallel=True, **_JIT)(_search_batch)
-search_batch_serial = nb.njit(**_JIT)(_search_batch)
+@nb.njit(**_JIT)
+def search_one(query, ef, entry, max_level, vectors, links0, upper_links, upper_offset, metric, allow, use_allow,
+               visited_pool, cand_keys_pool, cand_vals_pool, tag, slot_ids, dist_offset, out_ids, out_dists):
+    """Search one query ``[dim]`` on the calling thread (never starts the parallel runtime).
+
+    Uses row 0 of the scratch pools and visited tag ``tag``; fills ``out_ids`` int64 ``[k]`` and
+    ``out_dists`` ``[k]`` as :func:`search_query` does.
+    """
+    res_keys = np.empty(ef + 1, np.float32)
+    res_vals = np.empty(ef + 1, np.int32)
+    search_query(query, ef, entry, max_level, vectors, links0, upper_links, upper_offset, metric, allow, use_allow,
+                 visited_pool[0], tag, cand_keys_pool[0], cand_vals_pool[0], res_keys, res_vals, slot_ids,
+                 dist_offset, out_ids, out_dists)
 
 
 @nb.njit(**_JIT)

@@ -34,6 +34,11 @@ class BudgetExceeded(LLMDSError, ValueError):
     """A request that can never fit the token budget."""
 
 
+class RequestTooLarge(BudgetExceeded):
+    """A request that can never run: longer than the context window, or needing more pages than the
+    whole cache has. Raised by the scheduler and the generation engine alike."""
+
+
 __all__ = [
     "LLMDSError",
     "ConfigError",
@@ -42,5 +47,6 @@ __all__ = [
     "InvalidTokenIds",
     "ContextWindowExceeded",
     "BudgetExceeded",
+    "RequestTooLarge",
     "KernelInputError",
 ]

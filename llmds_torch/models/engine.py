@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from llmds_torch.errors import BudgetExceeded, ConfigError, InvalidTokenIds, LLMDSError
+from llmds_torch.errors import ConfigError, InvalidTokenIds, LLMDSError, RequestTooLarge
 from llmds_torch.models.llama import LlamaModel
 from llmds_torch.models.sampling import SamplingParams, sample_tokens, token_logprobs
 
@@ -32,10 +32,6 @@ WAITING, PREFILL, DECODE, FINISHED = "waiting", "prefill", "decode", "finished"
 
 class EngineError(LLMDSError, ValueError):
     """A ``run_step`` or ``preempt`` call that does not fit the requests' states."""
-
-
-class RequestTooLarge(BudgetExceeded):
-    """A request whose worst-case page need exceeds the whole cache; it could never run."""
 
 
 @dataclass(frozen=True, slots=True)

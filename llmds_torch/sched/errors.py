@@ -1,6 +1,6 @@
 """Named exceptions of the scheduler package. Each is raised before any state changes."""
 
-from llmds_torch.errors import BudgetExceeded, LLMDSError
+from llmds_torch.errors import LLMDSError, RequestTooLarge  # noqa: F401  (RequestTooLarge: re-exported)
 
 
 class InvalidPriority(LLMDSError, ValueError):
@@ -23,10 +23,6 @@ class KeyNotFound(LLMDSError, KeyError):
 
 class InvalidRequest(LLMDSError, ValueError):
     """A request with a negative or NaN length, priority, deadline or SLO, or bad token ids."""
-
-
-class RequestTooLarge(BudgetExceeded):
-    """A request that can never fit: longer than the context window or larger than the whole cache."""
 
 
 class RequestRefused(LLMDSError, RuntimeError):

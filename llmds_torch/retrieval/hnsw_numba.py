@@ -11,10 +11,19 @@ Every function works on numpy arrays that are zero-copy views of the index's tor
 closer. Parallel loops split work into ``n_chunks`` strided chunks, each with its own visited array
 tagged by a per-search number (no clearing between searches); every query or inserted point is
 computed from state that the loop does not modify, so results do not depend on the thread count.
+
+The beam search is bound by memory latency (a 128-d float32 vector is 8 cache lines, and each
+expanded node sends the search to up to ``M0`` vectors scattered over the index), so it first
+gathers a node's unvisited neighbours and asks the CPU to prefetch all their vectors, then
+computes the distances while those loads overlap; it also prefetches the neighbour list of the
+next candidate. Prefetches are hints only and change no result.
 """
 
 import numba as nb
 import numpy as np
+from llvmlite import ir
+from numba.core import cgutils, types
+from numba.extending import intrinsic
 
 L2 = 0
 IP = 1
@@ -50,6 +59,34 @@ def normalize_rows(x, out):
         for j in range(x.shape[1]):
             out[i, j] = np.float32(x[i, j] * inv_norm)
     return -1
+
+
+@intrinsic
+def prefetch_row(typingctx, array, row):
+    """Ask the CPU to start loading every cache line of ``array[row]`` (``array`` 2-D, C-contiguous).
+
+    A hint only (``llvm.prefetch``): it neither blocks nor faults, so the loads of several rows
+    overlap instead of each distance waiting for memory in turn.
+    """
+    item_bytes = array.dtype.bitwidth // 8
+
+    def codegen(context, builder, signature, args):
+        array_type = signature.args[0]
+        arr = context.make_array(array_type)(context, builder, args[0])
+        intp = context.get_value_type(types.intp)
+        row_index = context.cast(builder, args[1], signature.args[1], types.intp)
+        first = cgutils.get_item_pointer(context, builder, array_type, arr, [row_index, intp(0)])
+        start = builder.ptrtoint(first, intp)
+        stop = builder.add(start, builder.mul(builder.extract_value(arr.shape, 1), intp(item_bytes)))
+        byte_ptr = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        prefetch = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [byte_ptr, i32, i32, i32]), "llvm.prefetch.p0")
+        with cgutils.for_range_slice(builder, builder.and_(start, intp(-64)), stop, intp(64)) as (line, _):
+            builder.call(prefetch, [builder.inttoptr(line, byte_ptr), i32(0), i32(3), i32(1)])  # read, keep, data
+        return context.get_dummy_value()
+
+    return types.none(array, row), codegen
 
 
 @nb.njit(inline="always", **_JIT)
@@ -163,6 +200,7 @@ def search_layer(query, entry, entry_dist, level, ef, vectors, links0, upper_lin
                 break
             if visited[nbr] != tag:
                 visited[nbr] = tag
+                prefetch_row(vectors, nbr)
                 fresh[n_fresh] = nbr
                 n_fresh += 1
         for j in range(n_fresh):
@@ -174,6 +212,8 @@ def search_layer(query, entry, entry_dist, level, ef, vectors, links0, upper_lin
                     n_res = heap_push(res_keys, res_vals, n_res, -dn, nbr)
                     if n_res > ef:
                         n_res = heap_pop(res_keys, res_vals, n_res)
+        if n_cand > 0 and level == 0:
+            prefetch_row(links0, cand_vals[0])  # the likely next node to expand
     return n_res
 
 

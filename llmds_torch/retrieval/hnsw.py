@@ -140,6 +140,7 @@ class HNSW:
         self.ef_search = 64
         self.exact_filter_factor = 1.0
         self._kernel_metric = kernels.L2 if metric == "l2" else kernels.IP
+        self._dist_offset = np.float32(1.0 if metric == "cosine" else 0.0)  # kernel's distance -> reported
         self._rng = np.random.default_rng(seed)
         self._level_mult = 1.0 / math.log(M)
         self._allocate(capacity=0, upper_capacity=0)
@@ -452,17 +453,16 @@ class HNSW:
         out_dists = np.empty((nq, k), np.float32)
         use_allow = allow_mask is not None
         allow = allow_mask if use_allow else _NO_ALLOW
-        dist_offset = np.float32(1.0 if self.metric == "cosine" else 0.0)
         if nq == 1:
             visited, cand_keys, cand_vals, tag_base = self._scratch(1, serial=True)
             kernels.search_one(q[0], ef, self._entry, self._max_level, vectors, links0, upper_links, upper_offset,
                                self._kernel_metric, allow, use_allow, visited, cand_keys, cand_vals, tag_base + 1,
-                               self._ids_view, dist_offset, out_ids[0], out_dists[0])
+                               self._ids_view, self._dist_offset, out_ids[0], out_dists[0])
         else:
             visited, cand_keys, cand_vals, tag_base = self._scratch(nq)
             kernels.search_batch(q, ef, self._entry, self._max_level, vectors, links0, upper_links, upper_offset,
                                  self._kernel_metric, allow, use_allow, visited, cand_keys, cand_vals, tag_base,
-                                 self._ids_view, dist_offset, out_ids, out_dists)
+                                 self._ids_view, self._dist_offset, out_ids, out_dists)
         return torch.from_numpy(out_ids), torch.from_numpy(out_dists)
 
     def _search_torch(self, q: np.ndarray, k: int, ef: int, allow_mask):

@@ -379,7 +379,7 @@ def test_writes_of_the_wrong_shape_dtype_or_slot_change_nothing():
         cache.write(0, slots, torch.randn(3, 2, 7), torch.randn(3, 2, 7))
     with pytest.raises(KernelInputError):
         cache.write(0, slots, torch.randn(3, 2, 8, dtype=torch.float64), torch.randn(3, 2, 8, dtype=torch.float64))
-    assert int(cache.manager.slot_writes.sum()) == 0
+    assert not cache.manager.slot_layers.any()
     kv = torch.randn(3, 2, 8)
     cache.write(0, slots, kv, kv)
     with pytest.raises(ValueError, match="already wrote"):
@@ -388,6 +388,27 @@ def test_writes_of_the_wrong_shape_dtype_or_slot_change_nothing():
         cache.write(1, slots + 1, kv, kv)  # the slot past the reservation
     with pytest.raises(ValueError, match="layer 5"):
         cache.write(5, slots, kv, kv)
+
+
+@pytest.mark.parametrize("layers", [3, 70])
+def test_a_layer_written_twice_never_stands_in_for_a_missing_layer(layers):
+    """Writes by layers 1, 0, 1 must not count as three layers: the slot stays pending, nothing is
+    published, and the missing layer can still write."""
+    cache = make_cache(layers=layers)
+    a = cache.attach(prompt(2 * P + 1))
+    slots = cache.slot_mapping([a])
+    kv = torch.randn(slots.numel(), 2, 8)
+    cache.write(1, slots, kv, kv)
+    cache.write(0, slots, kv, kv)
+    with pytest.raises(ValueError, match="already wrote"):
+        cache.write(1, slots, kv, kv)
+    for layer in range(2, layers - 1):
+        cache.write(layer, slots, kv, kv)
+    assert cache.num_written(a) == 0
+    assert cache.num_cached_tokens(cache.attach(prompt(2 * P + 1))) == 0  # nothing published
+    cache.write(layers - 1, slots, kv, kv)
+    assert cache.num_written(a) == 2 * P + 1
+    assert cache.num_cached_tokens(cache.attach(prompt(2 * P + 1))) == 2 * P
 
 
 @pytest.mark.parametrize("kwargs", [dict(num_pages=0), dict(page_size=-1), dict(dtype=torch.int8),

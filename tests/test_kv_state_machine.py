@@ -74,6 +74,27 @@ class CacheMachine(RuleBasedStateMachine):
         self._write_pending([seq])
 
     @precondition(lambda self: self.live)
+    @rule(data=st.data())
+    def write_layers_out_of_order(self, data):
+        """Layers in a random order, with a repeated layer refused on the way: the sequence must not
+        advance (nor publish) until the last missing layer wrote."""
+        seq = data.draw(st.sampled_from(self.live))
+        slots = self.cache.slot_mapping([seq])
+        if slots.numel() == 0:
+            return
+        tokens = self.cache.token_ids(seq)
+        start = self.cache.num_written(seq)
+        kv = torch.stack([kv_of(tuple(tokens[:p + 1]), self.dtype) for p in range(start, len(tokens))])
+        order = data.draw(st.permutations(range(LAYERS)))
+        for i, layer in enumerate(order):
+            self.cache.write(layer, slots, kv[:, layer, 0].contiguous(), kv[:, layer, 1].contiguous())
+            if i < LAYERS - 1:
+                assert self.cache.num_written(seq) == start
+                with pytest.raises(ValueError, match="already wrote"):
+                    self.cache.write(layer, slots, kv[:, layer, 0].contiguous(), kv[:, layer, 1].contiguous())
+        assert self.cache.num_written(seq) == len(tokens)
+
+    @precondition(lambda self: self.live)
     @rule(data=st.data(), tokens=st.lists(st.integers(0, 30), min_size=1, max_size=5))
     def append(self, data, tokens):
         seq = data.draw(st.sampled_from(self.live))

@@ -26,6 +26,10 @@ from llmds_torch.kv.sequence import Sequence, validate_token_ids
 NOT_OWNED = -1
 
 
+def _bit(layer: int) -> np.uint64:
+    return np.uint64(1) << np.uint64(layer % 64)
+
+
 class InvariantViolation(AssertionError):
     """``check_invariants`` found inconsistent bookkeeping (a bug, never bad input)."""
 
@@ -75,10 +79,11 @@ class BlockManager:
         self.allocator = PageAllocator(num_pages, make_policy(eviction_policy), self.index.forget)
         self.seqs: dict[int, Sequence] = {}
         self._next_seq_id = 0
-        # Two small counters per slot (4 bytes): layers that wrote it, and the last of them.
-        self._slot_dtype = np.int16 if num_layers < 2**15 else np.int32
-        self.slot_writes = np.zeros(num_pages * page_size, dtype=self._slot_dtype)  # [num_slots]
-        self.slot_last_layer = np.full(num_pages * page_size, -1, dtype=self._slot_dtype)  # [num_slots]
+        # Which layers wrote each slot: a bit per layer, in 64-bit words (8 bytes a slot up to 64 layers).
+        words = -(-num_layers // 64)
+        bits = [min(64, num_layers - 64 * w) for w in range(words)]
+        self.all_layers = np.array([(1 << b) - 1 for b in bits], dtype=np.uint64)  # [words]
+        self.slot_layers = np.zeros((num_pages * page_size, words), dtype=np.uint64)  # [num_slots, words]
         self.page_owner = np.full(num_pages, NOT_OWNED, dtype=np.int64)  # [num_pages]
         self.page_fill = np.zeros(num_pages, dtype=np.int64)  # [num_pages]: reserved slots of owned pages
         self.pending_copies: list[tuple[int, int]] = []
@@ -133,8 +138,7 @@ class BlockManager:
         pages = self.allocator.allocate(n)
         if pages:
             rows = np.asarray(pages)
-            self.slot_writes.reshape(-1, self.page_size)[rows] = 0
-            self.slot_last_layer.reshape(-1, self.page_size)[rows] = -1
+            self._page_slot_layers()[rows] = 0
         return pages
 
     def grow(self, new_num_pages: int) -> None:
@@ -145,8 +149,8 @@ class BlockManager:
             self.on_resize(new_num_pages)
         extra = new_num_pages - self.num_pages
         self.allocator.grow(new_num_pages)
-        self.slot_writes = np.concatenate([self.slot_writes, np.zeros(extra * self.page_size, self._slot_dtype)])
-        self.slot_last_layer = np.concatenate([self.slot_last_layer, np.full(extra * self.page_size, -1, self._slot_dtype)])
+        fresh = np.zeros((extra * self.page_size, self.slot_layers.shape[1]), dtype=np.uint64)
+        self.slot_layers = np.concatenate([self.slot_layers, fresh])
         self.page_owner = np.concatenate([self.page_owner, np.full(extra, NOT_OWNED, np.int64)])
         self.page_fill = np.concatenate([self.page_fill, np.zeros(extra, np.int64)])
         self.max_num_pages = max(self.max_num_pages, new_num_pages)
@@ -322,10 +326,8 @@ class BlockManager:
     def _copy_on_write(self, seq: Sequence, new: int) -> None:
         """Give ``seq`` the fresh page ``new`` in place of its shared last page."""
         old = seq.pages[-1]
-        rows = self.slot_writes.reshape(-1, self.page_size)
+        rows = self._page_slot_layers()
         rows[new] = rows[old]
-        last = self.slot_last_layer.reshape(-1, self.page_size)
-        last[new] = last[old]
         seq.pages[-1] = new
         self.allocator.release([old])
         self.pending_copies.append((old, new))
@@ -386,6 +388,14 @@ class BlockManager:
         pages = np.asarray(seq.pages, dtype=np.int64)
         return pages[positions // self.page_size] * self.page_size + positions % self.page_size
 
+    def _page_slot_layers(self) -> np.ndarray:
+        """``slot_layers`` viewed per page: ``[num_pages, page_size, words]``."""
+        return self.slot_layers.reshape(-1, self.page_size, self.slot_layers.shape[1])
+
+    def _fully_written(self, slots: np.ndarray) -> np.ndarray:
+        """bool ``[len(slots)]``: every layer has written the slot."""
+        return (self.slot_layers[slots] == self.all_layers).all(axis=1)
+
     def check_write(self, layer: int, slots: np.ndarray) -> None:
         """Raise ``ValueError`` unless ``layer`` is valid and every slot is pending and not yet
         written by that layer (nothing changes)."""
@@ -401,7 +411,7 @@ class BlockManager:
         if (self.page_owner[pages] == NOT_OWNED).any() or (slots % self.page_size >= self.page_fill[pages]).any():
             raise ValueError("slot_mapping names a slot that is not reserved for writing "
                              "(already written, shared, or not allocated); use slot_mapping()")
-        if (self.slot_last_layer[slots] == layer).any() or (self.slot_writes[slots] >= self.num_layers).any():
+        if (self.slot_layers[slots, layer // 64] & _bit(layer)).any():
             raise ValueError(f"layer {layer} already wrote some of these slots")
 
     def record_write(self, layer: int, slots: np.ndarray, *, checked: bool = False) -> None:
@@ -409,10 +419,8 @@ class BlockManager:
         ``checked``: the caller already ran ``check_write`` on exactly these arguments."""
         if not checked:
             self.check_write(layer, slots)
-        writes = self.slot_writes
-        writes[slots] += 1
-        self.slot_last_layer[slots] = layer
-        done = slots[writes[slots] == self.num_layers]
+        self.slot_layers[slots, layer // 64] |= _bit(layer)
+        done = slots[self._fully_written(slots)]
         if not done.size:
             return
         owners, counts = np.unique(self.page_owner[done // self.page_size], return_counts=True)
@@ -429,8 +437,7 @@ class BlockManager:
         seq = self._seq(seq_id)
         end = seq.num_tokens if num_tokens is None else min(seq.num_tokens, seq.num_written + num_tokens)
         slots = self._slots(seq, seq.num_written, end)
-        self.slot_writes[slots] = self.num_layers
-        self.slot_last_layer[slots] = self.num_layers - 1
+        self.slot_layers[slots] = self.all_layers
         self._advance(seq)
 
     def _advance(self, seq: Sequence) -> None:
@@ -439,7 +446,7 @@ class BlockManager:
         if start == seq.num_tokens:
             return
         slots = self._slots(seq, start, seq.num_tokens)
-        not_done = np.flatnonzero(self.slot_writes[slots] < self.num_layers)
+        not_done = np.flatnonzero(~self._fully_written(slots))
         end = start + (int(not_done[0]) if not_done.size else slots.size)
         if end == start:
             return
@@ -558,11 +565,10 @@ class BlockManager:
         for seq in self.seqs.values():
             seq.pages = old_to_new[seq.pages].tolist()
         live = np.flatnonzero(old_to_new >= 0)
-        for name, fill in (("slot_writes", 0), ("slot_last_layer", -1)):
-            old = getattr(self, name).reshape(-1, self.page_size)
-            new = np.full((n, self.page_size), fill, dtype=old.dtype)
-            new[old_to_new[live]] = old[live]
-            setattr(self, name, new.reshape(-1))
+        old = self._page_slot_layers()
+        new = np.zeros((n,) + old.shape[1:], dtype=np.uint64)
+        new[old_to_new[live]] = old[live]
+        self.slot_layers = new.reshape(n * self.page_size, -1)
         for name, fill in (("page_owner", NOT_OWNED), ("page_fill", 0)):
             new = np.full(n, fill, dtype=np.int64)
             new[old_to_new[live]] = getattr(self, name)[live]

@@ -28,7 +28,8 @@ def test_report_agrees_with_the_objects_it_used(demo):
     assert kv["evictions"] == cache_stats["evictions"]
     assert kv["defrag_pages_moved"] <= cache_stats["pages_moved"]
     assert kv["peak_paged_bytes"] == max(t["paged_bytes"] for t in parts.timeline)
-    assert 0 < kv["peak_paged_bytes"] < kv["peak_dense_bytes"]
+    assert kv["peak_dense_bytes"] == max(t["dense_bytes"] for t in parts.timeline) > 0
+    assert kv["memory_saved"] == pytest.approx(1 - kv["peak_paged_bytes"] / kv["peak_dense_bytes"])
     summary = parts.scheduler.metrics.summary()
     assert report["generation"]["finished"] == summary["finished"] == 6
     assert report["generation"]["output_tokens"] == sum(len(o) for o in parts.outputs) == summary["output_tokens"]

@@ -96,3 +96,15 @@ def test_beams_and_parallel_samples_are_sent_to_the_engine(model):
     scheduler = Scheduler(make_cache(16))
     with pytest.raises(ValueError, match="GenerationEngine"):
         ServingLoop(model, scheduler, SamplingParams(n=2, temperature=1.0))
+
+
+def test_forward_refuses_tokens_other_than_the_reserved_ones(model):
+    """Computing KV for other tokens would publish it under the reserved tokens' prefix key."""
+    from llmds_torch.errors import InvalidTokenIds
+    cache = make_cache(32)
+    seq = cache.attach(list(range(9)))
+    with pytest.raises(InvalidTokenIds, match="reserved"):
+        model.forward(cache, [seq], [[1] + list(range(1, 9))])
+    assert cache.num_written(seq) == 0 and not cache.manager.slot_layers.any()
+    model.forward(cache, [seq], [list(range(9))])
+    assert cache.num_written(seq) == 9

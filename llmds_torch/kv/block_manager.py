@@ -116,6 +116,11 @@ class BlockManager:
     def token_ids(self, seq_id: int) -> list[int]:
         return list(self._seq(seq_id).tokens)
 
+    def pending_token_ids(self, seq_id: int) -> list[int]:
+        """The reserved tokens whose KV is not written yet (``tokens[num_written:]``)."""
+        seq = self._seq(seq_id)
+        return seq.tokens[seq.num_written:]
+
     def pages(self, seq_id: int) -> list[int]:
         return list(self._seq(seq_id).pages)
 

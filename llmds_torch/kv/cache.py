@@ -121,6 +121,10 @@ class PagedKVCache:
     def token_ids(self, seq_id: int) -> list[int]:
         return self.manager.token_ids(seq_id)
 
+    def pending_token_ids(self, seq_id: int) -> list[int]:
+        """Reserved tokens whose KV is not written yet, in position order."""
+        return self.manager.pending_token_ids(seq_id)
+
     def can_append(self, seq_ids, num_tokens: int = 1) -> bool:
         """Whether appending ``num_tokens`` to each of ``seq_ids`` fits now."""
         return self.manager.can_append(seq_ids, num_tokens)

@@ -202,6 +202,12 @@ class LlamaModel(nn.Module):
             if not 1 <= n <= p:
                 raise ValueError(f"sequence {s} has {p} reserved tokens to compute; asked for {n} "
                                  f"(allowed: 1 to {p})")
+        for s, toks in zip(seq_ids, token_ids):
+            # KV computed for other tokens than the reserved ones would be published under the
+            # reserved tokens' prefix key, where no later token check could catch it.
+            if list(toks) != cache.pending_token_ids(s)[:len(toks)]:
+                raise InvalidTokenIds(f"token_ids for sequence {s} differ from the tokens the cache reserved "
+                                      "for it (cache.pending_token_ids)")
         flat = [t for toks in token_ids for t in toks]
         self.check_token_ids(flat)
         device = self.device

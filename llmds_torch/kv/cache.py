@@ -63,7 +63,7 @@ class PagedKVCache:
             on_resize=self._resize_pool)
         self.bytes_moved = 0
         self.cow_bytes = 0
-        self._last_slots: tuple[torch.Tensor, np.ndarray] | None = None
+        self._last_slots: tuple[torch.Tensor, np.ndarray, int] | None = None
 
     def _empty_pool(self, num_pages: int) -> torch.Tensor:
         c = self.config
@@ -182,7 +182,7 @@ class PagedKVCache:
         until the next ``append``, ``detach`` or ``defragment`` (which renumbers pages)."""
         slots = self.manager.slot_mapping(list(seq_ids))
         tensor = torch.from_numpy(slots).to(self.device)
-        self._last_slots = (tensor, slots)
+        self._last_slots = (tensor, slots, tensor._version)
         return tensor
 
     def write(self, layer: int, slot_mapping: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -194,8 +194,9 @@ class PagedKVCache:
         slot_mapping : int64 ``[num_tokens]`` from ``slot_mapping``
         k, v : ``[num_tokens, num_kv_heads, head_dim]``, the cache's dtype and device
         """
-        if self._last_slots is not None and self._last_slots[0] is slot_mapping:
-            slots = self._last_slots[1]
+        memo = self._last_slots
+        if memo is not None and memo[0] is slot_mapping and memo[2] == slot_mapping._version:
+            slots = memo[1]  # the host copy of the tensor this cache issued, unmodified since
         else:
             if not isinstance(slot_mapping, torch.Tensor) or slot_mapping.dtype != torch.int64 or slot_mapping.dim() != 1:
                 raise TypeError("slot_mapping must be a 1-D int64 tensor (from PagedKVCache.slot_mapping)")

@@ -331,3 +331,20 @@ def test_stats_report_throughput_and_hits(model):
     assert stats["generated_tokens"] == 9 and stats["requests_finished"] == 3
     assert stats["tokens_per_second"] > 0 and math.isfinite(stats["tokens_per_second"])
     assert stats["cache_prefix_hit_tokens"] >= 2 * 12 - 2 * (12 % 4)
+
+
+def test_refused_step_leaves_the_cache_counters_as_they_were(model):
+    """A step refused for pages after its attaches ran must not count their prefix queries or hits."""
+    cache = _cache(num_pages=4, page_size=4)
+    engine = GenerationEngine(model, cache)
+    a = engine.submit(list(range(1, 8)), SamplingParams(max_new_tokens=8))  # 2 pages
+    engine.run_step(prefill=[(a, 100)])
+    engine.run_step(decode=[a])                                              # a: 8 tokens, 2 full pages
+    b = engine.submit(list(range(1, 10)), SamplingParams(max_new_tokens=3))  # shares a's first page
+    keys = ("prefix_query_tokens", "prefix_hit_tokens", "hash_collisions", "pages_free", "pages_used")
+    before = {k: cache.stats()[k] for k in keys}
+    with pytest.raises(OutOfPages):
+        engine.run_step(prefill=[(b, 100)], decode=[a])
+    assert {k: cache.stats()[k] for k in keys} == before
+    assert cache.stats()["refusals"] == 1
+    cache.check_invariants()

@@ -242,21 +242,32 @@ class BlockManager:
         cow = offset != 0 and self.allocator.refcount[seq.pages[-1]] > 1
         return cow, self._pages_for(seq.num_tokens + n) - len(seq.pages) + cow
 
-    def can_append(self, seq_ids, num_tokens: int = 1) -> bool:
-        """Whether appending ``num_tokens`` to each of ``seq_ids`` (an id or a list) fits now."""
+    def available_pages(self) -> int:
+        """Pages an allocation could obtain now: free, evictable, and growth up to ``max_num_pages``."""
+        return self._obtainable()
+
+    def pages_to_append(self, seq_ids, num_tokens: int = 1) -> int:
+        """Pages (new ones and copy-on-write copies) appending ``num_tokens`` to each of
+        ``seq_ids`` (an id or a list) would take."""
         ids = [seq_ids] if isinstance(seq_ids, (int, np.integer)) else seq_ids
-        page_size, refcount, max_len = self.page_size, self.allocator.refcount, self.max_context_len
+        page_size, refcount = self.page_size, self.allocator.refcount
         needed = 0
         for seq_id in ids:
             seq = self._seq(seq_id)
             old_len = len(seq.tokens)
-            new_len = old_len + num_tokens
-            if max_len is not None and new_len > max_len:
-                return False
-            needed += -(-new_len // page_size) - len(seq.pages)
+            needed += -(-(old_len + num_tokens) // page_size) - len(seq.pages)
             if old_len % page_size and refcount[seq.pages[-1]] > 1:
                 needed += 1
-        return needed <= self._obtainable()
+        return needed
+
+    def can_append(self, seq_ids, num_tokens: int = 1) -> bool:
+        """Whether appending ``num_tokens`` to each of ``seq_ids`` (an id or a list) fits now."""
+        ids = [seq_ids] if isinstance(seq_ids, (int, np.integer)) else seq_ids
+        if self.max_context_len is not None:
+            for seq_id in ids:
+                if len(self._seq(seq_id).tokens) + num_tokens > self.max_context_len:
+                    return False
+        return self.pages_to_append(ids, num_tokens) <= self._obtainable()
 
     def append(self, seq_id: int, token_ids) -> None:
         """Reserve slots for ``token_ids`` after the sequence's tokens (copy-on-write first when

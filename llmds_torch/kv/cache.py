@@ -129,6 +129,14 @@ class PagedKVCache:
         """Whether appending ``num_tokens`` to each of ``seq_ids`` fits now."""
         return self.manager.can_append(seq_ids, num_tokens)
 
+    def available_pages(self) -> int:
+        """Pages an allocation could obtain now: free, evictable, and growth up to ``max_num_pages``."""
+        return self.manager.available_pages()
+
+    def pages_to_append(self, seq_ids, num_tokens: int = 1) -> int:
+        """Pages (new ones and copy-on-write copies) appending ``num_tokens`` to each would take."""
+        return self.manager.pages_to_append(seq_ids, num_tokens)
+
     def append(self, seq_id: int, token_ids) -> None:
         """Reserve slots for more tokens; a shared page about to be written is copied first."""
         self.append_batch([seq_id], [token_ids])

@@ -392,8 +392,16 @@ class GenerationEngine:
 
     def _reserve_step(self, prefill_reqs: list[_Request], decode_branches: list[_Branch]) -> None:
         """Attach waiting requests and reserve one decode slot per live branch (copy-on-write of
-        shared last pages happens here). All or nothing: on ``OutOfPages`` the sequences this
-        step attached are detached again and the error propagates."""
+        shared last pages happens here). All or nothing: a step that cannot fit even with no
+        prefix hit raises ``OutOfPages`` before touching the cache; one that might fit thanks to
+        hits is tried, and on ``OutOfPages`` the sequences it attached are detached again and the
+        cache's counters restored (pages evicted on the way stay evicted)."""
+        cache = self.cache
+        waiting = [req for req in prefill_reqs if req.state == WAITING]
+        decode_ids = [b.seq_id for b in decode_branches]
+        worst = sum(-(-len(req.prefill_tokens) // cache.page_size) for req in waiting)
+        worst += cache.pages_to_append(decode_ids, 1) if decode_ids else 0
+        counters = dict(cache.manager.counters) if worst > cache.available_pages() else None
         attached: list[_Request] = []
         try:
             for req in prefill_reqs:
@@ -406,6 +414,9 @@ class GenerationEngine:
             for req in attached:
                 self.cache.detach(req.seq_id)
                 req.seq_id = None
+            if counters is not None:
+                counters["refusals"] = cache.manager.counters["refusals"]
+                cache.manager.counters.update(counters)
             raise
         for req in attached:
             self._attached(req)

@@ -4,6 +4,7 @@ Benchmarks never run as part of the tests. Each compares against a baseline in t
 reports ratios; results land in ``benchmarks/results/<name>.json``.
 """
 
+import argparse
 import json
 import os
 import platform
@@ -79,3 +80,15 @@ def median_time(fn, *, repeat: int = 20, warmup: int = 3) -> float:
         times.append(time.perf_counter() - t0)
     times.sort()
     return times[len(times) // 2]
+
+
+def kernel_parser(doc: str, repeat: int) -> argparse.ArgumentParser:
+    """The options the kernel benchmarks share: --quick, --device, --backend, --threads, --repeat."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, seconds")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--backend", default="auto", choices=["auto", "triton", "torch"])
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's); 1 gives steadier numbers on a shared machine")
+    parser.add_argument("--repeat", type=int, default=repeat)
+    return parser

@@ -20,14 +20,13 @@ paged within 1.5x of sdpa at batch >= 16 and context >= 1024.
     python -m benchmarks.decode [--quick] [--device cpu|cuda] [--threads N] [--prefill]
 """
 
-import argparse
 import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from benchmarks._common import hardware, print_table, write_results
+from benchmarks._common import hardware, kernel_parser, print_table, write_results
 from benchmarks.kv_kernels import device_time
 from llmds_torch.kernels import paged_attention_decode, paged_attention_prefill, resolve_backend
 
@@ -214,13 +213,7 @@ PREFILL_COLUMNS = ["batch", "cached", "new", "paged_ms", "sdpa_ms", "gather_sdpa
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, seconds")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--backend", default="auto", choices=["auto", "triton", "torch"])
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: torch's); 1 gives steadier numbers on a shared machine")
-    parser.add_argument("--repeat", type=int, default=10)
+    parser = kernel_parser(__doc__, repeat=10)
     parser.add_argument("--prefill", action="store_true", help="also time prefill over a cached prefix")
     args = parser.parse_args(argv)
     if args.threads:

@@ -13,14 +13,13 @@ at >= 90% of the device-copy bandwidth, kv_write at >= 70%.
     python -m benchmarks.kv_kernels [--quick] [--device cpu|cuda] [--backend auto|triton|torch]
 """
 
-import argparse
 import statistics
 import time
 from dataclasses import dataclass
 
 import torch
 
-from benchmarks._common import hardware, print_table, write_results
+from benchmarks._common import hardware, kernel_parser, print_table, write_results
 from llmds_torch.kernels import kv_write, page_copy, page_move, resolve_backend
 from llmds_torch.kernels.reference import kv_write_reference, page_copy_reference
 
@@ -169,13 +168,7 @@ COLUMNS = ["op", "variant", "MiB_moved", "ms", "GB/s", "vs_copy", "vs_index_copy
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, seconds")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--backend", default="auto", choices=["auto", "triton", "torch"])
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: torch's); 1 gives steadier numbers on a shared machine")
-    parser.add_argument("--repeat", type=int, default=20)
+    parser = kernel_parser(__doc__, repeat=20)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -19,7 +19,7 @@ import itertools
 import random
 import time
 
-from benchmarks._common import hardware, print_table, write_results
+from benchmarks._common import print_table, write_results
 from llmds_torch.kv import BlockManager
 from llmds_torch.sched import IndexedHeap, Request, Scheduler, SchedulerConfig, StepResult
 from llmds_torch.sched.simulator import StepCostModel, simulate

@@ -200,7 +200,7 @@ def paged_attention_prefill_reference(q: torch.Tensor, layer_cache: torch.Tensor
     -------
     ``[total_new_tokens, num_q_heads, head_dim]`` in q's dtype; softmax and sums in fp32.
     """
-    num_q_heads, head_dim = q.shape[1], q.shape[2]
+    head_dim = q.shape[2]
     page_size, num_kv_heads = layer_cache.shape[2], layer_cache.shape[3]
     device = q.device
     out = torch.empty_like(q)

@@ -153,7 +153,7 @@ def test_eviction_is_lru_and_tail_first():
     write_all(cache, [a])
     b = cache.attach(prompt(2 * P + 1, start=50))
     write_all(cache, [b])
-    pa, pb = cache.manager.pages(a), cache.manager.pages(b)
+    pb = cache.manager.pages(b)
     cache.detach(a)
     cache.detach(b)  # cached: a's two full pages (older), then b's
     c = cache.attach(prompt(4 * P + 1, start=900))  # needs 5 pages: 2 free + 3 evicted
@@ -199,7 +199,7 @@ def test_pool_grows_before_evicting():
     a = cache.attach(prompt(2 * P + 1))
     write_all(cache, [a])
     cache.detach(a)
-    b = cache.attach(prompt(3 * P, start=700))
+    cache.attach(prompt(3 * P, start=700))
     assert cache.num_pages > 4 and cache.stats()["evictions"] == 0
     assert cache.pool.shape[1] == cache.num_pages
     assert cache.num_cached_tokens(cache.attach(prompt(2 * P + 1))) == 2 * P
@@ -424,7 +424,7 @@ def test_stats_report_what_happened():
     cache = make_cache()
     a = cache.attach(prompt(2 * P + 1))
     write_all(cache, [a])
-    b = cache.attach(prompt(2 * P + 1))
+    cache.attach(prompt(2 * P + 1))
     s = cache.stats()
     assert s["prefix_query_tokens"] == 2 * (2 * P + 1)
     assert s["prefix_hit_tokens"] == 2 * P

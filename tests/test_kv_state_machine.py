@@ -5,7 +5,6 @@ import functools
 import hashlib
 
 import hypothesis.strategies as st
-import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, settings

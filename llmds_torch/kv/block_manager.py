@@ -304,7 +304,7 @@ class BlockManager:
                          f"{self.allocator.num_evictable} evictable")
         self.pending_copies = []
         fresh = self._allocate(needed) if needed else []
-        i, unused, owned_pages, fills = 0, [], [], []
+        i, unused, owned_pages, owners, fills = 0, [], [], [], []
         for seq, toks, cow, extra in zip(seqs, lists, cows, extras):
             if cow:
                 # A parent and its fork in one batch: after the first copies the shared page, the
@@ -321,11 +321,12 @@ class BlockManager:
             seq.tokens.extend(toks)
             if len(toks) == 1:  # a decode step: collect, assign once below
                 owned_pages.append(seq.pages[-1])
+                owners.append(seq.seq_id)
                 fills.append(start % page_size + 1)
             else:
                 self._reserve(seq, start, start + len(toks))
         if owned_pages:
-            self.page_owner[owned_pages] = [seq_ids[j] for j, toks in enumerate(lists) if len(toks) == 1]
+            self.page_owner[owned_pages] = owners
             self.page_fill[owned_pages] = fills
         self.allocator.release(unused)
 

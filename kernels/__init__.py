@@ -5,6 +5,7 @@ Backend choice: ``"triton"`` on CUDA tensors, ``"torch"`` (the reference) on CPU
 Triton's interpreter on CPU tensors when ``TRITON_INTERPRET=1`` was set before import.
 """
 
+import contextlib
 import os
 
 import torch
@@ -30,21 +31,31 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return "torch"
 
 
-# Imported after resolve_backend is defined: the kernel modules use it.
+def launch_device(device: torch.device):
+    """The context every launch runs in: Triton launches on the current CUDA device, not on the
+    device of the tensors it is given, so a launch for tensors on ``cuda:1`` must make it current.
+    A no-op for CPU tensors (the interpreter)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+# Imported after resolve_backend and launch_device are defined: the kernel modules use it.
 from .validation import KernelInputError  # noqa: E402
 from .kv_write import kv_write  # noqa: E402
 from .page_copy import page_copy  # noqa: E402
 from .page_move import page_move  # noqa: E402
 from .paged_attention import paged_attention_decode, paged_attention_prefill  # noqa: E402
+from .warm_up import warm_up  # noqa: E402
 
 __all__ = [
     "BACKENDS",
     "interpreter_enabled",
     "resolve_backend",
+    "launch_device",
     "KernelInputError",
     "kv_write",
     "page_copy",
     "page_move",
     "paged_attention_decode",
     "paged_attention_prefill",
+    "warm_up",
 ]

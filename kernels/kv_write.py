@@ -12,7 +12,7 @@ import triton.language as tl
 from .reference import kv_write_reference
 from .validation import (check_distinct, check_index_range, check_kv_layer, check_tensor,
                          KernelInputError)
-from . import resolve_backend
+from . import launch_device, resolve_backend
 
 
 @triton.jit
@@ -52,7 +52,8 @@ def kv_write(layer_cache: torch.Tensor, slot_mapping: torch.Tensor, k: torch.Ten
     layer_cache : ``[num_pages, 2, page_size, num_kv_heads, head_dim]``, fp16/bf16/fp32, any strides
         (for example one layer of a pool)
     slot_mapping : int64 ``[num_tokens]``, ``page * page_size + offset``; negative = skip the token;
-        non-negative slots must be distinct and below ``num_pages * page_size``
+        non-negative slots must be distinct and below ``num_pages * page_size``; any stride (a
+        strided view is copied to contiguous memory before the launch)
     k, v : ``[num_tokens, num_kv_heads, head_dim]``, the cache's dtype and device
     backend : ``"auto"`` (Triton on CUDA or under the interpreter, else torch), ``"triton"`` or ``"torch"``
     validate_indices : check slot ranges and duplicates (this reads the slots on the host, a device
@@ -81,12 +82,13 @@ def kv_write(layer_cache: torch.Tensor, slot_mapping: torch.Tensor, k: torch.Ten
 
     block = min(triton.next_power_of_2(num_kv_heads * head_dim), 4096)
     grid = (num_tokens, triton.cdiv(num_kv_heads * head_dim, block))
-    _kv_write_kernel[grid](
-        layer_cache, slot_mapping, k, v,
-        *layer_cache.stride(),
-        *k.stride(), *v.stride(),
-        PAGE_SIZE=page_size, NUM_KV_HEADS=num_kv_heads, HEAD_DIM=head_dim, BLOCK=block,
-    )
+    with launch_device(device):
+        _kv_write_kernel[grid](
+            layer_cache, slot_mapping.contiguous(), k, v,       # the kernel reads slot i at slot_mapping_ptr + i
+            *layer_cache.stride(),
+            *k.stride(), *v.stride(),
+            PAGE_SIZE=page_size, NUM_KV_HEADS=num_kv_heads, HEAD_DIM=head_dim, BLOCK=block,
+        )
 
 
 __all__ = ["kv_write", "KernelInputError"]

@@ -12,7 +12,7 @@ import triton.language as tl
 from .reference import page_copy_reference
 from .validation import (KV_DTYPES, check_distinct, check_index_range, check_inner_contiguous,
                          check_tensor, KernelInputError)
-from . import resolve_backend
+from . import launch_device, resolve_backend
 
 MAX_BLOCK = 4096
 
@@ -67,10 +67,12 @@ def launch_page_copy(pool: torch.Tensor, src_pages: torch.Tensor, dst_pages: tor
     if grid[1] > 65535 or grid[2] > 65535:
         raise KernelInputError(f"pool too large for one launch: {num_layers} layers x {grid[2]} chunks per page "
                                "(each at most 65535)")
-    _page_copy_kernel[grid](
-        pool, src_pages, dst_pages, pool.stride(0), pool.stride(1),
-        PAGE_NUMEL=page_numel, BLOCK=block,
-    )
+    with launch_device(pool.device):
+        _page_copy_kernel[grid](
+            pool, src_pages.contiguous(), dst_pages.contiguous(),   # the kernel reads pair i at ptr + i
+            pool.stride(0), pool.stride(1),
+            PAGE_NUMEL=page_numel, BLOCK=block,
+        )
 
 
 def page_copy(pool: torch.Tensor, src_pages: torch.Tensor, dst_pages: torch.Tensor, *,
@@ -81,7 +83,7 @@ def page_copy(pool: torch.Tensor, src_pages: torch.Tensor, dst_pages: torch.Tens
     ----------
     pool : ``[num_layers, num_pages, 2, page_size, num_kv_heads, head_dim]``, fp16/bf16/fp32;
         layers and pages may have any strides, the dims after them must be contiguous
-    src_pages, dst_pages : int64 ``[num_pairs]`` in ``[0, num_pages)``; ``dst_pages`` distinct.
+    src_pages, dst_pages : int64 ``[num_pairs]`` in ``[0, num_pages)``, any stride; ``dst_pages`` distinct.
         A page that is both a source and a destination in one call is read and written by
         concurrent Triton programs in no set order (the torch backend reads every source first);
         use ``page_move``, which rejects such calls, when it can happen.

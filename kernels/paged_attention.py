@@ -4,16 +4,30 @@ Decode (one new token per sequence) is flash-decoding: the grid is ``(batch, num
 num_splits)``; each program takes one KV head with all the query heads that share it (GQA) and one
 partition of the context, walks it ``BLOCK_N`` tokens at a time (looking up each token's page in the
 block table) with an online softmax in fp32, and writes a partial output plus its log-sum-exp.
-A second kernel combines the partitions by log-sum-exp. With one partition the first kernel writes
-the output directly.
+With one partition the first kernel writes the output directly.
 
-Prefill (new tokens over a cached prefix) gives each program ``BLOCK_M`` new tokens of one query head
-and walks the keys up to the last of those tokens' positions, masking causally.
+A second kernel combines the partitions by log-sum-exp, ``REDUCE_BLOCK_S`` partitions at a time with
+a running maximum (registers do not grow with the split count); a sequence of length 0 (a padding
+row) gives zeros with any split count.
+
+Prefill (new tokens over a cached prefix) folds each KV head's query group into the rows, as decode
+does: the grid is ``(batch, num_kv_heads, row blocks)``, row ``t * group + g`` is query head ``g`` of
+the group for new token ``t``, so each K/V block is read once for the whole group. Each program walks
+the keys up to its last token's position, masking causally.
 
 Softmax runs in base 2 (``exp2``) with the scale folded into ``scale * log2(e)``. Options every
 call may set: ``scale``; ``sliding_window`` W (a query at position i sees keys i - W < j <= i: decode
 partitions only the window, prefill starts each row block's key walk at its first row's window);
 ``softcap`` c (scores ``c * tanh(scale * q.k / c)``, a compile-time switch).
+
+Compiled variants. Triton compiles one variant per set of compile-time constants and per
+specialisation of integer arguments (equal to 1, divisible by 16) and pointer alignment. Arguments
+that change with the batch, the context length or the split count (window, tokens per split, split
+count, the block table's row stride, the log-sum-exp strides) are exempt (``do_not_specialize``) and
+the reduce kernel's block is fixed, so for one model (dtype, head counts, head_dim, page size, softcap
+on or off) and one pool layout every batch size and context length runs ``COMPILED_VARIANTS``:
+decode with and without splits, the reduce and prefill. ``kernels.warm_up`` compiles them at start.
+Launches run in the tensors' device context (``launch_device``); index tensors are made contiguous.
 """
 
 import torch
@@ -23,11 +37,15 @@ import triton.language as tl
 from .reference import paged_attention_decode_reference, paged_attention_prefill_reference
 from .validation import (KV_DTYPES, KernelInputError, check_attention_options, check_block_table,
                          check_kv_layer, check_query_start_loc, check_tensor)
-from . import resolve_backend
+from . import launch_device, resolve_backend
 
 LOG2_E = 1.4426950408889634
 MAX_TRITON_HEAD_DIM = 256
 MIN_TOKENS_PER_SPLIT = 256
+DECODE_BLOCK_N = 64
+REDUCE_BLOCK_S = 16            # splits the reduce kernel combines per step, whatever their number
+# variants per kernel for one model and pool layout, over every batch size and context length
+COMPILED_VARIANTS = {"_paged_decode_kernel": 2, "_decode_reduce_kernel": 1, "_paged_prefill_kernel": 1}
 
 
 @triton.jit
@@ -41,6 +59,16 @@ def _scores(qk, qk_scale, softcap_log2, SOFTCAP: tl.constexpr):
 
 
 @triton.jit
+def _tile_mask(row_mask, d, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Mask of a ``[rows, BLOCK_D]`` tile from ``row_mask`` ``[rows]``: when the head fills the block the
+    compiler sees a mask constant along each row, so loads and stores stay vectorized."""
+    if HEAD_DIM == BLOCK_D:
+        return row_mask[:, None] & tl.full([1, BLOCK_D], 1, tl.int1)
+    return row_mask[:, None] & (d < HEAD_DIM)[None, :]
+
+
+@triton.jit(do_not_specialize=["window", "tokens_per_split", "stride_bt_batch", "stride_lse_batch",
+                               "stride_lse_head"])
 def _paged_decode_kernel(
     q_ptr, cache_ptr, block_table_ptr, seq_lens_ptr, out_ptr, lse_ptr,
     qk_scale, softcap_log2, window, tokens_per_split,
@@ -66,7 +94,7 @@ def _paged_decode_kernel(
     d_mask = d < HEAD_DIM
     head = kv_head * QUERY_GROUP + g                                   # [BLOCK_G] query heads
     q = tl.load(q_ptr + batch * stride_q_batch + head[:, None] * stride_q_head + d[None, :] * stride_q_dim,
-                mask=g_mask[:, None] & d_mask[None, :], other=0.0)     # [BLOCK_G, BLOCK_D]
+                mask=_tile_mask(g_mask, d, HEAD_DIM, BLOCK_D), other=0.0)   # [BLOCK_G, BLOCK_D]
 
     m = tl.full([BLOCK_G], float("-inf"), tl.float32)                  # running max (log2 units)
     l = tl.zeros([BLOCK_G], tl.float32)                                # running sum of exp2
@@ -79,7 +107,7 @@ def _paged_decode_kernel(
                        mask=n_mask, other=0).to(tl.int64)
         token_offset = page * stride_cache_page + (n % PAGE_SIZE).to(tl.int64) * stride_cache_slot
         kv_offsets = token_offset[:, None] + d[None, :] * stride_cache_dim
-        kv_mask = n_mask[:, None] & d_mask[None, :]
+        kv_mask = _tile_mask(n_mask, d, HEAD_DIM, BLOCK_D)
         k = tl.load(k_base + kv_offsets, mask=kv_mask, other=0.0)      # [BLOCK_N, BLOCK_D]
         scores = _scores(tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION), qk_scale, softcap_log2,
                          SOFTCAP)                                      # [BLOCK_G, BLOCK_N]
@@ -96,7 +124,7 @@ def _paged_decode_kernel(
     out = acc / tl.where(l > 0, l, 1.0)[:, None]                       # an empty split writes zeros
     out_ptrs = out_ptr + batch * stride_out_batch + head[:, None] * stride_out_head \
         + split * stride_out_split + d[None, :] * stride_out_dim
-    tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=g_mask[:, None] & d_mask[None, :])
+    tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=_tile_mask(g_mask, d, HEAD_DIM, BLOCK_D))
     if WRITE_LSE:
         has_tokens = l > 0
         lse = tl.where(has_tokens, m + tl.log2(tl.where(has_tokens, l, 1.0)), float("-inf"))
@@ -104,7 +132,7 @@ def _paged_decode_kernel(
                  lse, mask=g_mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_splits", "stride_lse_batch", "stride_lse_head"])
 def _decode_reduce_kernel(
     partial_ptr, lse_ptr, out_ptr, num_splits,
     stride_partial_batch, stride_partial_head, stride_partial_split, stride_partial_dim,
@@ -114,22 +142,33 @@ def _decode_reduce_kernel(
 ):
     batch = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1).to(tl.int64)
-    s = tl.arange(0, BLOCK_S)
     d = tl.arange(0, BLOCK_D)
-    s_mask = s < num_splits
     d_mask = d < HEAD_DIM
-    lse = tl.load(lse_ptr + batch * stride_lse_batch + head * stride_lse_head + s * stride_lse_split,
-                  mask=s_mask, other=float("-inf"))                    # [BLOCK_S]
-    weight = tl.exp2(lse - tl.max(lse, 0))                             # split 0 is never empty
-    partial = tl.load(partial_ptr + batch * stride_partial_batch + head * stride_partial_head
-                      + s[:, None] * stride_partial_split + d[None, :] * stride_partial_dim,
-                      mask=s_mask[:, None] & d_mask[None, :], other=0.0)   # [BLOCK_S, BLOCK_D]
-    out = tl.sum(partial * weight[:, None], 0) / tl.sum(weight, 0)
+    lse_base = lse_ptr + batch * stride_lse_batch + head * stride_lse_head
+    partial_base = partial_ptr + batch * stride_partial_batch + head * stride_partial_head
+    # the splits BLOCK_S at a time, with a running maximum, as the attention kernels walk keys
+    m = tl.max(tl.full([BLOCK_S], float("-inf"), tl.float32), 0)       # running max of the lse (log2)
+    total = tl.zeros([BLOCK_S], tl.float32).sum(0)                       # sum of exp2(lse - m)
+    acc = tl.zeros([BLOCK_D], tl.float32)
+    for first in range(0, num_splits, BLOCK_S):
+        s = first + tl.arange(0, BLOCK_S)
+        s_mask = s < num_splits
+        lse = tl.load(lse_base + s * stride_lse_split, mask=s_mask, other=float("-inf"))   # [BLOCK_S]
+        m_new = tl.maximum(m, tl.max(lse, 0))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)            # every split so far empty
+        alpha = tl.exp2(m - m_safe)
+        weight = tl.exp2(lse - m_safe)                                   # an empty split (lse -inf) weighs 0
+        partial = tl.load(partial_base + s[:, None] * stride_partial_split + d[None, :] * stride_partial_dim,
+                          mask=_tile_mask(s_mask, d, HEAD_DIM, BLOCK_D), other=0.0)   # [BLOCK_S, BLOCK_D]
+        acc = acc * alpha + tl.sum(partial * weight[:, None], 0)
+        total = total * alpha + tl.sum(weight, 0)
+        m = m_new
+    out = acc / tl.where(total > 0, total, 1.0)                          # a length-0 row gives zeros
     tl.store(out_ptr + batch * stride_out_batch + head * stride_out_head + d * stride_out_dim,
              out.to(out_ptr.dtype.element_ty), mask=d_mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["window", "stride_bt_batch"])
 def _paged_prefill_kernel(
     q_ptr, cache_ptr, block_table_ptr, seq_lens_ptr, query_start_loc_ptr, out_ptr,
     qk_scale, softcap_log2, window,
@@ -142,30 +181,37 @@ def _paged_prefill_kernel(
     DOT_PRECISION: tl.constexpr,
 ):
     batch = tl.program_id(0).to(tl.int64)
-    head = tl.program_id(1).to(tl.int64)
+    kv_head = tl.program_id(1).to(tl.int64)
     row_block = tl.program_id(2)
     query_start = tl.load(query_start_loc_ptr + batch).to(tl.int64)
     query_len = tl.load(query_start_loc_ptr + batch + 1) - tl.load(query_start_loc_ptr + batch)
     seq_len = tl.load(seq_lens_ptr + batch)
     context_len = seq_len - query_len                                  # cached tokens before the new ones
 
-    rows = row_block * BLOCK_M + tl.arange(0, BLOCK_M)                 # [BLOCK_M] new-token index
-    row_mask = rows < query_len
-    positions = context_len + rows                                     # each row's place in the sequence
+    # row r is query head kv_head * QUERY_GROUP + g of new token t, r = t * QUERY_GROUP + g: every
+    # query head sharing this KV head is in the block, so each K/V block is read once for all of them
+    flat = row_block * BLOCK_M + tl.arange(0, BLOCK_M)
+    token = flat // QUERY_GROUP                                        # [BLOCK_M] new-token index
+    head = kv_head * QUERY_GROUP + flat % QUERY_GROUP                  # [BLOCK_M] query head
+    row_mask = token < query_len
+    positions = context_len + token                                    # each row's place in the sequence
     d = tl.arange(0, BLOCK_D)
     d_mask = d < HEAD_DIM
-    q = tl.load(q_ptr + (query_start + rows.to(tl.int64))[:, None] * stride_q_token + head * stride_q_head
-                + d[None, :] * stride_q_dim, mask=row_mask[:, None] & d_mask[None, :], other=0.0)
+    row_offsets = (query_start + token.to(tl.int64)) * stride_q_token + head * stride_q_head
+    q = tl.load(q_ptr + row_offsets[:, None] + d[None, :] * stride_q_dim,
+                mask=_tile_mask(row_mask, d, HEAD_DIM, BLOCK_D), other=0.0)   # [BLOCK_M, BLOCK_D]
 
     # keys from the first row's window start up to the last row's position; a block past this
     # sequence's new tokens reads none
-    kv_start = tl.maximum(context_len + row_block * BLOCK_M - window + 1, 0)
-    kv_end = tl.minimum(seq_len, context_len + (row_block + 1) * BLOCK_M)
-    kv_end = tl.where(row_block * BLOCK_M < query_len, kv_end, 0)
+    first_token = (row_block * BLOCK_M) // QUERY_GROUP
+    last_token = ((row_block + 1) * BLOCK_M - 1) // QUERY_GROUP
+    kv_start = tl.maximum(context_len + first_token - window + 1, 0)
+    kv_end = tl.minimum(seq_len, context_len + last_token + 1)
+    kv_end = tl.where(first_token < query_len, kv_end, 0)
     m = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    k_base = cache_ptr + (head // QUERY_GROUP) * stride_cache_head
+    k_base = cache_ptr + kv_head * stride_cache_head
     for block_start in range(kv_start, kv_end, BLOCK_N):
         n = block_start + tl.arange(0, BLOCK_N)
         n_mask = n < kv_end
@@ -173,7 +219,7 @@ def _paged_prefill_kernel(
                        mask=n_mask, other=0).to(tl.int64)
         token_offset = page * stride_cache_page + (n % PAGE_SIZE).to(tl.int64) * stride_cache_slot
         kv_offsets = token_offset[:, None] + d[None, :] * stride_cache_dim
-        kv_mask = n_mask[:, None] & d_mask[None, :]
+        kv_mask = _tile_mask(n_mask, d, HEAD_DIM, BLOCK_D)
         k = tl.load(k_base + kv_offsets, mask=kv_mask, other=0.0)      # [BLOCK_N, BLOCK_D]
         scores = _scores(tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION), qk_scale, softcap_log2,
                          SOFTCAP)                                      # [BLOCK_M, BLOCK_N]
@@ -188,10 +234,10 @@ def _paged_prefill_kernel(
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m = m_new
 
-    out = acc / tl.where(l > 0, l, 1.0)[:, None]
-    tl.store(out_ptr + (query_start + rows.to(tl.int64))[:, None] * stride_out_token + head * stride_out_head
-             + d[None, :] * stride_out_dim, out.to(out_ptr.dtype.element_ty),
-             mask=row_mask[:, None] & d_mask[None, :])
+    out = acc / tl.where(l > 0, l, 1.0)[:, None]                       # a row that saw no key writes zeros
+    out_offsets = (query_start + token.to(tl.int64)) * stride_out_token + head * stride_out_head
+    tl.store(out_ptr + out_offsets[:, None] + d[None, :] * stride_out_dim, out.to(out_ptr.dtype.element_ty),
+             mask=_tile_mask(row_mask, d, HEAD_DIM, BLOCK_D))
 
 
 def _check_attention_inputs(q: torch.Tensor, layer_cache: torch.Tensor, block_table: torch.Tensor,
@@ -231,10 +277,25 @@ def _dot_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-def default_num_splits(batch: int, num_kv_heads: int, max_context: int, device: torch.device) -> int:
+def _prefill_tiles(dtype: torch.dtype, head_dim: int) -> tuple[int, int, int]:
+    """``(BLOCK_M, BLOCK_N, num_warps)`` for prefill. fp32 tiles multiply without tensor cores:
+    smaller tiles keep them in registers. Heads of 128 and more take 8 warps and heads above 128 key
+    blocks of 32, so that no variant spills (``ptxas -v`` for sm_90, bf16, 32 / 8 heads: 173
+    registers and 82 KB of shared memory at head 128, 186 and 98 KB at head 256; with 4 warps
+    head 256 spilled)."""
+    if dtype == torch.float32:
+        return 32, 32, 4
+    block_d = max(16, triton.next_power_of_2(head_dim))
+    return 64, 64 if block_d <= 128 else 32, 4 if block_d < 128 else 8
+
+
+def default_num_splits(batch: int, num_kv_heads: int, max_context: int, device: torch.device,
+                       processors: int | None = None) -> int:
     """Context partitions per sequence: enough programs for about four per streaming
-    multiprocessor, but no partition shorter than ``MIN_TOKENS_PER_SPLIT`` tokens."""
-    processors = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+    multiprocessor (``processors``, default the device's count, 1 on CPU), but no partition
+    shorter than ``MIN_TOKENS_PER_SPLIT`` tokens."""
+    if processors is None:
+        processors = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
     wanted = triton.cdiv(4 * processors, max(batch * num_kv_heads, 1))
     return max(1, min(wanted, triton.cdiv(max_context, MIN_TOKENS_PER_SPLIT)))
 
@@ -255,7 +316,7 @@ def paged_attention_decode(q: torch.Tensor, layer_cache: torch.Tensor, block_tab
     block_table : int32 ``[batch, max_pages]``; row b's first ``ceil(seq_lens[b] / page_size)``
         entries name its pages, later entries (padding, e.g. -1) are never read
     seq_lens : int32 ``[batch]``, tokens of each sequence including the new one, in
-        ``[1, max_pages * page_size]``
+        ``[0, max_pages * page_size]``; a row of length 0 (padding) gives zeros
     scale : softmax scale, a finite number > 0, default ``head_dim ** -0.5``
     sliding_window : W >= 1, or None; the query (at position ``seq_len - 1``) sees only keys at
         positions ``seq_len - W <= j``
@@ -291,7 +352,7 @@ def paged_attention_decode(q: torch.Tensor, layer_cache: torch.Tensor, block_tab
     _check_triton_head_dim(head_dim)
 
     group = num_q_heads // num_kv_heads
-    block_n = 64
+    block_n = DECODE_BLOCK_N
     # the keys one query may see: the table's width, or the window when shorter (then a window of
     # the full width is the same as none)
     span = max(1, block_table.shape[1] * page_size)
@@ -301,7 +362,7 @@ def paged_attention_decode(q: torch.Tensor, layer_cache: torch.Tensor, block_tab
         num_splits = default_num_splits(batch, num_kv_heads, span, q.device)
     tokens_per_split = triton.cdiv(triton.cdiv(span, num_splits), block_n) * block_n
     num_splits = triton.cdiv(span, tokens_per_split)
-    seq_lens = seq_lens.contiguous()
+    seq_lens = seq_lens.contiguous()                                   # read as seq_lens_ptr + b
     out = torch.empty_like(q)
     if num_splits == 1:
         partial = out.unsqueeze(2)                                     # [B, Hq, 1, D]: write in place
@@ -310,20 +371,22 @@ def paged_attention_decode(q: torch.Tensor, layer_cache: torch.Tensor, block_tab
         partial = torch.empty((batch, num_q_heads, num_splits, head_dim), dtype=torch.float32, device=q.device)
         lse = torch.empty((batch, num_q_heads, num_splits), dtype=torch.float32, device=q.device)
     block_d = max(16, triton.next_power_of_2(head_dim))
-    _paged_decode_kernel[(batch, num_kv_heads, num_splits)](
-        q, layer_cache, block_table, seq_lens, partial, lse,
-        *_score_constants(scale, softcap), span, tokens_per_split,
-        *q.stride(), *layer_cache.stride(), *block_table.stride(), *partial.stride(), *lse.stride(),
-        PAGE_SIZE=page_size, HEAD_DIM=head_dim, QUERY_GROUP=group,
-        BLOCK_G=max(16, triton.next_power_of_2(group)), BLOCK_D=block_d, BLOCK_N=block_n,
-        WRITE_LSE=num_splits > 1, SOFTCAP=softcap is not None, DOT_PRECISION=_dot_precision(q.dtype),
-    )
-    if num_splits > 1:
-        _decode_reduce_kernel[(batch, num_q_heads)](
-            partial, lse, out, num_splits,
-            *partial.stride(), *lse.stride(), *out.stride(),
-            HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_S=triton.next_power_of_2(num_splits),
+    with launch_device(q.device):
+        _paged_decode_kernel[(batch, num_kv_heads, num_splits)](
+            q, layer_cache, block_table, seq_lens, partial, lse,
+            *_score_constants(scale, softcap), span, tokens_per_split,
+            *q.stride(), *layer_cache.stride(), *block_table.stride(), *partial.stride(), *lse.stride(),
+            PAGE_SIZE=page_size, HEAD_DIM=head_dim, QUERY_GROUP=group,
+            BLOCK_G=max(16, triton.next_power_of_2(group)), BLOCK_D=block_d, BLOCK_N=block_n,
+            WRITE_LSE=num_splits > 1, SOFTCAP=softcap is not None, DOT_PRECISION=_dot_precision(q.dtype),
+            num_warps=4 if block_d <= 128 else 8,
         )
+        if num_splits > 1:
+            _decode_reduce_kernel[(batch, num_q_heads)](
+                partial, lse, out, num_splits,
+                *partial.stride(), *lse.stride(), *out.stride(),
+                HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_S=REDUCE_BLOCK_S,
+            )
     return out
 
 
@@ -344,7 +407,7 @@ def paged_attention_prefill(q: torch.Tensor, layer_cache: torch.Tensor, block_ta
     q : ``[total_new_tokens, num_q_heads, head_dim]``, fp16/bf16/fp32
     layer_cache : ``[num_pages, 2, page_size, num_kv_heads, head_dim]``, q's dtype and device
     block_table : int32 ``[batch, max_pages]``, padded past each sequence's pages
-    seq_lens : int32 ``[batch]`` in ``[1, max_pages * page_size]``
+    seq_lens : int32 ``[batch]`` in ``[0, max_pages * page_size]``
     query_start_loc : int32 ``[batch + 1]``, cumulative new-token counts (``cu_seqlens``), from 0 to
         ``total_new_tokens``; a sequence may have 0 new tokens
     scale : softmax scale, a finite number > 0, default ``head_dim ** -0.5``
@@ -385,21 +448,22 @@ def paged_attention_prefill(q: torch.Tensor, layer_cache: torch.Tensor, block_ta
     if max_query_len is None:
         max_query_len = int((query_start_loc[1:] - query_start_loc[:-1]).max())
     num_q_heads = q.shape[1]
-    # fp32 tiles multiply without tensor cores: smaller tiles keep them in registers
-    block_m, block_n = (32, 32) if q.dtype == torch.float32 else (64, 64)
+    block_m, block_n, num_warps = _prefill_tiles(q.dtype, head_dim)
+    group = num_q_heads // num_kv_heads
     out = torch.empty_like(q)
-    grid = (batch, num_q_heads, triton.cdiv(max_query_len, block_m))
+    grid = (batch, num_kv_heads, triton.cdiv(max_query_len * group, block_m))    # rows: new tokens x group
     max_context = max(1, block_table.shape[1] * page_size)       # a window this wide is no window
     window = max_context if sliding_window is None else min(sliding_window, max_context)
-    _paged_prefill_kernel[grid](
-        q, layer_cache, block_table, seq_lens.contiguous(), query_start_loc.contiguous(), out,
-        *_score_constants(scale, softcap), window,
-        *q.stride(), *layer_cache.stride(), *block_table.stride(), *out.stride(),
-        PAGE_SIZE=page_size, HEAD_DIM=head_dim, QUERY_GROUP=num_q_heads // num_kv_heads,
-        BLOCK_M=block_m, BLOCK_D=max(16, triton.next_power_of_2(head_dim)), BLOCK_N=block_n,
-        SOFTCAP=softcap is not None, DOT_PRECISION=_dot_precision(q.dtype),
-    )
+    with launch_device(q.device):
+        _paged_prefill_kernel[grid](
+            q, layer_cache, block_table, seq_lens.contiguous(), query_start_loc.contiguous(), out,
+            *_score_constants(scale, softcap), window,
+            *q.stride(), *layer_cache.stride(), *block_table.stride(), *out.stride(),
+            PAGE_SIZE=page_size, HEAD_DIM=head_dim, QUERY_GROUP=group,
+            BLOCK_M=block_m, BLOCK_D=max(16, triton.next_power_of_2(head_dim)), BLOCK_N=block_n,
+            SOFTCAP=softcap is not None, DOT_PRECISION=_dot_precision(q.dtype), num_warps=num_warps,
+        )
     return out
 
 
-__all__ = ["paged_attention_decode", "paged_attention_prefill", "default_num_splits"]
+__all__ = ["paged_attention_decode", "paged_attention_prefill", "default_num_splits", "COMPILED_VARIANTS"]

@@ -153,7 +153,7 @@ def paged_attention_decode_reference(q: torch.Tensor, layer_cache: torch.Tensor,
     q : ``[batch, num_q_heads, head_dim]``
     layer_cache : ``[num_pages, 2, page_size, num_kv_heads, head_dim]``
     block_table : int32 ``[batch, max_pages]``, padded past each sequence's pages
-    seq_lens : int32 ``[batch]``, each >= 1
+    seq_lens : int32 ``[batch]``, each >= 0 (a row of length 0 gives zeros)
     scale : softmax scale applied to q·k
     sliding_window : W, or None; the query (at position ``seq_len - 1``) sees keys ``seq_len - W <= j``
     softcap : c, or None; scores become ``c * tanh(scale * q·k / c)``
@@ -167,6 +167,13 @@ def paged_attention_decode_reference(q: torch.Tensor, layer_cache: torch.Tensor,
     group = num_q_heads // num_kv_heads
     device = q.device
     lengths = seq_lens.tolist()
+    if 0 in lengths:                                          # padding rows attend to nothing: zeros
+        rows = torch.tensor([b for b, n in enumerate(lengths) if n > 0], dtype=torch.long, device=device)
+        out = torch.zeros_like(q)
+        if rows.numel():
+            out[rows] = paged_attention_decode_reference(q[rows], layer_cache, block_table[rows], seq_lens[rows],
+                                                         scale, sliding_window, softcap)
+        return out
     first_visible = None                       # per sequence: slot of its first visible key in its shifted table
     if sliding_window is not None and max(lengths) > sliding_window:
         skip = [max(0, n - sliding_window) // page_size for n in lengths]   # whole pages before the window

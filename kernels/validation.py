@@ -100,7 +100,8 @@ def check_block_table(block_table: torch.Tensor, seq_lens: torch.Tensor, page_si
                       num_pages: int) -> None:
     """Check ``seq_lens`` ``[batch]`` against ``block_table`` ``[batch, max_pages]``.
 
-    Every length must lie in ``[1, max_pages * page_size]``, and each row's first
+    Every length must lie in ``[0, max_pages * page_size]`` (0: a padding row, e.g. to fill a
+    fixed batch; attention gives it zeros), and each row's first
     ``ceil(seq_len / page_size)`` entries must name pages in ``[0, num_pages)``; later entries
     (padding) are never read and may hold anything.
     """
@@ -112,9 +113,9 @@ def check_block_table(block_table: torch.Tensor, seq_lens: torch.Tensor, page_si
     used = torch.arange(max_pages, device=block_table.device)[None, :] < pages_needed[:, None]
     bad_page = used & ((block_table < 0) | (block_table >= num_pages))
     lo, hi, num_bad = torch.stack([lens.min(), lens.max(), bad_page.sum()]).tolist()
-    if lo < 1 or hi > max_pages * page_size:
+    if lo < 0 or hi > max_pages * page_size:
         raise KernelInputError(
-            f"seq_lens holds values in [{lo}, {hi}]; allowed: 1 <= seq_len <= max_pages * page_size "
+            f"seq_lens holds values in [{lo}, {hi}]; allowed: 0 <= seq_len <= max_pages * page_size "
             f"= {max_pages} * {page_size} (the pages a block_table row has room for)")
     if num_bad:
         row, col = (int(x) for x in bad_page.nonzero()[0].tolist())

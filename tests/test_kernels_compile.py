@@ -3,17 +3,21 @@ exact arguments their launchers pass, on a machine without one.
 
 The interpreter runs kernels as numpy and accepts code the compiler rejects; this catches those
 errors here. Each launcher is called on CPU tensors with its kernel replaced by a recorder; the
-recorded arguments become the compile signature.
+recorded arguments go through Triton's own binder for the CUDA backend, so the compile sees the
+signature, integer and alignment specialisations and options a launch on a GPU would.
 """
 
 import importlib
+import re
+import subprocess
 
 import pytest
 import torch
 
 triton = pytest.importorskip("triton")
 from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.compiler import ASTSource  # noqa: E402
+from triton.compiler import ASTSource, make_backend  # noqa: E402
+from triton.runtime.jit import create_function_from_signature  # noqa: E402
 
 # the package re-exports functions under the module names, so import the modules by path
 kv_write_module = importlib.import_module("llmds_torch.kernels.kv_write")
@@ -50,7 +54,8 @@ def signature_of(kernel, args, constexprs):
         else:
             raise TypeError(f"{name}: {type(value).__name__}")
     for name in constexprs:
-        signature[name] = "constexpr"
+        if name in names:
+            signature[name] = "constexpr"
     assert list(signature) == names, "launcher passed arguments the kernel does not declare"
     return signature
 
@@ -65,13 +70,22 @@ def record_launches(monkeypatch, module, kernel_names, launch):
     return [(rec.kernel, call) for rec in recorders.values() for call in rec.calls]
 
 
+def compile_launch(kernel, args, kwargs, target):
+    """Compile one recorded launch as Triton's launcher would on a GPU of ``target``."""
+    assert list(signature_of(kernel, args, {k: v for k, v in kwargs.items() if k in kernel.arg_names}))
+    backend = make_backend(target)
+    binder = create_function_from_signature(kernel.signature, kernel.params, backend)
+    bound, specialization, options = binder(*args, **kwargs)
+    options, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound, specialization, options)
+    return triton.compile(ASTSource(kernel, signature, constexprs, attrs), target=target, options=options.__dict__)
+
+
 def compile_all(launches):
     assert launches, "the launcher launched nothing"
-    for kernel, (grid, args, constexprs) in launches:
+    for kernel, (grid, args, kwargs) in launches:
         assert all(g > 0 for g in grid)
-        source = ASTSource(kernel, signature_of(kernel, args, constexprs), constexprs=constexprs)
         for target in TARGETS:
-            compiled = triton.compile(source, target=target)
+            compiled = compile_launch(kernel, args, kwargs, target)
             assert len(compiled.asm["cubin"]) > 0
 
 
@@ -136,3 +150,30 @@ def test_prefill_kernel_compiles(monkeypatch, dtype, head_dim, num_q_heads, num_
         lambda: attention_module.paged_attention_prefill(q, cache, table, lens, query_start_loc,
                                                          sliding_window=100, softcap=softcap))
     compile_all(launches)
+
+
+def ptxas_report(compiled, target) -> str:
+    from triton.backends.nvidia.compiler import get_ptxas
+    ptxas = get_ptxas(target.arch) if get_ptxas.__code__.co_argcount else get_ptxas()
+    path = getattr(ptxas, "path", ptxas)
+    done = subprocess.run([path, "-v", f"--gpu-name=sm_{target.arch}a", "-", "-o", "/dev/null"],
+                          input=compiled.asm["ptx"], capture_output=True, text=True, check=True)
+    return done.stderr
+
+
+@pytest.mark.parametrize("head_dim", [128, 256])
+def test_attention_kernels_do_not_spill_registers(monkeypatch, head_dim):
+    """bf16, GQA 32 / 8 on sm_90, as launched: register spills would cost local-memory traffic in
+    the innermost loop."""
+    cache, table, lens, _ = attention_case(torch.bfloat16, head_dim, 32, 8)
+    q = torch.zeros(50, 32, head_dim, dtype=torch.bfloat16)
+    launches = record_launches(
+        monkeypatch, attention_module, ["_paged_decode_kernel", "_decode_reduce_kernel", "_paged_prefill_kernel"],
+        lambda: (attention_module.paged_attention_decode(q[:2], cache, table, lens, num_splits=2),
+                 attention_module.paged_attention_prefill(q, cache, table, lens,
+                                                          torch.tensor([0, 40, 50], dtype=torch.int32))))
+    assert len(launches) == 3
+    for kernel, (_, args, kwargs) in launches:
+        report = ptxas_report(compile_launch(kernel, args, kwargs, TARGETS[0]), TARGETS[0])
+        spills = [int(n) for n in re.findall(r"(\d+) bytes spill stores", report)]
+        assert spills and max(spills) == 0, f"{kernel.fn.__name__}: {report}"

@@ -249,7 +249,7 @@ def _bad_decode_inputs():
         ("names no page of the pool", (q, cache, bad_page, lens)),
         ("block_table\\[0, 1\\] = -1", (q, cache, missing_page, lens)),
         ("seq_lens holds values in \\[5, 17\\]", (q, cache, table, torch.tensor([5, 17], dtype=torch.int32))),
-        ("seq_lens holds values in \\[0, 9\\]", (q, cache, table, torch.tensor([0, 9], dtype=torch.int32))),
+        ("seq_lens holds values in \\[-1, 9\\]", (q, cache, table, torch.tensor([-1, 9], dtype=torch.int32))),
         ("layer_cache has dtype", (q.half(), cache, table, lens)),
         ("head_dim 8", (q[..., :8], cache, table, lens)),
         ("block_table has dtype", (q, cache, table.long(), lens)),
@@ -396,3 +396,15 @@ def test_reference_from_many_threads_matches_loop():
         expected = decode_loop(queries[i], *cases[i], 16 ** -0.5)
         for out in outs:
             assert_close(out, expected, torch.float32)
+
+
+@pytest.mark.parametrize("window", [None, 4])
+def test_decode_gives_zeros_for_length_zero_padding_rows(window):
+    """A fixed-size batch pads with rows of length 0: they attend to nothing and give zeros."""
+    cache, table, _ = paged_case([1, 37, 1, 5], 4, 2, 16, torch.float32, "cpu", seed=27)
+    lens = torch.tensor([0, 37, 0, 5], dtype=torch.int32)
+    q = torch.randn(4, 4, 16, generator=torch.Generator().manual_seed(28))
+    out = paged_attention_decode(q, cache, table, lens, sliding_window=window)
+    assert torch.equal(out[[0, 2]], torch.zeros(2, 4, 16))
+    assert_close(out[[1, 3]], decode_loop(q[[1, 3]], cache, table[[1, 3]], lens[[1, 3]], 16 ** -0.5, window),
+                 torch.float32)

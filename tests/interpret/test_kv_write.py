@@ -33,3 +33,17 @@ def test_kv_write_kernel_uses_strides_of_a_layer_view_and_of_k():
     kv_write_reference(expected[:, 2], slots, k, v)
     kv_write(pool[:, 2], slots, k, v, backend="triton")
     assert torch.equal(pool, expected)
+
+
+def test_kv_write_kernel_reads_a_strided_slot_mapping():
+    """A column of a table is a strided view: slots 3, 9, 14 must not be read as 3, 100, 9."""
+    gen = torch.Generator().manual_seed(8)
+    cache = torch.randn(6, 2, 4, 2, 16, generator=gen)
+    table = torch.tensor([[3, 100, 7], [9, 101, 8], [14, 102, 9]])
+    slots = table[:, 0]
+    assert not slots.is_contiguous()
+    k, v = torch.randn(3, 2, 16, generator=gen), torch.randn(3, 2, 16, generator=gen)
+    expected = cache.clone()
+    kv_write_reference(expected, slots.contiguous(), k, v)
+    kv_write(cache, slots, k, v, backend="triton")
+    assert torch.equal(cache, expected)

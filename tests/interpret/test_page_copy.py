@@ -28,3 +28,17 @@ def test_page_copy_kernel_in_a_strided_pool_view():
     page_copy_reference(expected[1::2, ::2], src, dst)
     page_copy(big[1::2, ::2], src, dst, backend="triton")
     assert torch.equal(big, expected)
+
+
+@pytest.mark.parametrize("op", [page_copy, page_move])
+def test_page_copy_kernel_reads_strided_page_pairs(op):
+    """``pairs[:, 0]`` and ``pairs[:, 1]`` are strided views of one [num_pairs, 2] tensor."""
+    gen = torch.Generator().manual_seed(2)
+    pool = torch.randn(2, 10, 2, 4, 2, 16, generator=gen)
+    pairs = torch.tensor([[0, 5], [2, 7], [3, 9]])
+    src, dst = pairs[:, 0], pairs[:, 1]
+    assert not src.is_contiguous()
+    expected = pool.clone()
+    page_copy_reference(expected, src.contiguous(), dst.contiguous())
+    op(pool, src, dst, backend="triton")
+    assert torch.equal(pool, expected)

@@ -112,3 +112,43 @@ def test_prefill_kernel_window_softcap_match_loop(window, softcap):
                                   softcap=softcap, backend="triton")
     expected = dense_loop(q, cache, table, seq_lens, query_lens, 0.5, window, softcap)
     torch.testing.assert_close(out.double(), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("num_splits", [1, 2, 4])
+@pytest.mark.parametrize("window", [None, 3])
+def test_decode_kernel_gives_zeros_for_length_zero_rows(num_splits, window):
+    """Padding rows (seq_len 0, as a fixed-size batch has) attend to nothing: zeros, never NaN, with
+    any split count; the other rows are unaffected."""
+    seq_lens = [0, 150, 0, 9]
+    cache, table, lens = paged_case([1, 150, 1, 9], 4, 2, 16, torch.float32, seed=8)
+    lens = torch.tensor(seq_lens, dtype=torch.int32)
+    q = torch.randn(4, 4, 16, generator=torch.Generator().manual_seed(9))
+    out = paged_attention_decode(q, cache, table, lens, sliding_window=window, backend="triton",
+                                 num_splits=num_splits)
+    assert torch.equal(out[[0, 2]], torch.zeros(2, 4, 16))
+    expected = dense_loop(q[[1, 3]], cache, table[[1, 3]], [150, 9], [1, 1], 16 ** -0.5, window, None)
+    torch.testing.assert_close(out[[1, 3]].double(), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_decode_reduce_combines_more_splits_than_its_block():
+    """More partitions than the reduce kernel takes per step: the running maximum carries across."""
+    from llmds_torch.kernels.paged_attention import DECODE_BLOCK_N, REDUCE_BLOCK_S
+    seq_len = (2 * REDUCE_BLOCK_S + 3) * DECODE_BLOCK_N
+    cache, table, lens = paged_case([seq_len, 5], 16, 1, 16, torch.float32, seed=10)
+    q = torch.randn(2, 2, 16, generator=torch.Generator().manual_seed(11)) * 3
+    out = paged_attention_decode(q, cache, table, lens, backend="triton", num_splits=2 * REDUCE_BLOCK_S + 3)
+    expected = dense_loop(q, cache, table, [seq_len, 5], [1, 1], 16 ** -0.5, None, None)
+    torch.testing.assert_close(out.double(), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("group", [1, 3, 8])
+def test_prefill_kernel_with_query_groups_that_straddle_row_blocks(group):
+    """Rows are (new token, query head of the group) pairs: groups of 3 do not divide the row block,
+    groups of 8 fill it with 4 tokens; short and long queries over cached prefixes."""
+    seq_lens, query_lens = [50, 21, 6], [13, 21, 2]
+    cache, table, lens = paged_case(seq_lens, 4, 2, 16, torch.float32, seed=12)
+    query_start_loc = torch.tensor([0] + torch.tensor(query_lens).cumsum(0).tolist(), dtype=torch.int32)
+    q = torch.randn(sum(query_lens), 2 * group, 16, generator=torch.Generator().manual_seed(13))
+    out = paged_attention_prefill(q, cache, table, lens, query_start_loc, backend="triton")
+    expected = dense_loop(q, cache, table, seq_lens, query_lens, 16 ** -0.5, None, None)
+    torch.testing.assert_close(out.double(), expected, atol=1e-5, rtol=1e-5)

@@ -4,10 +4,14 @@ For each batch size and context length: one query token per sequence, its K/V in
 read through a block table (``paged``), beside ``torch.nn.functional.scaled_dot_product_attention``
 over the same K/V laid out contiguously (``sdpa``, the dense-cache baseline) and over a copy gathered
 from the pages at every step (``gather+sdpa``: one ``index_select`` of the pages for K and one for V,
-then the same SDPA call on views of the copy). For decode SDPA is called two ways and ``sdpa`` is
-the faster one in this run: ``enable_gqa=True`` with one query row per head (``sdpa_gqa_ms``), or
-each KV head's group of query heads passed as that head's query rows (``sdpa_folded_ms``, which the
-CPU path uses too). Reported as time ratios (< 1 means paged is faster) and memory: the KV bytes
+then the same SDPA call on views of the copy). SDPA is called two ways and ``sdpa`` is the
+faster one in this run: for decode ``enable_gqa=True`` with one query row per head
+(``sdpa_gqa_ms``) or each KV head's group of query heads passed as that head's query rows
+(``sdpa_folded_ms``, which the CPU path uses too); for prefill ``enable_gqa=True`` or K/V repeated
+per query head beforehand; each on every SDPA backend that accepts the call (flash, memory-efficient,
+cuDNN, math), the fastest recorded in ``sdpa_backend`` and used for gather+sdpa too. The causal
+mask of prefill over a cached prefix is ``causal_lower_right``, which the fused backends take.
+Reported as time ratios (< 1 means paged is faster) and memory: the KV bytes
 each layout holds for this batch, the bytes a dense cache preallocated for the longest context
 holds, and the extra bytes gather+sdpa copies per step (on CUDA also the measured peak allocation
 of each method).
@@ -21,10 +25,13 @@ paged within 1.5x of sdpa at batch >= 16 and context >= 1024.
 """
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention.bias import causal_lower_right
 
 from benchmarks._common import hardware, kernel_parser, print_table, write_results
 from benchmarks.kv_kernels import device_time
@@ -50,14 +57,47 @@ def _mib(num_bytes: float) -> float:
     return num_bytes / 2**20
 
 
+SDPA_BACKENDS = ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "MATH")
+
+
+def fastest_sdpa(calls: dict, device: torch.device, repeat: int, graph: bool = False):
+    """Time each ``calls[name]()`` (an SDPA call) on every SDPA backend that accepts it; return
+    ``(seconds, (name, backend), {name: best seconds})`` of the fastest."""
+    best, per_call = None, {}
+    for name, fn in calls.items():
+        for backend in SDPA_BACKENDS:
+            try:
+                with warnings.catch_warnings(), sdpa_kernel([getattr(SDPBackend, backend)]):
+                    warnings.simplefilter("ignore")
+                    fn()                                              # raises when the backend refuses the call
+                    seconds = device_time(fn, device, repeat=repeat, graph=graph)
+            except RuntimeError:
+                continue
+            per_call[name] = min(per_call.get(name, math.inf), seconds)
+            if best is None or seconds < best[0]:
+                best = (seconds, (name, backend))
+    if best is None:
+        raise RuntimeError("no SDPA backend accepted the baseline call")
+    return best[0], best[1], per_call
+
+
+def with_backend(fn, backend: str):
+    """``fn`` run with SDPA restricted to ``backend``."""
+    def call(*args):
+        with sdpa_kernel([getattr(SDPBackend, backend)]):
+            return fn(*args)
+    return call
+
+
 def paged_layout(batch: int, lengths: list[int], shape: AttentionShape, device, seed: int = 0):
-    """A layer cache with each sequence's pages at random places, and its block table / lengths."""
-    gen = torch.Generator().manual_seed(seed)
+    """A layer cache with each sequence's pages at random places, and its block table / lengths.
+    The cache is generated on ``device`` (a device-side generator: no host-side copy of its size)."""
+    device = torch.device(device)
     pages_per_seq = [math.ceil(n / shape.page_size) for n in lengths]
     num_pages = sum(pages_per_seq) + 1
-    cache = torch.randn(num_pages, 2, shape.page_size, shape.num_kv_heads, shape.head_dim, generator=gen)
-    cache = cache.to(device=device, dtype=shape.dtype)
-    order = torch.randperm(num_pages, generator=gen)
+    cache = torch.randn(num_pages, 2, shape.page_size, shape.num_kv_heads, shape.head_dim, device=device,
+                        dtype=shape.dtype, generator=torch.Generator(device=device).manual_seed(seed))
+    order = torch.randperm(num_pages, generator=torch.Generator().manual_seed(seed))
     table = torch.full((batch, max(pages_per_seq)), -1, dtype=torch.int32)
     used = 0
     for b, count in enumerate(pages_per_seq):
@@ -97,10 +137,10 @@ def _peak_extra_mib(fn, device) -> float | None:
 
 
 def bench_decode_case(batch: int, context: int, shape: AttentionShape, device: torch.device, backend: str,
-                      repeat: int, max_context: int) -> dict:
+                      repeat: int, max_context: int, graph: bool = False) -> dict:
     cache, table, lens, pages_used = paged_layout(batch, [context] * batch, shape, device, seed=batch + context)
     k_dense, v_dense = dense_kv(cache, table, context)                 # [B, Hkv, ctx, D]
-    q = torch.randn(batch, shape.num_q_heads, shape.head_dim, device=device).to(shape.dtype)
+    q = torch.randn(batch, shape.num_q_heads, shape.head_dim, device=device, dtype=shape.dtype)
     q_folded = q.view(batch, shape.num_kv_heads, shape.num_q_heads // shape.num_kv_heads, shape.head_dim)
 
     def attend_gqa(k, v):                                              # q: [B, Hq, 1, D]
@@ -118,11 +158,11 @@ def bench_decode_case(batch: int, context: int, shape: AttentionShape, device: t
     if max(error, folded_error) > TOLERANCE[shape.dtype] * 10:
         raise AssertionError(f"paged decode (or folded SDPA) differs from SDPA by {max(error, folded_error)} "
                              f"at batch {batch}, context {context}")
-    t_paged = device_time(paged, device, repeat=repeat)
-    t_sdpa_gqa = device_time(lambda: attend_gqa(k_dense, v_dense), device, repeat=repeat)
-    t_sdpa_folded = device_time(lambda: attend_folded(k_dense, v_dense), device, repeat=repeat)
-    attend = attend_folded if t_sdpa_folded <= t_sdpa_gqa else attend_gqa
-    t_sdpa = min(t_sdpa_gqa, t_sdpa_folded)
+    t_paged = device_time(paged, device, repeat=repeat, graph=graph)
+    forms = {"gqa": attend_gqa, "folded": attend_folded}
+    t_sdpa, (form, sdpa_backend), per_form = fastest_sdpa(
+        {name: (lambda f=f: f(k_dense, v_dense)) for name, f in forms.items()}, device, repeat, graph)
+    attend = with_backend(lambda k, v: forms[form](k, v), sdpa_backend)
 
     def sdpa():
         return attend(k_dense, v_dense)
@@ -130,13 +170,14 @@ def bench_decode_case(batch: int, context: int, shape: AttentionShape, device: t
     def gather_sdpa():
         return attend(*gather_pages(cache, table, context))
 
-    t_gather = device_time(gather_sdpa, device, repeat=repeat)
+    t_gather = device_time(gather_sdpa, device, repeat=repeat, graph=graph)
     itemsize = torch.empty(0, dtype=shape.dtype).element_size()
     token_bytes = 2 * shape.num_kv_heads * shape.head_dim * itemsize
     row = {
         "batch": batch, "context": context,
         "paged_ms": t_paged * 1e3, "sdpa_ms": t_sdpa * 1e3, "gather_sdpa_ms": t_gather * 1e3,
-        "sdpa_gqa_ms": t_sdpa_gqa * 1e3, "sdpa_folded_ms": t_sdpa_folded * 1e3,
+        "sdpa_gqa_ms": per_form.get("gqa", math.nan) * 1e3, "sdpa_folded_ms": per_form.get("folded", math.nan) * 1e3,
+        "sdpa_backend": f"{sdpa_backend.lower()} ({form})",
         "paged/sdpa": t_paged / t_sdpa, "gather/paged": t_gather / t_paged,
         "max_abs_err": error,
         "paged_kv_MiB": _mib(pages_used * shape.page_size * token_bytes),
@@ -152,21 +193,33 @@ def bench_decode_case(batch: int, context: int, shape: AttentionShape, device: t
 
 
 def bench_prefill_case(batch: int, cached: int, new: int, shape: AttentionShape, device: torch.device,
-                       backend: str, repeat: int) -> dict:
+                       backend: str, repeat: int, graph: bool = False) -> dict:
     """New tokens of ``batch`` sequences attending causally over ``cached`` prefix tokens and
     themselves: the paged prefill kernel against SDPA on contiguous K/V and gather-then-SDPA."""
     context = cached + new
     cache, table, lens, _ = paged_layout(batch, [context] * batch, shape, device, seed=context)
     k_dense, v_dense = dense_kv(cache, table, context)
-    q_dense = torch.randn(batch, shape.num_q_heads, new, shape.head_dim, device=device).to(shape.dtype)
+    q_dense = torch.randn(batch, shape.num_q_heads, new, shape.head_dim, device=device, dtype=shape.dtype)
     q_flat = q_dense.transpose(1, 2).reshape(batch * new, shape.num_q_heads, shape.head_dim).contiguous()
     query_start_loc = torch.arange(0, batch * new + 1, new, dtype=torch.int32, device=device)
     # bottom-right causal mask: new token j (position cached + j) sees keys 0 .. cached + j
-    mask = None if cached == 0 else (
-        torch.arange(context, device=device)[None, :] <= torch.arange(cached, context, device=device)[:, None])
+    mask = causal_lower_right(new, context)
+    group = shape.num_q_heads // shape.num_kv_heads
 
-    def attend(k, v):
-        return F.scaled_dot_product_attention(q_dense, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=True)
+    def attend_gqa(k, v):
+        return F.scaled_dot_product_attention(q_dense, k, v, attn_mask=mask, enable_gqa=True)
+
+    def attend_repeated(k, v):                                          # K/V repeated per query head
+        return F.scaled_dot_product_attention(q_dense, k.repeat_interleave(group, 1), v.repeat_interleave(group, 1),
+                                              attn_mask=mask)
+
+    k_repeated, v_repeated = k_dense.repeat_interleave(group, 1), v_dense.repeat_interleave(group, 1)
+    t_sdpa, (form, sdpa_backend), _ = fastest_sdpa(
+        {"gqa": lambda: attend_gqa(k_dense, v_dense),
+         "repeated kv": lambda: F.scaled_dot_product_attention(q_dense, k_repeated, v_repeated, attn_mask=mask)},
+        device, repeat, graph)
+    del k_repeated, v_repeated
+    attend = with_backend(attend_gqa if form == "gqa" else attend_repeated, sdpa_backend)
 
     def paged():
         return paged_attention_prefill(q_flat, cache, table, lens, query_start_loc, backend=backend,
@@ -182,12 +235,11 @@ def bench_prefill_case(batch: int, cached: int, new: int, shape: AttentionShape,
     error = (paged().float() - expected.float()).abs().max().item()
     if error > TOLERANCE[shape.dtype] * 10:
         raise AssertionError(f"paged prefill differs from SDPA by {error}")
-    t_paged = device_time(paged, device, repeat=repeat)
-    t_sdpa = device_time(sdpa, device, repeat=repeat)
-    t_gather = device_time(gather_sdpa, device, repeat=repeat)
+    t_paged = device_time(paged, device, repeat=repeat, graph=graph)
+    t_gather = device_time(gather_sdpa, device, repeat=repeat, graph=graph)
     return {"batch": batch, "cached": cached, "new": new, "paged_ms": t_paged * 1e3, "sdpa_ms": t_sdpa * 1e3,
             "gather_sdpa_ms": t_gather * 1e3, "paged/sdpa": t_paged / t_sdpa, "gather/paged": t_gather / t_paged,
-            "max_abs_err": error}
+            "sdpa_backend": f"{sdpa_backend.lower()} ({form})", "max_abs_err": error}
 
 
 def run(batches, contexts, shape: AttentionShape, device: torch.device, backend: str = "auto", repeat: int = 10,
@@ -207,9 +259,10 @@ def run(batches, contexts, shape: AttentionShape, device: torch.device, backend:
 
 
 DECODE_COLUMNS = ["batch", "context", "paged_ms", "sdpa_ms", "sdpa_gqa_ms", "gather_sdpa_ms", "paged/sdpa",
-                  "gather/paged", "max_abs_err", "paged_kv_MiB", "dense_prealloc_MiB", "gather_copy_MiB"]
+                  "gather/paged", "sdpa_backend", "max_abs_err", "paged_kv_MiB", "dense_prealloc_MiB",
+                  "gather_copy_MiB"]
 PREFILL_COLUMNS = ["batch", "cached", "new", "paged_ms", "sdpa_ms", "gather_sdpa_ms", "paged/sdpa", "gather/paged",
-                   "max_abs_err"]
+                   "sdpa_backend", "max_abs_err"]
 
 
 def main(argv=None) -> None:

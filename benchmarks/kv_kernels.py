@@ -38,11 +38,49 @@ class KernelSizes:
 QUICK = KernelSizes(num_layers=4, num_pairs=8, page_size=16, num_kv_heads=2, head_dim=64, prefill_tokens=256)
 
 
-def device_time(fn, device: torch.device, *, repeat: int = 20, warmup: int = 3) -> float:
-    """Median seconds per call of ``fn()``. On CUDA, CUDA events around batches of 5 calls (so a
-    host sync per call does not inflate microsecond kernels); on CPU, wall time per call."""
+GRAPH_CALLS = 10
+
+
+def graph_time(fn, device: torch.device, *, repeat: int = 20) -> float | None:
+    """Median seconds per call of ``fn()`` replayed from a CUDA graph of ``GRAPH_CALLS`` calls: GPU
+    time without the host's launch overhead, which dominates kernels of a few microseconds. None
+    when ``fn`` cannot be captured (it syncs with the host, e.g. to check indices)."""
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.stream(stream):
+            fn()                                                   # allocations settle outside the capture
+        torch.cuda.current_stream(device).wait_stream(stream)
+        with torch.cuda.graph(graph):
+            for _ in range(GRAPH_CALLS):
+                fn()
+    except RuntimeError:
+        torch.cuda.synchronize(device)
+        return None
+    graph.replay()
+    torch.cuda.synchronize(device)
+    samples = []
+    for _ in range(max(repeat // 4, 3)):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        samples.append(start.elapsed_time(end) / GRAPH_CALLS / 1e3)
+    return statistics.median(samples)
+
+
+def device_time(fn, device: torch.device, *, repeat: int = 20, warmup: int = 3, graph: bool = False) -> float:
+    """Median seconds per call of ``fn()``. On CUDA with ``graph``, replayed from a CUDA graph when
+    ``fn`` can be captured (``graph_time``); else CUDA events around batches of 5 calls (so a host
+    sync per call does not inflate the time); on CPU, wall time per call."""
     for _ in range(warmup):
         fn()
+    if device.type == "cuda" and graph:
+        seconds = graph_time(fn, device, repeat=repeat)
+        if seconds is not None:
+            return seconds
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         samples = []
@@ -74,21 +112,23 @@ def _row(op, variant, moved_bytes, seconds, copy_seconds, index_copy_seconds, ch
     }
 
 
-def bench_page_ops(sizes: KernelSizes, device: torch.device, backend: str, repeat: int) -> list[dict]:
+def bench_page_ops(sizes: KernelSizes, device: torch.device, backend: str, repeat: int,
+                   graph: bool = False) -> list[dict]:
     """page_copy and page_move of ``num_pairs`` pages across all layers."""
     s = sizes
     num_pages = 2 * s.num_pairs + 8
     pool = torch.randn(s.num_layers, num_pages, 2, s.page_size, s.num_kv_heads, s.head_dim,
-                       device=device).to(s.dtype)
-    gen = torch.Generator().manual_seed(0)
-    order = torch.randperm(num_pages, generator=gen)
-    src, dst = order[: s.num_pairs].to(device), order[s.num_pairs: 2 * s.num_pairs].to(device)
+                       device=device, dtype=s.dtype)
+    gen = torch.Generator(device=device).manual_seed(0)
+    order = torch.randperm(num_pages, generator=gen, device=device)
+    src, dst = order[: s.num_pairs], order[s.num_pairs: 2 * s.num_pairs]
     moved = s.num_pairs * s.num_layers * pool[0, 0].numel() * pool.element_size()
     flat_src = torch.randn(moved // pool.element_size(), device=device).to(s.dtype)
     flat_dst = torch.empty_like(flat_src)
 
-    copy_s = device_time(lambda: flat_dst.copy_(flat_src), device, repeat=repeat)
-    index_copy_s = device_time(lambda: pool.index_copy_(1, dst, pool.index_select(1, src)), device, repeat=repeat)
+    copy_s = device_time(lambda: flat_dst.copy_(flat_src), device, repeat=repeat, graph=graph)
+    index_copy_s = device_time(lambda: pool.index_copy_(1, dst, pool.index_select(1, src)), device, repeat=repeat,
+                               graph=graph)
     runs = {
         ("page_copy", "checked"): lambda: page_copy(pool, src, dst, backend=backend),
         ("page_copy", "no index checks"): lambda: page_copy(pool, src, dst, backend=backend, validate_indices=False),
@@ -105,18 +145,20 @@ def bench_page_ops(sizes: KernelSizes, device: torch.device, backend: str, repea
     rows = [_row("device copy", "dst.copy_(src)", moved, copy_s, copy_s, index_copy_s, "-"),
             _row("index_copy_", "index_select + index_copy_", moved, index_copy_s, copy_s, index_copy_s, "-")]
     for (op, variant), fn in runs.items():
-        rows.append(_row(op, variant, moved, device_time(fn, device, repeat=repeat), copy_s, index_copy_s, checked))
+        rows.append(_row(op, variant, moved, device_time(fn, device, repeat=repeat, graph=graph), copy_s,
+                         index_copy_s, checked))
     return rows
 
 
-def bench_kv_write(sizes: KernelSizes, device: torch.device, backend: str, repeat: int) -> list[dict]:
+def bench_kv_write(sizes: KernelSizes, device: torch.device, backend: str, repeat: int,
+                   graph: bool = False) -> list[dict]:
     """kv_write of a ``prefill_tokens``-token prefill into one layer."""
     s = sizes
     num_pages = 2 * s.prefill_tokens // s.page_size + 8
-    layer_cache = torch.randn(num_pages, 2, s.page_size, s.num_kv_heads, s.head_dim, device=device).to(s.dtype)
-    gen = torch.Generator().manual_seed(1)
-    slots = torch.randperm(num_pages * s.page_size, generator=gen)[: s.prefill_tokens].to(device)
-    k = torch.randn(s.prefill_tokens, s.num_kv_heads, s.head_dim, device=device).to(s.dtype)
+    layer_cache = torch.randn(num_pages, 2, s.page_size, s.num_kv_heads, s.head_dim, device=device, dtype=s.dtype)
+    gen = torch.Generator(device=device).manual_seed(1)
+    slots = torch.randperm(num_pages * s.page_size, generator=gen, device=device)[: s.prefill_tokens]
+    k = torch.randn(s.prefill_tokens, s.num_kv_heads, s.head_dim, device=device, dtype=s.dtype)
     v = torch.randn_like(k)
     moved = 2 * k.numel() * k.element_size()
     flat_src = torch.randn(2 * k.numel(), device=device).to(s.dtype)
@@ -133,8 +175,8 @@ def bench_kv_write(sizes: KernelSizes, device: torch.device, backend: str, repea
         rows_view.index_copy_(0, k_rows, k_flat)
         rows_view.index_copy_(0, v_rows, v_flat)
 
-    copy_s = device_time(lambda: flat_dst.copy_(flat_src), device, repeat=repeat)
-    index_copy_s = device_time(index_copy, device, repeat=repeat)
+    copy_s = device_time(lambda: flat_dst.copy_(flat_src), device, repeat=repeat, graph=graph)
+    index_copy_s = device_time(index_copy, device, repeat=repeat, graph=graph)
     checked = "yes" if resolve_backend(backend, device) == "triton" else "is reference"
     if checked == "yes":
         got, want = layer_cache.clone(), layer_cache.clone()
@@ -145,15 +187,18 @@ def bench_kv_write(sizes: KernelSizes, device: torch.device, backend: str, repea
     rows = [_row("device copy", "dst.copy_(src)", moved, copy_s, copy_s, index_copy_s, "-"),
             _row("index_copy_", "2x index_copy_", moved, index_copy_s, copy_s, index_copy_s, "-")]
     for variant, kwargs in (("checked", {}), ("no index checks", {"validate_indices": False})):
-        t = device_time(lambda: kv_write(layer_cache, slots, k, v, backend=backend, **kwargs), device, repeat=repeat)
+        t = device_time(lambda: kv_write(layer_cache, slots, k, v, backend=backend, **kwargs), device, repeat=repeat,
+                        graph=graph)
         rows.append(_row(f"kv_write {s.prefill_tokens} tok", variant, moved, t, copy_s, index_copy_s, checked))
     return rows
 
 
-def run(sizes: KernelSizes, device: torch.device, backend: str = "auto", repeat: int = 20) -> dict:
-    """All kernel bandwidth rows plus the settings, as a JSON-ready dict."""
-    page_rows = bench_page_ops(sizes, device, backend, repeat)
-    write_rows = bench_kv_write(sizes, device, backend, repeat)
+def run(sizes: KernelSizes, device: torch.device, backend: str = "auto", repeat: int = 20,
+        graph: bool = False) -> dict:
+    """All kernel bandwidth rows plus the settings, as a JSON-ready dict (``graph``: time on CUDA
+    through CUDA graphs where a call can be captured)."""
+    page_rows = bench_page_ops(sizes, device, backend, repeat, graph)
+    write_rows = bench_kv_write(sizes, device, backend, repeat, graph)
     page_bytes = sizes.num_layers * 2 * sizes.page_size * sizes.num_kv_heads * sizes.head_dim * \
         torch.empty(0, dtype=sizes.dtype).element_size()
     return {

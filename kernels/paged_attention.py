@@ -91,7 +91,6 @@ def _paged_decode_kernel(
     g = tl.arange(0, BLOCK_G)
     d = tl.arange(0, BLOCK_D)
     g_mask = g < QUERY_GROUP
-    d_mask = d < HEAD_DIM
     head = kv_head * QUERY_GROUP + g                                   # [BLOCK_G] query heads
     q = tl.load(q_ptr + batch * stride_q_batch + head[:, None] * stride_q_head + d[None, :] * stride_q_dim,
                 mask=_tile_mask(g_mask, d, HEAD_DIM, BLOCK_D), other=0.0)   # [BLOCK_G, BLOCK_D]
@@ -196,7 +195,6 @@ def _paged_prefill_kernel(
     row_mask = token < query_len
     positions = context_len + token                                    # each row's place in the sequence
     d = tl.arange(0, BLOCK_D)
-    d_mask = d < HEAD_DIM
     row_offsets = (query_start + token.to(tl.int64)) * stride_q_token + head * stride_q_head
     q = tl.load(q_ptr + row_offsets[:, None] + d[None, :] * stride_q_dim,
                 mask=_tile_mask(row_mask, d, HEAD_DIM, BLOCK_D), other=0.0)   # [BLOCK_M, BLOCK_D]

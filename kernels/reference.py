@@ -213,7 +213,8 @@ def paged_attention_decode_reference(q: torch.Tensor, layer_cache: torch.Tensor,
         k = k_buf[:size].view(count, num_pages * page_size, num_kv_heads, head_dim)[:, :longest]
         v = v_buf[:size].view(count, num_pages * page_size, num_kv_heads, head_dim)[:, :longest]
         visible = None                                        # [count, longest], None: every slot
-        slots = torch.arange(longest, device=device)[None, :]
+        if sorted_lens[start] < longest or firsts is not None:
+            slots = torch.arange(longest, device=device)[None, :]
         if sorted_lens[start] < longest:                      # some sequences shorter than the chunk's longest
             beyond = slots >= lens[start:end, None]           # [count, longest]
             k[beyond] = 0.0                                   # unwritten slots may hold NaN; 0 * NaN is NaN

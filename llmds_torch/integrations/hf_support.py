@@ -72,6 +72,15 @@ def _layer_windows(config, num_layers: int) -> tuple[int | None, ...]:
     return tuple(int(window) if t == "sliding_attention" else None for t in layer_types)
 
 
+def _causal_lm_classes() -> set[str]:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    names = set()
+    for value in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values():
+        names.update([value] if isinstance(value, str) else value)
+    return names
+
+
 def check_dtype(dtype: torch.dtype) -> None:
     """Raise ``ConfigError`` unless the KV pool can hold ``dtype``."""
     if dtype not in KV_DTYPES:
@@ -98,9 +107,9 @@ def check_supported(config, class_name: str | None = None) -> AttentionNeeds:
         raise UnsupportedArchitecture(f"model_type={model_type!r} is an encoder-decoder; only decoder-only "
                                       "causal LMs run on the paged cache")
     names = [class_name] if class_name else architectures
-    if names and not any(name.endswith("ForCausalLM") for name in names):
-        raise UnsupportedArchitecture(f"{', '.join(names)} is not a causal LM (a *ForCausalLM class); "
-                                      "only decoder-only causal LMs run on the paged cache")
+    if names and not any(name in _causal_lm_classes() for name in names):
+        raise UnsupportedArchitecture(f"{', '.join(names)} is not a causal LM (a class AutoModelForCausalLM "
+                                      "builds); only decoder-only causal LMs run on the paged cache")
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise UnsupportedArchitecture(f"model_type={model_type!r} ({', '.join(names) or 'no architectures'}) "
                                       f"is not supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")

@@ -10,7 +10,10 @@ the output directly.
 Prefill (new tokens over a cached prefix) gives each program ``BLOCK_M`` new tokens of one query head
 and walks the keys up to the last of those tokens' positions, masking causally.
 
-Softmax runs in base 2 (``exp2``) with the scale folded into ``scale * log2(e)``.
+Softmax runs in base 2 (``exp2``) with the scale folded into ``scale * log2(e)``. Options every
+call may set: ``scale``; ``sliding_window`` W (a query at position i sees keys i - W < j <= i: decode
+partitions only the window, prefill starts each row block's key walk at its first row's window);
+``softcap`` c (scores ``c * tanh(scale * q.k / c)``, a compile-time switch).
 """
 
 import torch
@@ -18,8 +21,8 @@ import triton
 import triton.language as tl
 
 from .reference import paged_attention_decode_reference, paged_attention_prefill_reference
-from .validation import (KV_DTYPES, KernelInputError, check_block_table, check_kv_layer,
-                         check_query_start_loc, check_tensor)
+from .validation import (KV_DTYPES, KernelInputError, check_attention_options, check_block_table,
+                         check_kv_layer, check_query_start_loc, check_tensor)
 from . import resolve_backend
 
 LOG2_E = 1.4426950408889634
@@ -28,9 +31,19 @@ MIN_TOKENS_PER_SPLIT = 256
 
 
 @triton.jit
+def _scores(qk, qk_scale, softcap_log2, SOFTCAP: tl.constexpr):
+    """Attention scores in log2 units from raw ``q.k``: ``qk * scale * log2(e)``, or with a softcap c
+    ``c * log2(e) * tanh(qk * scale / c)`` (the launcher folds the constants into ``qk_scale`` and
+    ``softcap_log2``)."""
+    if SOFTCAP:
+        return softcap_log2 * (2.0 * tl.sigmoid(2.0 * qk * qk_scale) - 1.0)
+    return qk * qk_scale
+
+
+@triton.jit
 def _paged_decode_kernel(
     q_ptr, cache_ptr, block_table_ptr, seq_lens_ptr, out_ptr, lse_ptr,
-    scale_log2, tokens_per_split,
+    qk_scale, softcap_log2, window, tokens_per_split,
     stride_q_batch, stride_q_head, stride_q_dim,
     stride_cache_page, stride_cache_kv, stride_cache_slot, stride_cache_head, stride_cache_dim,
     stride_bt_batch, stride_bt_page,
@@ -38,13 +51,13 @@ def _paged_decode_kernel(
     stride_lse_batch, stride_lse_head, stride_lse_split,
     PAGE_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, QUERY_GROUP: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-    WRITE_LSE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    WRITE_LSE: tl.constexpr, SOFTCAP: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     batch = tl.program_id(0).to(tl.int64)
     kv_head = tl.program_id(1).to(tl.int64)
     split = tl.program_id(2).to(tl.int64)
     seq_len = tl.load(seq_lens_ptr + batch)
-    start = split * tokens_per_split
+    start = tl.maximum(seq_len - window, 0) + split * tokens_per_split   # the splits share the window
     end = tl.minimum(start + tokens_per_split, seq_len)
 
     g = tl.arange(0, BLOCK_G)
@@ -68,11 +81,13 @@ def _paged_decode_kernel(
         kv_offsets = token_offset[:, None] + d[None, :] * stride_cache_dim
         kv_mask = n_mask[:, None] & d_mask[None, :]
         k = tl.load(k_base + kv_offsets, mask=kv_mask, other=0.0)      # [BLOCK_N, BLOCK_D]
-        scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2   # [BLOCK_G, BLOCK_N]
+        scores = _scores(tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION), qk_scale, softcap_log2,
+                         SOFTCAP)                                      # [BLOCK_G, BLOCK_N]
         scores = tl.where(n_mask[None, :], scores, float("-inf"))
         m_new = tl.maximum(m, tl.max(scores, 1))
-        alpha = tl.exp2(m - m_new)
-        p = tl.exp2(scores - m_new[:, None])
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)          # a row that has seen no key yet
+        alpha = tl.exp2(m - m_safe)
+        p = tl.exp2(scores - m_safe[:, None])
         l = l * alpha + tl.sum(p, 1)
         v = tl.load(k_base + stride_cache_kv + kv_offsets, mask=kv_mask, other=0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
@@ -117,13 +132,14 @@ def _decode_reduce_kernel(
 @triton.jit
 def _paged_prefill_kernel(
     q_ptr, cache_ptr, block_table_ptr, seq_lens_ptr, query_start_loc_ptr, out_ptr,
-    scale_log2,
+    qk_scale, softcap_log2, window,
     stride_q_token, stride_q_head, stride_q_dim,
     stride_cache_page, stride_cache_kv, stride_cache_slot, stride_cache_head, stride_cache_dim,
     stride_bt_batch, stride_bt_page,
     stride_out_token, stride_out_head, stride_out_dim,
     PAGE_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, QUERY_GROUP: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, SOFTCAP: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     batch = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1).to(tl.int64)
@@ -141,14 +157,16 @@ def _paged_prefill_kernel(
     q = tl.load(q_ptr + (query_start + rows.to(tl.int64))[:, None] * stride_q_token + head * stride_q_head
                 + d[None, :] * stride_q_dim, mask=row_mask[:, None] & d_mask[None, :], other=0.0)
 
-    # keys up to the last row's position; a block past this sequence's new tokens reads none
+    # keys from the first row's window start up to the last row's position; a block past this
+    # sequence's new tokens reads none
+    kv_start = tl.maximum(context_len + row_block * BLOCK_M - window + 1, 0)
     kv_end = tl.minimum(seq_len, context_len + (row_block + 1) * BLOCK_M)
     kv_end = tl.where(row_block * BLOCK_M < query_len, kv_end, 0)
     m = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     k_base = cache_ptr + (head // QUERY_GROUP) * stride_cache_head
-    for block_start in range(0, kv_end, BLOCK_N):
+    for block_start in range(kv_start, kv_end, BLOCK_N):
         n = block_start + tl.arange(0, BLOCK_N)
         n_mask = n < kv_end
         page = tl.load(block_table_ptr + batch * stride_bt_batch + (n // PAGE_SIZE) * stride_bt_page,
@@ -157,12 +175,14 @@ def _paged_prefill_kernel(
         kv_offsets = token_offset[:, None] + d[None, :] * stride_cache_dim
         kv_mask = n_mask[:, None] & d_mask[None, :]
         k = tl.load(k_base + kv_offsets, mask=kv_mask, other=0.0)      # [BLOCK_N, BLOCK_D]
-        scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2   # [BLOCK_M, BLOCK_N]
-        visible = n_mask[None, :] & (n[None, :] <= positions[:, None])
+        scores = _scores(tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION), qk_scale, softcap_log2,
+                         SOFTCAP)                                      # [BLOCK_M, BLOCK_N]
+        visible = n_mask[None, :] & (n[None, :] <= positions[:, None]) & (n[None, :] > positions[:, None] - window)
         scores = tl.where(visible, scores, float("-inf"))
         m_new = tl.maximum(m, tl.max(scores, 1))
-        alpha = tl.exp2(m - m_new)
-        p = tl.exp2(scores - m_new[:, None])
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)          # a row with no visible key yet
+        alpha = tl.exp2(m - m_safe)
+        p = tl.exp2(scores - m_safe[:, None])
         l = l * alpha + tl.sum(p, 1)
         v = tl.load(k_base + stride_cache_kv + kv_offsets, mask=kv_mask, other=0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
@@ -199,6 +219,13 @@ def _check_triton_head_dim(head_dim: int) -> None:
                                f"got {head_dim}; use backend='torch'")
 
 
+def _score_constants(scale: float, softcap: float | None) -> tuple[float, float]:
+    """``(qk_scale, softcap_log2)`` for ``_scores``."""
+    if softcap is None:
+        return scale * LOG2_E, 0.0
+    return scale / softcap, softcap * LOG2_E
+
+
 def _dot_precision(dtype: torch.dtype) -> str:
     """fp32 inputs multiply in full fp32 ("ieee"), not TF32, so they match the reference."""
     return "ieee" if dtype == torch.float32 else "tf32"
@@ -213,8 +240,10 @@ def default_num_splits(batch: int, num_kv_heads: int, max_context: int, device: 
 
 
 def paged_attention_decode(q: torch.Tensor, layer_cache: torch.Tensor, block_table: torch.Tensor,
-                           seq_lens: torch.Tensor, *, scale: float | None = None, backend: str = "auto",
-                           num_splits: int | None = None, validate_indices: bool = True) -> torch.Tensor:
+                           seq_lens: torch.Tensor, *, scale: float | None = None,
+                           sliding_window: int | None = None, softcap: float | None = None,
+                           backend: str = "auto", num_splits: int | None = None,
+                           validate_indices: bool = True) -> torch.Tensor:
     """Attention of one new query token per sequence over the sequence's pages.
 
     Parameters
@@ -227,10 +256,13 @@ def paged_attention_decode(q: torch.Tensor, layer_cache: torch.Tensor, block_tab
         entries name its pages, later entries (padding, e.g. -1) are never read
     seq_lens : int32 ``[batch]``, tokens of each sequence including the new one, in
         ``[1, max_pages * page_size]``
-    scale : softmax scale, default ``head_dim ** -0.5``
+    scale : softmax scale, a finite number > 0, default ``head_dim ** -0.5``
+    sliding_window : W >= 1, or None; the query (at position ``seq_len - 1``) sees only keys at
+        positions ``seq_len - W <= j``
+    softcap : c > 0, or None; scores become ``c * tanh(scale * q·k / c)``
     backend : ``"auto"``, ``"triton"`` or ``"torch"``
     num_splits : context partitions per sequence (flash-decoding); default from the batch size,
-        the longest possible context and the device
+        the longest possible context (or the window) and the device
     validate_indices : check seq_lens and block_table values (a device sync)
 
     Returns
@@ -241,7 +273,8 @@ def paged_attention_decode(q: torch.Tensor, layer_cache: torch.Tensor, block_tab
     ------
     KernelInputError
         on heads that do not divide, mismatched dtype/device/head_dim, a seq_len outside its
-        row's pages, or a page index outside the pool, before any launch.
+        row's pages, a page index outside the pool, or a bad scale / window / softcap, before any
+        launch.
     """
     _, page_size, num_kv_heads, head_dim = _check_attention_inputs(
         q, layer_cache, block_table, seq_lens, validate_indices=validate_indices)
@@ -250,20 +283,24 @@ def paged_attention_decode(q: torch.Tensor, layer_cache: torch.Tensor, block_tab
         raise KernelInputError(f"q has {q.shape[0]} sequences but block_table has {block_table.shape[0]} rows")
     if num_splits is not None and (not isinstance(num_splits, int) or num_splits < 1):
         raise KernelInputError(f"num_splits must be a positive int or None, got {num_splits!r}")
-    scale = head_dim ** -0.5 if scale is None else float(scale)
+    scale, sliding_window, softcap = check_attention_options(scale, sliding_window, softcap, head_dim)
     if batch == 0:
         return torch.empty_like(q)
     if resolve_backend(backend, q.device) == "torch":
-        return paged_attention_decode_reference(q, layer_cache, block_table, seq_lens, scale)
+        return paged_attention_decode_reference(q, layer_cache, block_table, seq_lens, scale, sliding_window, softcap)
     _check_triton_head_dim(head_dim)
 
     group = num_q_heads // num_kv_heads
     block_n = 64
-    max_context = block_table.shape[1] * page_size
+    # the keys one query may see: the table's width, or the window when shorter (then a window of
+    # the full width is the same as none)
+    span = max(1, block_table.shape[1] * page_size)
+    if sliding_window is not None:
+        span = min(span, sliding_window)
     if num_splits is None:
-        num_splits = default_num_splits(batch, num_kv_heads, max_context, q.device)
-    tokens_per_split = triton.cdiv(triton.cdiv(max_context, num_splits), block_n) * block_n
-    num_splits = triton.cdiv(max_context, tokens_per_split)
+        num_splits = default_num_splits(batch, num_kv_heads, span, q.device)
+    tokens_per_split = triton.cdiv(triton.cdiv(span, num_splits), block_n) * block_n
+    num_splits = triton.cdiv(span, tokens_per_split)
     seq_lens = seq_lens.contiguous()
     out = torch.empty_like(q)
     if num_splits == 1:
@@ -275,11 +312,11 @@ def paged_attention_decode(q: torch.Tensor, layer_cache: torch.Tensor, block_tab
     block_d = max(16, triton.next_power_of_2(head_dim))
     _paged_decode_kernel[(batch, num_kv_heads, num_splits)](
         q, layer_cache, block_table, seq_lens, partial, lse,
-        scale * LOG2_E, tokens_per_split,
+        *_score_constants(scale, softcap), span, tokens_per_split,
         *q.stride(), *layer_cache.stride(), *block_table.stride(), *partial.stride(), *lse.stride(),
         PAGE_SIZE=page_size, HEAD_DIM=head_dim, QUERY_GROUP=group,
         BLOCK_G=max(16, triton.next_power_of_2(group)), BLOCK_D=block_d, BLOCK_N=block_n,
-        WRITE_LSE=num_splits > 1, DOT_PRECISION=_dot_precision(q.dtype),
+        WRITE_LSE=num_splits > 1, SOFTCAP=softcap is not None, DOT_PRECISION=_dot_precision(q.dtype),
     )
     if num_splits > 1:
         _decode_reduce_kernel[(batch, num_q_heads)](
@@ -292,13 +329,15 @@ def paged_attention_decode(q: torch.Tensor, layer_cache: torch.Tensor, block_tab
 
 def paged_attention_prefill(q: torch.Tensor, layer_cache: torch.Tensor, block_table: torch.Tensor,
                             seq_lens: torch.Tensor, query_start_loc: torch.Tensor, *,
-                            scale: float | None = None, backend: str = "auto",
+                            scale: float | None = None, sliding_window: int | None = None,
+                            softcap: float | None = None, backend: str = "auto",
                             max_query_len: int | None = None, validate_indices: bool = True) -> torch.Tensor:
     """Causal attention of new tokens over their sequence's cached prefix and themselves.
 
     Sequence b's new tokens are its LAST ``q_len_b = query_start_loc[b+1] - query_start_loc[b]`` of
     ``seq_lens[b]`` tokens (their K/V already written into the pages); new token j sits at position
-    ``seq_lens[b] - q_len_b + j`` and attends to every position up to its own.
+    ``seq_lens[b] - q_len_b + j`` and attends to every position up to its own (only the last
+    ``sliding_window`` of them with a window).
 
     Parameters
     ----------
@@ -308,7 +347,9 @@ def paged_attention_prefill(q: torch.Tensor, layer_cache: torch.Tensor, block_ta
     seq_lens : int32 ``[batch]`` in ``[1, max_pages * page_size]``
     query_start_loc : int32 ``[batch + 1]``, cumulative new-token counts (``cu_seqlens``), from 0 to
         ``total_new_tokens``; a sequence may have 0 new tokens
-    scale : softmax scale, default ``head_dim ** -0.5``
+    scale : softmax scale, a finite number > 0, default ``head_dim ** -0.5``
+    sliding_window : W >= 1, or None; the token at position i sees keys at ``i - W < j <= i``
+    softcap : c > 0, or None; scores become ``c * tanh(scale * q·k / c)``
     backend : ``"auto"``, ``"triton"`` or ``"torch"``
     max_query_len : the largest ``q_len_b`` when the caller knows it (saves a device sync)
     validate_indices : check seq_lens, block_table and query_start_loc values (a device sync)
@@ -333,11 +374,12 @@ def paged_attention_prefill(q: torch.Tensor, layer_cache: torch.Tensor, block_ta
         if max_query_len is not None and max_query_len < longest:
             raise KernelInputError(f"max_query_len={max_query_len} but a sequence has {longest} new tokens")
         max_query_len = longest
-    scale = head_dim ** -0.5 if scale is None else float(scale)
+    scale, sliding_window, softcap = check_attention_options(scale, sliding_window, softcap, head_dim)
     if q.shape[0] == 0:
         return torch.empty_like(q)
     if resolve_backend(backend, q.device) == "torch":
-        return paged_attention_prefill_reference(q, layer_cache, block_table, seq_lens, query_start_loc, scale)
+        return paged_attention_prefill_reference(q, layer_cache, block_table, seq_lens, query_start_loc, scale,
+                                                 sliding_window, softcap)
     _check_triton_head_dim(head_dim)
 
     if max_query_len is None:
@@ -347,13 +389,15 @@ def paged_attention_prefill(q: torch.Tensor, layer_cache: torch.Tensor, block_ta
     block_m, block_n = (32, 32) if q.dtype == torch.float32 else (64, 64)
     out = torch.empty_like(q)
     grid = (batch, num_q_heads, triton.cdiv(max_query_len, block_m))
+    max_context = max(1, block_table.shape[1] * page_size)       # a window this wide is no window
+    window = max_context if sliding_window is None else min(sliding_window, max_context)
     _paged_prefill_kernel[grid](
         q, layer_cache, block_table, seq_lens.contiguous(), query_start_loc.contiguous(), out,
-        scale * LOG2_E,
+        *_score_constants(scale, softcap), window,
         *q.stride(), *layer_cache.stride(), *block_table.stride(), *out.stride(),
         PAGE_SIZE=page_size, HEAD_DIM=head_dim, QUERY_GROUP=num_q_heads // num_kv_heads,
         BLOCK_M=block_m, BLOCK_D=max(16, triton.next_power_of_2(head_dim)), BLOCK_N=block_n,
-        DOT_PRECISION=_dot_precision(q.dtype),
+        SOFTCAP=softcap is not None, DOT_PRECISION=_dot_precision(q.dtype),
     )
     return out
 

@@ -5,6 +5,8 @@ Checks that read tensor values (``check_index_range``, ``check_distinct``, ``che
 device; launchers let a caller that already guarantees them skip them with ``validate_indices=False``.
 """
 
+import math
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -146,3 +148,25 @@ def check_query_start_loc(query_start_loc: torch.Tensor, seq_lens: torch.Tensor,
         raise KernelInputError("a sequence has more new tokens (query_start_loc[b+1] - query_start_loc[b]) "
                                "than its seq_len; new tokens are the last tokens of the sequence")
     return int(longest)
+
+
+def check_attention_options(scale, sliding_window, softcap, head_dim: int) -> tuple[float, int | None, float | None]:
+    """Check the attention keyword arguments and return ``(scale, sliding_window, softcap)`` with
+    the scale's default (``head_dim ** -0.5``) filled in.
+
+    ``scale`` must be a finite number > 0, ``sliding_window`` an int >= 1 or None, ``softcap`` a
+    finite number > 0 or None.
+    """
+    if scale is None:
+        scale = head_dim ** -0.5
+    elif isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(scale) or scale <= 0:
+        raise KernelInputError(f"scale must be a finite number > 0 or None, got {scale!r}")
+    if sliding_window is not None and (isinstance(sliding_window, bool) or not isinstance(sliding_window, numbers.Integral)
+                                       or sliding_window < 1):
+        raise KernelInputError(f"sliding_window must be an int >= 1 or None (a query at position i sees "
+                               f"keys i - W < j <= i), got {sliding_window!r}")
+    if softcap is not None and (isinstance(softcap, bool) or not isinstance(softcap, numbers.Real)
+                                or not math.isfinite(softcap) or softcap <= 0):
+        raise KernelInputError(f"softcap must be a finite number > 0 or None, got {softcap!r}")
+    window = None if sliding_window is None else int(sliding_window)
+    return float(scale), window, None if softcap is None else float(softcap)

@@ -88,13 +88,16 @@ class AttentionMetadata:
 
 def paged_attention(q: torch.Tensor, cache_or_layer, layer_or_metadata, seq_ids=None, *,
                     query_start_loc: torch.Tensor | None = None, scale: float | None = None,
+                    sliding_window: int | None = None, softcap: float | None = None,
                     backend: str = "auto") -> torch.Tensor:
     """Attention of ``q`` over K/V in the cache's pages.
 
     Call forms
     ----------
-    ``paged_attention(q, cache, layer, seq_ids, *, query_start_loc=None, scale=None, backend="auto")``
-    ``paged_attention(q, layer_cache, metadata, *, scale=None, backend="auto")``
+    ``paged_attention(q, cache, layer, seq_ids, *, query_start_loc=None, scale=None, sliding_window=None,
+    softcap=None, backend="auto")``
+    ``paged_attention(q, layer_cache, metadata, *, scale=None, sliding_window=None, softcap=None,
+    backend="auto")``
 
     Parameters
     ----------
@@ -103,7 +106,10 @@ def paged_attention(q: torch.Tensor, cache_or_layer, layer_or_metadata, seq_ids=
     cache, layer, seq_ids : a ``PagedKVCache``, the layer index, and the sequences of q's rows
     query_start_loc : int32 ``[batch + 1]`` on the pool's device for prefill; None for decode
     layer_cache, metadata : ``cache.layer(layer)`` and an ``AttentionMetadata`` from ``build``
-    scale : softmax scale, default ``head_dim ** -0.5``
+    scale : softmax scale (a finite number > 0), default ``head_dim ** -0.5``
+    sliding_window : W >= 1, or None (full causal attention); a query at position i (its token's
+        index in the sequence) sees keys at positions ``i - W < j <= i``
+    softcap : c > 0, or None; scores become ``c * tanh(scale * q·k / c)``
     backend : ``"auto"``, ``"triton"`` or ``"torch"``
 
     Returns
@@ -114,29 +120,31 @@ def paged_attention(q: torch.Tensor, cache_or_layer, layer_or_metadata, seq_ids=
         if seq_ids is not None or query_start_loc is not None:
             raise AttentionInputError("with an AttentionMetadata, pass neither seq_ids nor query_start_loc "
                                       "(the metadata holds them)")
-        return _run(q, cache_or_layer, layer_or_metadata, scale=scale, backend=backend)
+        return _run(q, cache_or_layer, layer_or_metadata, scale=scale, sliding_window=sliding_window,
+                    softcap=softcap, backend=backend)
     if seq_ids is None:
         raise AttentionInputError("paged_attention(q, cache, layer, seq_ids): seq_ids is missing")
     cache, seq_ids = cache_or_layer, list(seq_ids)
     layer_cache = cache.layer(layer_or_metadata)
     block_table, seq_lens = cache.block_table(seq_ids), cache.seq_lens(seq_ids)
+    options = dict(scale=scale, sliding_window=sliding_window, softcap=softcap, backend=backend)
     if query_start_loc is None:
-        return paged_attention_decode(q, layer_cache, block_table, seq_lens, scale=scale, backend=backend)
-    return paged_attention_prefill(q, layer_cache, block_table, seq_lens, query_start_loc,
-                                   scale=scale, backend=backend)
+        return paged_attention_decode(q, layer_cache, block_table, seq_lens, **options)
+    return paged_attention_prefill(q, layer_cache, block_table, seq_lens, query_start_loc, **options)
 
 
-def _run(q: torch.Tensor, layer_cache: torch.Tensor, metadata: AttentionMetadata, *, scale, backend) -> torch.Tensor:
+def _run(q: torch.Tensor, layer_cache: torch.Tensor, metadata: AttentionMetadata, *, scale, sliding_window,
+         softcap, backend) -> torch.Tensor:
     if not isinstance(q, torch.Tensor) or q.dim() != 3 or q.shape[0] != metadata.num_query_tokens:
         shape = tuple(q.shape) if isinstance(q, torch.Tensor) else type(q).__name__
         raise AttentionInputError(f"q must be [{metadata.num_query_tokens}, num_q_heads, head_dim] for this "
                                   f"metadata, got {shape}")
+    options = dict(scale=scale, sliding_window=sliding_window, softcap=softcap, backend=backend,
+                   validate_indices=False)
     if metadata.is_decode:
-        return paged_attention_decode(q, layer_cache, metadata.block_table, metadata.seq_lens, scale=scale,
-                                      backend=backend, validate_indices=False)
+        return paged_attention_decode(q, layer_cache, metadata.block_table, metadata.seq_lens, **options)
     return paged_attention_prefill(q, layer_cache, metadata.block_table, metadata.seq_lens,
-                                   metadata.query_start_loc, scale=scale, backend=backend,
-                                   max_query_len=metadata.max_query_len, validate_indices=False)
+                                   metadata.query_start_loc, max_query_len=metadata.max_query_len, **options)
 
 
 __all__ = ["AttentionMetadata", "AttentionInputError", "paged_attention"]

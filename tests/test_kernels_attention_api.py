@@ -11,15 +11,19 @@ from llmds_torch.kv import KVCacheConfig, PagedKVCache
 NUM_LAYERS, NUM_KV_HEADS, NUM_Q_HEADS, HEAD_DIM, PAGE_SIZE = 2, 2, 4, 16, 4
 
 
-def dense_attention(q, k, v, query_positions):
-    """q ``[n, Hq, D]`` at ``query_positions`` over k, v ``[seq_len, Hkv, D]``, causal, float64."""
+def dense_attention(q, k, v, query_positions, scale=HEAD_DIM ** -0.5, window=None, softcap=None):
+    """q ``[n, Hq, D]`` at ``query_positions`` over k, v ``[seq_len, Hkv, D]``, causal (the query at
+    position i sees keys ``i - window < j <= i``), float64."""
     group = q.shape[1] // k.shape[1]
     k = k.double().repeat_interleave(group, 1)
     v = v.double().repeat_interleave(group, 1)
     out = torch.empty(q.shape, dtype=torch.float64)
     for row, position in enumerate(query_positions):
-        scores = torch.einsum("hd,nhd->hn", q[row].double(), k[: position + 1]) * HEAD_DIM ** -0.5
-        out[row] = torch.einsum("hn,nhd->hd", torch.softmax(scores, -1), v[: position + 1])
+        first = 0 if window is None else max(0, position - window + 1)
+        scores = torch.einsum("hd,nhd->hn", q[row].double(), k[first: position + 1]) * scale
+        if softcap is not None:
+            scores = softcap * torch.tanh(scores / softcap)
+        out[row] = torch.einsum("hn,nhd->hd", torch.softmax(scores, -1), v[first: position + 1])
     return out
 
 
@@ -103,3 +107,38 @@ def test_bad_arguments_are_named_errors():
         paged_attention(torch.randn(3, NUM_Q_HEADS, HEAD_DIM), model.cache.layer(0), metadata, [seq])
     with pytest.raises(ValueError, match="positive multiple of num_kv_heads"):
         paged_attention(torch.randn(1, 3, HEAD_DIM), model.cache, 0, [seq])
+
+
+@pytest.mark.parametrize("window,softcap", [(3, None), (6, 2.0), (None, 2.0), (100, None)])
+def test_window_softcap_and_scale_in_both_call_forms(window, softcap):
+    model = Model()
+    cache = model.cache
+    system = list(range(100, 109))
+    first = cache.attach(system + [1, 2, 3])
+    model.write_pending([first])
+    second = cache.attach(system + [7, 8, 9, 10])             # 8 cached tokens, 5 new
+    for layer in range(NUM_LAYERS):
+        model.kv[layer, second] = tuple(t[:8] for t in model.kv[layer, first])
+    model.write_pending([second])
+    options = dict(scale=0.7, sliding_window=window, softcap=softcap)
+
+    metadata = AttentionMetadata.build(cache, [second], query_lens=[5])
+    q = torch.randn(5, NUM_Q_HEADS, HEAD_DIM, generator=model.gen)
+    for layer in range(NUM_LAYERS):
+        expected = dense_attention(q, *model.kv[layer, second], range(8, 13), 0.7, window, softcap)
+        out = paged_attention(q, cache.layer(layer), metadata, **options)
+        torch.testing.assert_close(out.double(), expected, atol=1e-5, rtol=1e-5)
+        direct = paged_attention(q, cache, layer, [second], query_start_loc=metadata.query_start_loc, **options)
+        torch.testing.assert_close(direct, out)
+
+    cache.append_batch([first, second], [5, 6])
+    model.write_pending([first, second])
+    metadata = AttentionMetadata.build(cache, [first, second])
+    q = torch.randn(2, NUM_Q_HEADS, HEAD_DIM, generator=model.gen)
+    for layer in range(NUM_LAYERS):
+        out = paged_attention(q, cache.layer(layer), metadata, **options)
+        for row, seq in enumerate([first, second]):
+            k, v = model.kv[layer, seq]
+            expected = dense_attention(q[row: row + 1], k, v, [k.shape[0] - 1], 0.7, window, softcap)
+            torch.testing.assert_close(out[row: row + 1].double(), expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(paged_attention(q, cache, layer, [first, second], **options), out)

@@ -112,23 +112,27 @@ def attention_case(dtype, head_dim, num_q_heads, num_kv_heads):
 @pytest.mark.parametrize("dtype,head_dim,num_q_heads,num_kv_heads", [
     (torch.bfloat16, 128, 32, 8), (torch.float16, 80, 4, 4), (torch.float32, 64, 8, 2)])
 @pytest.mark.parametrize("num_splits", [1, 2])
-def test_decode_kernels_compile(monkeypatch, dtype, head_dim, num_q_heads, num_kv_heads, num_splits):
+@pytest.mark.parametrize("softcap", [None, 30.0])
+def test_decode_kernels_compile(monkeypatch, dtype, head_dim, num_q_heads, num_kv_heads, num_splits, softcap):
     cache, table, lens, _ = attention_case(dtype, head_dim, num_q_heads, num_kv_heads)
     q = torch.zeros(2, num_q_heads, head_dim, dtype=dtype)
     launches = record_launches(
         monkeypatch, attention_module, ["_paged_decode_kernel", "_decode_reduce_kernel"],
-        lambda: attention_module.paged_attention_decode(q, cache, table, lens, num_splits=num_splits))
+        lambda: attention_module.paged_attention_decode(q, cache, table, lens, num_splits=num_splits,
+                                                        sliding_window=100, softcap=softcap))
     assert len(launches) == (1 if num_splits == 1 else 2)
     compile_all(launches)
 
 
 @pytest.mark.parametrize("dtype,head_dim,num_q_heads,num_kv_heads", [
     (torch.bfloat16, 128, 32, 8), (torch.float32, 80, 4, 2)])
-def test_prefill_kernel_compiles(monkeypatch, dtype, head_dim, num_q_heads, num_kv_heads):
+@pytest.mark.parametrize("softcap", [None, 30.0])
+def test_prefill_kernel_compiles(monkeypatch, dtype, head_dim, num_q_heads, num_kv_heads, softcap):
     cache, table, lens, _ = attention_case(dtype, head_dim, num_q_heads, num_kv_heads)
     q = torch.zeros(50, num_q_heads, head_dim, dtype=dtype)
     query_start_loc = torch.tensor([0, 40, 50], dtype=torch.int32)
     launches = record_launches(
         monkeypatch, attention_module, ["_paged_prefill_kernel"],
-        lambda: attention_module.paged_attention_prefill(q, cache, table, lens, query_start_loc))
+        lambda: attention_module.paged_attention_prefill(q, cache, table, lens, query_start_loc,
+                                                         sliding_window=100, softcap=softcap))
     compile_all(launches)

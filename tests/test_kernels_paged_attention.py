@@ -37,27 +37,35 @@ def sequence_kv(cache, table_row, seq_len):
     return torch.stack(ks), torch.stack(vs)
 
 
-def attend(q_row, k, v, scale):
+def attend(q_row, k, v, scale, softcap=None):
     """One query ``[num_q_heads, head_dim]`` over keys ``[n, num_kv_heads, head_dim]``, head by head."""
     group = q_row.shape[0] // k.shape[1]
     out = torch.empty(q_row.shape, dtype=torch.float64)
     for head in range(q_row.shape[0]):
         kv_head = head // group
-        weights = torch.softmax((k[:, kv_head] @ q_row[head].double()) * scale, dim=0)
-        out[head] = weights @ v[:, kv_head]
+        scores = (k[:, kv_head] @ q_row[head].double()) * scale
+        if softcap is not None:
+            scores = softcap * torch.tanh(scores / softcap)
+        out[head] = torch.softmax(scores, dim=0) @ v[:, kv_head]
     return out
 
 
-def decode_loop(q, cache, table, seq_lens, scale):
+def visible_keys(position, window):
+    """Positions a query at ``position`` sees: ``position - window < j <= position``."""
+    return slice(0 if window is None else max(0, position - window + 1), position + 1)
+
+
+def decode_loop(q, cache, table, seq_lens, scale, window=None, softcap=None):
     q, cache, table = q.cpu(), cache.cpu(), table.cpu()
     out = torch.empty(q.shape, dtype=torch.float64)
     for b, seq_len in enumerate(seq_lens.tolist()):
         k, v = sequence_kv(cache, table[b], seq_len)
-        out[b] = attend(q[b], k, v, scale)
+        keys = visible_keys(seq_len - 1, window)
+        out[b] = attend(q[b], k[keys], v[keys], scale, softcap)
     return out
 
 
-def prefill_loop(q, cache, table, seq_lens, query_start_loc, scale):
+def prefill_loop(q, cache, table, seq_lens, query_start_loc, scale, window=None, softcap=None):
     q, cache, table = q.cpu(), cache.cpu(), table.cpu()
     out = torch.empty(q.shape, dtype=torch.float64)
     starts = query_start_loc.tolist()
@@ -65,8 +73,8 @@ def prefill_loop(q, cache, table, seq_lens, query_start_loc, scale):
         k, v = sequence_kv(cache, table[b], seq_len)
         query_len = starts[b + 1] - starts[b]
         for j in range(query_len):
-            position = seq_len - query_len + j
-            out[starts[b] + j] = attend(q[starts[b] + j], k[: position + 1], v[: position + 1], scale)
+            keys = visible_keys(seq_len - query_len + j, window)
+            out[starts[b] + j] = attend(q[starts[b] + j], k[keys], v[keys], scale, softcap)
     return out
 
 
@@ -116,6 +124,71 @@ def test_prefill_matches_loop(device, dtype, page_size, head_dim, group):
     out = paged_attention_prefill(q.to(device), cache, table, lens, query_start_loc.to(device))
     assert out.dtype == dtype and out.shape == q.shape
     assert_close(out, prefill_loop(q, cache, table, lens, query_start_loc, head_dim ** -0.5), dtype)
+
+
+# windows: one token, shorter than a page, splitting pages, a page multiple, longer than every context
+WINDOWS = [1, 3, 6, 16, 10_000]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("window", WINDOWS + [None])
+@pytest.mark.parametrize("softcap", [None, 1.5])
+@pytest.mark.parametrize("group", [1, 4])
+def test_decode_window_softcap_scale_match_loop(device, dtype, window, softcap, group):
+    seq_lens = [1, 5, 6, 37, 200]                              # shorter than, equal to and longer than windows
+    cache, table, lens = paged_case(seq_lens, 4, 2, 16, dtype, device, seed=21)
+    q = torch.randn(len(seq_lens), 2 * group, 16, generator=torch.Generator().manual_seed(22)).to(dtype)
+    out = paged_attention_decode(q.to(device), cache, table, lens, scale=0.6, sliding_window=window, softcap=softcap)
+    assert_close(out, decode_loop(q, cache, table, lens, 0.6, window, softcap), dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("window", WINDOWS + [None])
+@pytest.mark.parametrize("softcap", [None, 1.5])
+@pytest.mark.parametrize("group", [1, 4])
+def test_prefill_window_softcap_scale_match_loop(device, dtype, window, softcap, group):
+    # whole prompt new, new tokens over a cached prefix longer than the window, one new token, none
+    seq_lens, query_lens = [23, 41, 9, 6, 14], [23, 10, 1, 0, 3]
+    cache, table, lens = paged_case(seq_lens, 4, 2, 16, dtype, device, seed=23)
+    query_start_loc = torch.tensor([0] + list(torch.tensor(query_lens).cumsum(0)), dtype=torch.int32)
+    q = torch.randn(sum(query_lens), 2 * group, 16, generator=torch.Generator().manual_seed(24)).to(dtype)
+    out = paged_attention_prefill(q.to(device), cache, table, lens, query_start_loc.to(device), scale=0.6,
+                                  sliding_window=window, softcap=softcap)
+    assert_close(out, prefill_loop(q, cache, table, lens, query_start_loc, 0.6, window, softcap), dtype)
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 2**30])
+def test_decode_reference_window_in_mixed_length_chunks(monkeypatch, chunk_bytes):
+    """Sequences whose windows start at different offsets in their pages, padded to one chunk, and
+    NaN in every unwritten slot."""
+    from llmds_torch.kernels import reference
+    monkeypatch.setattr(reference, "GATHER_CHUNK_BYTES", chunk_bytes)
+    seq_lens = [33, 1, 130, 16, 17, 64, 5, 131, 99]
+    cache, table, lens = nan_pool_case(seq_lens, 8, 2, 16, torch.float32, seed=25)
+    q = torch.randn(len(seq_lens), 6, 16, generator=torch.Generator().manual_seed(26))
+    for window in (7, 20, 100):
+        out = paged_attention_decode(q, cache, table, lens, scale=0.4, sliding_window=window, backend="torch")
+        assert_close(out, decode_loop(q, cache, table, lens, 0.4, window), torch.float32)
+
+
+@pytest.mark.parametrize("options,message", [
+    (dict(sliding_window=0), "sliding_window must be an int >= 1"),
+    (dict(sliding_window=2.5), "sliding_window must be an int >= 1"),
+    (dict(sliding_window=True), "sliding_window must be an int >= 1"),
+    (dict(softcap=0.0), "softcap must be a finite number > 0"),
+    (dict(softcap=float("inf")), "softcap must be a finite number > 0"),
+    (dict(softcap=-1), "softcap must be a finite number > 0"),
+    (dict(scale=0.0), "scale must be a finite number > 0"),
+    (dict(scale=float("nan")), "scale must be a finite number > 0"),
+])
+def test_attention_options_are_checked(options, message):
+    q, cache, table, lens = _decode_case()
+    with pytest.raises(KernelInputError, match=message):
+        paged_attention_decode(q, cache, table, lens, **options)
+    with pytest.raises(KernelInputError, match=message):
+        paged_attention_prefill(q, cache, table, lens, torch.arange(3, dtype=torch.int32), **options)
 
 
 def test_prefill_of_one_token_equals_decode():

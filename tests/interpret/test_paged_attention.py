@@ -63,3 +63,52 @@ def test_prefill_kernel_matches_reference(dtype, page_size, head_dim, group):
     expected = paged_attention_prefill_reference(q, cache, table, lens, query_start_loc, head_dim ** -0.5)
     tol = TOLERANCE[dtype]
     torch.testing.assert_close(out.float(), expected.float(), atol=tol, rtol=tol)
+
+
+def dense_loop(q, cache, table, seq_lens, query_lens, scale, window, softcap):
+    """Plain loops in float64: sequence b's new tokens are its last ``query_lens[b]``; the token at
+    position i sees keys ``i - window < j <= i``; scores ``softcap * tanh(scale * q.k / softcap)``."""
+    page_size, num_kv_heads = cache.shape[2], cache.shape[3]
+    group = q.shape[1] // num_kv_heads
+    out = torch.empty(q.shape, dtype=torch.float64)
+    row = 0
+    for b, (seq_len, query_len) in enumerate(zip(seq_lens, query_lens)):
+        kv = torch.stack([cache[int(table[b, j // page_size]), :, j % page_size] for j in range(seq_len)]).double()
+        for position in range(seq_len - query_len, seq_len):
+            first = 0 if window is None else max(0, position - window + 1)
+            for head in range(q.shape[1]):
+                k = kv[first: position + 1, 0, head // group]                    # [n, D]
+                v = kv[first: position + 1, 1, head // group]
+                scores = k @ q[row, head].double() * scale
+                if softcap is not None:
+                    scores = softcap * torch.tanh(scores / softcap)
+                out[row, head] = torch.softmax(scores, 0) @ v
+            row += 1
+    return out
+
+
+@pytest.mark.parametrize("window", [1, 5, 64, 1000, None])
+@pytest.mark.parametrize("softcap", [None, 1.5])
+@pytest.mark.parametrize("num_splits", [1, 3])
+def test_decode_kernel_window_softcap_match_loop(window, softcap, num_splits):
+    seq_lens = [1, 9, 150]                                       # window 5 splits a 4-token page
+    cache, table, lens = paged_case(seq_lens, 4, 2, 16, torch.float32, seed=4)
+    q = torch.randn(3, 8, 16, generator=torch.Generator().manual_seed(5))        # GQA 8 / 2
+    out = paged_attention_decode(q, cache, table, lens, scale=0.5, sliding_window=window, softcap=softcap,
+                                 backend="triton", num_splits=num_splits)
+    expected = dense_loop(q, cache, table, seq_lens, [1, 1, 1], 0.5, window, softcap)
+    torch.testing.assert_close(out.double(), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("window", [1, 5, 40, 1000, None])
+@pytest.mark.parametrize("softcap", [None, 1.5])
+def test_prefill_kernel_window_softcap_match_loop(window, softcap):
+    # whole prompt new (two row blocks), new tokens over a cached prefix, one new token, none
+    seq_lens, query_lens = [45, 70, 9, 6], [45, 12, 1, 0]
+    cache, table, lens = paged_case(seq_lens, 4, 2, 16, torch.float32, seed=6)
+    query_start_loc = torch.tensor([0] + torch.tensor(query_lens).cumsum(0).tolist(), dtype=torch.int32)
+    q = torch.randn(sum(query_lens), 4, 16, generator=torch.Generator().manual_seed(7))   # GQA 4 / 2
+    out = paged_attention_prefill(q, cache, table, lens, query_start_loc, scale=0.5, sliding_window=window,
+                                  softcap=softcap, backend="triton")
+    expected = dense_loop(q, cache, table, seq_lens, query_lens, 0.5, window, softcap)
+    torch.testing.assert_close(out.double(), expected, atol=1e-5, rtol=1e-5)

@@ -21,11 +21,13 @@ from llmds_torch.sched import Request, Scheduler, SchedulerConfig  # noqa: E402
 ARCHS = {
     "llama": dict(),  # GQA, tied embeddings, rope_theta 500000
     "llama-llama3rope": dict(rope_parameters={"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0,
-                                         "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                                         "original_max_position_embeddings": 16}),
-    "mistral": dict(sliding_window=64),  # sequences stay inside the window
-    "qwen2": dict(),
-    "qwen3": dict(),
+                                              "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                              "original_max_position_embeddings": 16}),
+    "mistral": dict(),  # sliding window 8 on every layer
+    "qwen2": dict(),  # attention biases
+    "qwen2-window": dict(use_sliding_window=True, sliding_window=8, max_window_layers=1),  # layer 1 slides
+    "qwen3": dict(),  # q/k norms
+    "gemma2": dict(),  # soft-capping, alternating windows of 8, query_pre_attn_scalar
 }
 
 
@@ -131,14 +133,16 @@ def test_eos_from_generation_config_ends_requests(folders):
     prompt = _prompts(5, [8])[0]
     free_run = _hf_greedy(ref, prompt, 6)
     eos = free_run[2]
-    ref.generation_config.eos_token_id = eos
-    lm = PagedCausalLM(random_causal_lm("mistral", seed=2, sliding_window=64), page_size=4)
-    lm.hf_model.generation_config.eos_token_id = eos
+    lm = PagedCausalLM.from_pretrained(folders["mistral"], page_size=4)
+    lm.hf_model.generation_config.eos_token_id = [eos, 127]
+    assert lm.eos_token_ids() == (eos, 127)
     (result,) = lm.generate([prompt], SamplingParams(max_new_tokens=6))
     assert result.outputs[0].token_ids == free_run[:free_run.index(eos) + 1]
     assert result.outputs[0].finish_reason == "stop"
     (ignored,) = lm.generate([prompt], SamplingParams(max_new_tokens=6), ignore_eos=True)
     assert ignored.outputs[0].token_ids == free_run
+    (own,) = lm.generate([prompt], SamplingParams(max_new_tokens=6, stop_token_ids=(free_run[4],)))
+    assert own.outputs[0].token_ids == free_run[:free_run.index(free_run[4]) + 1]
 
 
 def test_text_prompts_go_through_the_folder_tokenizer(folders, tmp_path):
@@ -168,8 +172,9 @@ def test_shape_and_pool_follow_the_model(folders):
     assert (cfg.num_pages, cfg.max_num_pages, cfg.dtype, cfg.max_context_len) == (5, None, torch.float32, 256)
     sized = PagedCausalLM.from_pretrained(folders["qwen3"], page_size=8, kv_cache_memory=40 * cfg.page_bytes)
     assert (sized.cache.config.num_pages, sized.cache.config.max_num_pages) == (32, 40)  # 256 / 8, then grows
-    windowed = PagedCausalLM.from_pretrained(folders["mistral"])
-    assert windowed.max_context_len == 64
+    assert PagedCausalLM.from_pretrained(folders["gemma2"]).needs.windows == (8, None)
+    assert PagedCausalLM.from_pretrained(folders["qwen2-window"]).needs.windows == (None, 8)
+    assert PagedCausalLM.from_pretrained(folders["mistral"]).needs.windows == (8, 8)
     half = PagedCausalLM.from_pretrained(folders["llama"], dtype=torch.bfloat16)
     assert half.cache.config.dtype == torch.bfloat16 and half.hf_model.dtype == torch.bfloat16
 
@@ -244,8 +249,8 @@ def test_bad_prompts_are_refused_before_anything_runs(folders):
     lm = PagedCausalLM.from_pretrained(folders["mistral"], page_size=4)
     before = lm.cache.stats()
     good = _prompts(6, [5])[0]
-    with pytest.raises(ContextWindowExceeded, match="max_context_len=64"):
-        lm.generate([good, list(range(60))], SamplingParams(max_new_tokens=8))
+    with pytest.raises(ContextWindowExceeded, match="max_context_len=256"):
+        lm.generate([good, [1] * 250], SamplingParams(max_new_tokens=8))
     with pytest.raises(InvalidTokenIds, match="vocab_size=128"):
         lm.generate([good, [1, 2, 128]])
     with pytest.raises(InvalidTokenIds, match="empty"):

@@ -120,18 +120,13 @@ def paged_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: t
             f"attention implementation {ATTENTION_NAME!r} runs on a paged KV cache: call the model through "
             "llmds_torch.integrations.transformers.PagedCausalLM, or switch it back with "
             "model.set_attn_implementation('sdpa') to call it directly")
-    if sliding_window is not None or softcap is not None:
-        # Refused at load (PagedCausalLM caps the context at the smallest window); never reached.
-        max_len = int(paged_step.metadata.seq_lens.max())
-        if softcap is not None or max_len > sliding_window:
-            raise PagedAttentionUnavailable(f"layer {module.layer_idx} asks for sliding_window={sliding_window}, "
-                                            f"softcap={softcap}, which the paged kernels do not implement")
     cache = paged_step.cache
     q = query[0].transpose(0, 1).contiguous()  # [T, H, D]
     k = key[0].transpose(0, 1).contiguous()  # [T, Hkv, D]
     v = value[0].transpose(0, 1).contiguous()
     cache.write(module.layer_idx, paged_step.slot_mapping, k, v)
-    out = paged_attention(q, cache.layer(module.layer_idx), paged_step.metadata, scale=scaling)  # [T, H, D]
+    out = paged_attention(q, cache.layer(module.layer_idx), paged_step.metadata, scale=scaling,
+                          sliding_window=sliding_window, softcap=softcap)  # [T, H, D]
     return out[None], None
 
 

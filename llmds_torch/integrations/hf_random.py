@@ -14,9 +14,12 @@ import torch
 # Small shapes per model type; grouped-query attention (4 query heads, 2 KV heads) everywhere.
 TINY_CONFIGS = {
     "llama": dict(tie_word_embeddings=True),
-    "mistral": dict(sliding_window=4096),
+    "mistral": dict(sliding_window=8),  # every layer slides
     "qwen2": dict(),  # q/k/v biases
     "qwen3": dict(head_dim=32),  # q/k norms, head_dim != hidden / heads
+    # alternating sliding / full layers, soft-capped attention and final logits, a custom scale
+    "gemma2": dict(head_dim=16, sliding_window=8, attn_logit_softcapping=5.0, final_logit_softcapping=10.0,
+                   query_pre_attn_scalar=24),
 }
 _SHAPE = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
               num_key_value_heads=2, max_position_embeddings=256, rope_theta=500000.0, rms_norm_eps=1e-5)

@@ -12,7 +12,8 @@ naming the feature:
   rescale by the longest sequence of a batch, which packing several sequences into one row would change;
 - it is not quantized (the pool holds float16 / bfloat16 / float32);
 - every attention feature it uses is implemented by the kernels: causal attention with a custom
-  scale, grouped-query heads, per-layer sliding windows (see :attr:`AttentionNeeds.windows`).
+  scale, grouped-query heads, per-layer sliding windows, attention-logit soft-capping. Layers pass
+  these to the attention call themselves (``scaling``, ``sliding_window``, ``softcap``).
 """
 
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from llmds_torch.errors import ConfigError
 from llmds_torch.kv.config import KV_DTYPES
 from llmds_torch.models.config import UnsupportedArchitecture
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma2")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 
 
@@ -35,7 +36,7 @@ class AttentionNeeds:
     ----------
     num_layers, num_kv_heads, head_dim : the KV cache's shape
     vocab_size : token ids lie in ``[0, vocab_size)``
-    max_position : the longest sequence the model's positions allow
+    max_context_len : the longest sequence the model's positions allow
     windows : per layer, its sliding window W (a query at i sees keys i - W < j <= i) or None
     """
 
@@ -43,16 +44,8 @@ class AttentionNeeds:
     num_kv_heads: int
     head_dim: int
     vocab_size: int
-    max_position: int
+    max_context_len: int
     windows: tuple[int | None, ...]
-
-    @property
-    def max_context_len(self) -> int:
-        """The longest sequence that runs exactly: the model's positions, and no longer than the
-        smallest sliding window (the kernels attend over the whole sequence, which equals the
-        window's attention exactly while the sequence fits in it)."""
-        windows = [w for w in self.windows if w is not None]
-        return min([self.max_position] + windows)
 
 
 def _rope_types(config) -> list[str]:
@@ -121,8 +114,6 @@ def check_supported(config, class_name: str | None = None) -> AttentionNeeds:
             problems.append(f"rope_type={rope_type!r} (supported: {', '.join(SUPPORTED_ROPE_TYPES)})")
     if getattr(config, "quantization_config", None) is not None:
         problems.append("quantization_config (quantized weights)")
-    if getattr(config, "attn_logit_softcapping", None) is not None:
-        problems.append(f"attn_logit_softcapping={config.attn_logit_softcapping} (attention-logit soft-capping)")
     if problems:
         raise UnsupportedArchitecture(f"{model_type} model uses features the paged kernels do not implement: "
                                       + "; ".join(problems))
@@ -132,5 +123,5 @@ def check_supported(config, class_name: str | None = None) -> AttentionNeeds:
     return AttentionNeeds(num_layers=num_layers,
                           num_kv_heads=getattr(config, "num_key_value_heads", None) or num_heads,
                           head_dim=head_dim, vocab_size=config.vocab_size,
-                          max_position=config.max_position_embeddings,
+                          max_context_len=config.max_position_embeddings,
                           windows=_layer_windows(config, num_layers))

@@ -11,6 +11,7 @@ transformers = pytest.importorskip("transformers")
 
 from llmds_torch.errors import ConfigError, ContextWindowExceeded, InvalidTokenIds  # noqa: E402
 from llmds_torch.integrations.hf_attention import PagedAttentionUnavailable  # noqa: E402
+from llmds_torch.integrations.hf_support import SUPPORTED_MODEL_TYPES  # noqa: E402
 from llmds_torch.integrations.hf_random import TINY_CONFIGS, random_causal_lm, save_random_causal_lm  # noqa: E402
 from llmds_torch.integrations.transformers import MissingTokenizer, PagedCausalLM  # noqa: E402
 from llmds_torch.models import EngineConfig, GenerationEngine, SamplingParams  # noqa: E402
@@ -28,6 +29,12 @@ ARCHS = {
     "qwen2-window": dict(use_sliding_window=True, sliding_window=8, max_window_layers=1),  # layer 1 slides
     "qwen3": dict(),  # q/k norms
     "gemma2": dict(),  # soft-capping, alternating windows of 8, query_pre_attn_scalar
+    "gemma": dict(),
+    "gemma3_text": dict(),  # windows, per-layer-type RoPE
+    "olmo2": dict(),
+    "granite": dict(),  # embedding, attention, residual and logit multipliers
+    "starcoder2": dict(),  # LayerNorm and biases, sliding window
+    "cohere": dict(),
 }
 
 
@@ -266,5 +273,5 @@ def test_calling_the_model_directly_after_the_switch_is_named(folders):
     assert lm.hf_model(torch.tensor([[1, 2, 3]])).logits.shape == (1, 3, 128)
 
 
-def test_every_tiny_config_is_a_supported_architecture():
-    assert set(TINY_CONFIGS) == {_model_type(a) for a in ARCHS}
+def test_every_supported_architecture_is_tested():
+    assert set(TINY_CONFIGS) == {_model_type(a) for a in ARCHS} == set(SUPPORTED_MODEL_TYPES)

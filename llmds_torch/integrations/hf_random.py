@@ -20,6 +20,12 @@ TINY_CONFIGS = {
     # alternating sliding / full layers, soft-capped attention and final logits, a custom scale
     "gemma2": dict(head_dim=16, sliding_window=8, attn_logit_softcapping=5.0, final_logit_softcapping=10.0,
                    query_pre_attn_scalar=24),
+    "gemma": dict(head_dim=16),
+    "gemma3_text": dict(head_dim=16, sliding_window=8, query_pre_attn_scalar=24),  # per-layer-type RoPE
+    "olmo2": dict(),  # q/k norms over all heads
+    "granite": dict(embedding_multiplier=2.0, attention_multiplier=0.2, residual_multiplier=0.5, logits_scaling=2.0),
+    "starcoder2": dict(sliding_window=8),  # LayerNorm, biases everywhere
+    "cohere": dict(),  # parallel attention and MLP
 }
 _SHAPE = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
               num_key_value_heads=2, max_position_embeddings=256, rope_theta=500000.0, rms_norm_eps=1e-5)

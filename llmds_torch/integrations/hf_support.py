@@ -24,7 +24,8 @@ from llmds_torch.errors import ConfigError
 from llmds_torch.kv.config import KV_DTYPES
 from llmds_torch.models.config import UnsupportedArchitecture
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma2")
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo2", "granite",
+                         "starcoder2", "cohere")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 
 

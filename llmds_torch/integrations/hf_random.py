@@ -53,10 +53,10 @@ def random_causal_lm(model_type: str = "llama", *, seed: int = 0, dtype: torch.d
             noise = torch.randn(param.shape, generator=gen)
             if param.dim() == 1:  # norm weights and biases
                 param.copy_((0.5 * noise + ("norm" in name)).to(dtype))
-            elif "embed" in name:
-                param.copy_(noise.to(dtype))
+            elif "embed" in name:  # tied: small, or each token's own embedding wins every argmax
+                param.copy_((noise * (0.1 if config.tie_word_embeddings else 1.0)).to(dtype))
             else:  # projections [out, in]
-                param.copy_((noise / param.shape[1] ** 0.5).to(dtype))
+                param.copy_((2 * noise / param.shape[1] ** 0.5).to(dtype))
     return model.eval()
 
 

@@ -10,6 +10,7 @@ Needs the ``hf`` extra: ``pip install llmds-torch[hf]``.
 """
 
 import argparse
+import copy
 import tempfile
 
 import torch
@@ -46,11 +47,11 @@ def main(argv=None) -> int:
                   f"-> {result.outputs[0].token_ids}")
         if not args.no_check:
             reference = transformers.AutoModelForCausalLM.from_pretrained(folder).to(args.device).eval()
+            greedy = copy.deepcopy(reference.generation_config)  # no end-of-sequence id, as ignore_eos=True above
+            greedy.update(eos_token_id=[], do_sample=False, max_new_tokens=args.max_new_tokens, pad_token_id=0)
             for prompt, result in zip(prompts, results):
                 ids = torch.tensor([prompt], device=args.device)
-                out = reference.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                         max_new_tokens=args.max_new_tokens, min_new_tokens=args.max_new_tokens,
-                                         pad_token_id=0)
+                out = reference.generate(ids, attention_mask=torch.ones_like(ids), generation_config=greedy)
                 if out[0, len(prompt):].tolist() != result.outputs[0].token_ids:
                     print("MISMATCH against transformers.generate")
                     return 1

@@ -4,6 +4,8 @@ Tiny random models of every supported architecture are saved with ``save_pretrai
 twice: by transformers (the oracle, dense attention) and by ``PagedCausalLM``.
 """
 
+import copy
+
 import pytest
 import torch
 
@@ -65,8 +67,12 @@ def _prompts(seed, lengths, shared=0, vocab=128):
 
 
 def _hf_greedy(model, prompt, max_new):
+    """transformers' greedy generate with no end-of-sequence id (ignore_eos=True on our side)."""
+    config = copy.deepcopy(model.generation_config)
+    config.update(eos_token_id=[], do_sample=False, max_new_tokens=max_new, pad_token_id=0)
     out = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                         do_sample=False, max_new_tokens=max_new, min_new_tokens=max_new, pad_token_id=0)
+                         generation_config=config)
+    assert out.shape[1] == len(prompt) + max_new
     return out[0, len(prompt):].tolist()
 
 

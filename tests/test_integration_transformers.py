@@ -281,3 +281,33 @@ def test_calling_the_model_directly_after_the_switch_is_named(folders):
 
 def test_every_supported_architecture_is_tested():
     assert set(TINY_CONFIGS) == {_model_type(a) for a in ARCHS} == set(SUPPORTED_MODEL_TYPES)
+
+
+def test_beam_search_equals_the_built_in_decoder_on_the_same_checkpoint(folders):
+    """The same Llama folder through load_hf_model (the reference decoder) and through PagedCausalLM:
+    the engine's beam search picks the same beams."""
+    from llmds_torch.kv import KVCacheConfig, PagedKVCache
+    from llmds_torch.models.hf_loader import load_hf_model
+
+    reference = load_hf_model(folders["llama"])
+    cfg = reference.config
+    cache = PagedKVCache(KVCacheConfig(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, page_size=4, num_pages=64))
+    lm = PagedCausalLM.from_pretrained(folders["llama"], page_size=4)
+    prompts = _prompts(7, [6, 13])
+    params = SamplingParams(max_new_tokens=6, beam_width=3)
+    ours = lm.generate(prompts, params, ignore_eos=True)
+    theirs = GenerationEngine(reference, cache).generate(prompts, params)
+    for a, b in zip(ours, theirs):
+        assert [o.token_ids for o in a.outputs] == [o.token_ids for o in b.outputs]
+        assert len(a.outputs) == 3
+
+
+def test_the_core_never_imports_transformers():
+    import subprocess
+    import sys
+
+    code = ("import sys, llmds_torch, llmds_torch.models, llmds_torch.kv, llmds_torch.sched, llmds_torch.attention, "
+            "llmds_torch.models.hf_loader, llmds_torch.integrations; "
+            "assert 'transformers' not in sys.modules, 'transformers was imported'")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]

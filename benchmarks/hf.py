@@ -26,7 +26,7 @@ import torch
 from benchmarks._common import print_table, write_results
 from llmds_torch.integrations.hf_random import random_causal_lm
 from llmds_torch.integrations.transformers import PagedCausalLM
-from llmds_torch.models import EngineConfig, SamplingParams
+from llmds_torch.models import EngineConfig, GenerationEngine, SamplingParams
 
 MODELS = {
     "tiny": dict(),
@@ -63,7 +63,6 @@ def _greedy_config(model, max_new: int):
 def run_ours(model, prompts, max_new, device):
     lm = PagedCausalLM(model, page_size=PAGE_SIZE, kv_cache_memory=256 << 20,
                        engine_config=EngineConfig(max_batch_seqs=len(prompts), max_prefill_tokens=2048))
-    from llmds_torch.models import GenerationEngine
     engine = GenerationEngine(lm, lm.cache, lm.engine_config)
     _sync(device)
     start = time.perf_counter()

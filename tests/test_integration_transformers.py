@@ -165,6 +165,7 @@ def test_text_prompts_go_through_the_folder_tokenizer(folders, tmp_path):
     raw = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
     raw.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
     tok = transformers.PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="[UNK]")
+    tok.chat_template = "{% for m in messages %}{{ m['content'] }} {% endfor %}{% if add_generation_prompt %}w7{% endif %}"
     folder = save_random_causal_lm(tmp_path / "with_tokenizer", "llama", seed=0)
     tok.save_pretrained(folder)
     lm = PagedCausalLM.from_pretrained(folder, page_size=4)
@@ -173,6 +174,7 @@ def test_text_prompts_go_through_the_folder_tokenizer(folders, tmp_path):
     (from_ids,) = lm.generate([[6, 18, 4, 100]], SamplingParams(max_new_tokens=4), ignore_eos=True)
     assert from_text.prompt == [6, 18, 4, 100]
     assert from_text.outputs[0].token_ids == from_ids.outputs[0].token_ids
+    assert lm.encode([{"role": "user", "content": "w5 w17"}, {"role": "user", "content": "w3"}]) == [6, 18, 4, 8]
     bare = PagedCausalLM.from_pretrained(folders["llama"], page_size=4)
     with pytest.raises(MissingTokenizer, match="tokenizer"):
         bare.generate(["w1 w2"])

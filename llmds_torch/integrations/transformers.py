@@ -101,6 +101,16 @@ class PagedCausalLM:
     **cache_options
         Further :class:`~llmds_torch.kv.KVCacheConfig` fields (``salt``, ``eviction_policy``, ``backend``, ...).
 
+    Attributes
+    ----------
+    cache : PagedKVCache
+        The pool every generation runs on (prefix pages stay cached between calls).
+    hf_model, tokenizer, engine_config : as given
+    needs : AttentionNeeds
+        The cache shape, vocabulary, context length and per-layer windows read from the config.
+    config : CacheShape
+        ``num_layers``, ``num_kv_heads``, ``head_dim``: what ``GenerationEngine`` reads from ``model.config``.
+
     Raises
     ------
     UnsupportedArchitecture
@@ -231,8 +241,6 @@ class PagedCausalLM:
         out = self.hf_model(input_ids=step.input_ids, position_ids=step.position_ids, use_cache=False,
                             logits_to_keep=step.last_rows, paged_step=step)
         return out.logits[0]  # [B, V]
-
-    __call__ = forward
 
     # ------------------------------------------------------------------ generation
 

@@ -313,3 +313,19 @@ def test_the_core_never_imports_transformers():
             "assert 'transformers' not in sys.modules, 'transformers was imported'")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_a_pool_that_cannot_be_allocated_leaves_the_model_unchanged(monkeypatch):
+    import llmds_torch.integrations.transformers as integration
+
+    model = random_causal_lm("qwen3")
+    before = model.config._attn_implementation
+
+    def no_memory(config):
+        raise MemoryError("no room for the pool")
+
+    monkeypatch.setattr(integration, "PagedKVCache", no_memory)
+    with pytest.raises(MemoryError):
+        PagedCausalLM(model, num_pages=4)
+    assert model.config._attn_implementation == before
+    assert model(torch.tensor([[1, 2, 3]])).logits.shape == (1, 3, 128)

@@ -128,9 +128,6 @@ class PagedCausalLM:
         needs = check_supported(hf_model.config, type(hf_model).__name__)
         dtype, device = hf_model.dtype, hf_model.device
         check_dtype(dtype)
-        if not type(hf_model)._can_set_attn_implementation():
-            raise ConfigError(f"{type(hf_model).__name__} does not dispatch attention through transformers' "
-                              "AttentionInterface")
         for name in ("num_layers", "num_kv_heads", "head_dim", "dtype", "device", "max_context_len"):
             if name in cache_options:
                 raise ConfigError(f"{name} follows from the model; do not pass it as a cache option")
@@ -141,9 +138,17 @@ class PagedCausalLM:
             num_pages, budget = _pool_pages(needs, page_size, probe.page_bytes, probe.torch_device, kv_cache_memory)
             max_num_pages = budget if max_num_pages is None else max_num_pages
         config = KVCacheConfig(**shape, num_pages=num_pages, max_num_pages=max_num_pages, **cache_options)
-        self.cache = PagedKVCache(config)
+        previous = hf_model.config._attn_implementation or "eager"
         register_paged_attention()
         hf_model.set_attn_implementation(ATTENTION_NAME)
+        if hf_model.config._attn_implementation != ATTENTION_NAME:  # transformers only warns
+            raise ConfigError(f"{type(hf_model).__name__} does not dispatch attention through transformers' "
+                              "AttentionInterface")
+        try:
+            self.cache = PagedKVCache(config)
+        except BaseException:
+            hf_model.set_attn_implementation(previous)
+            raise
         hf_model.eval()
         self.hf_model = hf_model
         self.needs = needs

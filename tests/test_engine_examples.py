@@ -1,5 +1,6 @@
-"""The three generation examples run end to end (tiny sizes) in their own processes."""
+"""The generation examples run end to end (tiny sizes) in their own processes."""
 
+import importlib.util
 import os
 import re
 import subprocess
@@ -15,6 +16,10 @@ ROOT = Path(__file__).resolve().parents[1]
     ("generate.py", ["--num-prompts", "4", "--system-len", "16", "--max-new-tokens", "4"], "prefix hit rate"),
     ("beam_search.py", ["--beam-width", "3", "--max-new-tokens", "4"], "beam 2:"),
     ("parallel_sampling.py", ["--n", "3", "--max-new-tokens", "4"], "sample 2:"),
+    pytest.param("hf_generate.py", ["--model-type", "qwen2", "--max-new-tokens", "4"],
+                 "equal transformers.generate token for token",
+                 marks=pytest.mark.skipif(importlib.util.find_spec("transformers") is None,
+                                          reason="needs the hf extra")),
 ])
 def test_example_runs(script, args, expect):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -1,5 +1,6 @@
 """The shape of a Llama-style decoder: a frozen, validated dataclass, readable from a Hugging Face
-``config.json`` dictionary."""
+``config.json`` dictionary as transformers 4 writes it (``rope_theta``, ``rope_scaling``) and as
+transformers 5 writes it (``rope_parameters``)."""
 
 from dataclasses import dataclass
 
@@ -10,6 +11,29 @@ SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
 
 class UnsupportedArchitecture(ConfigError):
     """A Hugging Face config describes a model this decoder cannot reproduce exactly."""
+
+
+@dataclass(frozen=True, slots=True)
+class Llama3RopeScaling:
+    """Llama 3.1's RoPE frequency scaling (``rope_type: "llama3"``): wavelengths longer than
+    ``original_max_position / low_freq_factor`` are stretched by ``factor``, shorter than
+    ``original_max_position / high_freq_factor`` kept, and those between interpolated smoothly."""
+
+    factor: float
+    low_freq_factor: float
+    high_freq_factor: float
+    original_max_position: int
+
+    def __post_init__(self) -> None:
+        if not (self.factor > 0 and 0 < self.low_freq_factor < self.high_freq_factor
+                and self.original_max_position >= 1):
+            raise ConfigError(f"llama3 rope scaling needs factor > 0, 0 < low_freq_factor < high_freq_factor and "
+                              f"original_max_position_embeddings >= 1, got {self}")
+
+    def to_hf(self) -> dict:
+        return {"rope_type": "llama3", "factor": self.factor, "low_freq_factor": self.low_freq_factor,
+                "high_freq_factor": self.high_freq_factor,
+                "original_max_position_embeddings": self.original_max_position}
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +65,8 @@ class LlamaConfig:
         Longest sequence (prompt plus generated tokens) the model accepts.
     tie_word_embeddings : bool
         When true the output projection reuses the input embedding.
+    rope_scaling : Llama3RopeScaling or None
+        Llama 3.1's frequency scaling; ``None`` for plain RoPE.
     """
 
     vocab_size: int = 256
@@ -54,6 +80,7 @@ class LlamaConfig:
     rms_norm_eps: float = 1e-6
     max_position: int = 2048
     tie_word_embeddings: bool = False
+    rope_scaling: Llama3RopeScaling | None = None
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
@@ -76,6 +103,8 @@ class LlamaConfig:
             raise ConfigError(f"rope_theta must be > 0, got {self.rope_theta!r}")
         if not self.rms_norm_eps > 0:
             raise ConfigError(f"rms_norm_eps must be > 0, got {self.rms_norm_eps!r}")
+        if self.rope_scaling is not None and not isinstance(self.rope_scaling, Llama3RopeScaling):
+            raise ConfigError(f"rope_scaling must be a Llama3RopeScaling or None, got {self.rope_scaling!r}")
 
     @property
     def queries_per_kv_head(self) -> int:
@@ -84,13 +113,15 @@ class LlamaConfig:
 
     @classmethod
     def from_hf_config(cls, hf: dict) -> "LlamaConfig":
-        """Read a Hugging Face ``config.json`` dictionary of a ``LlamaForCausalLM``.
+        """Read a Hugging Face ``config.json`` dictionary of a ``LlamaForCausalLM``, written by
+        transformers 4 (``rope_theta``, ``rope_scaling``) or 5 (``rope_parameters``).
 
         Raises
         ------
         UnsupportedArchitecture
             The architecture is not Llama, or it uses a feature this decoder does not implement
-            (attention or MLP biases, RoPE scaling, an activation other than SiLU).
+            (attention or MLP biases, a RoPE type other than default and llama3, partial rotary
+            dimensions, an activation other than SiLU).
         ConfigError
             A size is missing or invalid.
         """
@@ -102,24 +133,38 @@ class LlamaConfig:
             raise UnsupportedArchitecture(
                 f"architectures={architectures!r} (model_type={model_type!r}) is not supported; "
                 f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}")
+        rope = _rope_settings(hf)
         unsupported = []
         if hf.get("attention_bias", False):
             unsupported.append("attention_bias=true")
         if hf.get("mlp_bias", False):
             unsupported.append("mlp_bias=true")
-        if hf.get("rope_scaling") is not None:
-            unsupported.append(f"rope_scaling={hf['rope_scaling']!r}")
+        if rope["rope_type"] not in ("default", "llama3"):
+            unsupported.append(f"rope_type={rope['rope_type']!r}")
+        if rope.get("partial_rotary_factor", 1.0) != 1.0:
+            unsupported.append(f"partial_rotary_factor={rope['partial_rotary_factor']!r}")
         if hf.get("hidden_act", "silu") != "silu":
             unsupported.append(f"hidden_act={hf['hidden_act']!r}")
+        if hf.get("pretraining_tp", 1) != 1:
+            unsupported.append(f"pretraining_tp={hf['pretraining_tp']!r}")
         if unsupported:
             raise UnsupportedArchitecture("this LlamaForCausalLM uses features the decoder does not "
                                           "implement: " + ", ".join(unsupported)
-                                          + "; supported: no biases, no rope_scaling, hidden_act='silu'")
+                                          + "; supported: no biases, rope_type 'default' or 'llama3', "
+                                          "hidden_act='silu'")
         required = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                     "num_attention_heads")
         missing = [k for k in required if k not in hf]
         if missing:
             raise ConfigError(f"config.json lacks {', '.join(missing)}")
+        scaling = None
+        if rope["rope_type"] == "llama3":
+            try:
+                scaling = Llama3RopeScaling(float(rope["factor"]), float(rope["low_freq_factor"]),
+                                            float(rope["high_freq_factor"]),
+                                            int(rope["original_max_position_embeddings"]))
+            except KeyError as exc:
+                raise ConfigError(f"llama3 rope scaling lacks {exc.args[0]}") from None
         return cls(
             vocab_size=hf["vocab_size"],
             hidden_size=hf["hidden_size"],
@@ -128,10 +173,11 @@ class LlamaConfig:
             num_heads=hf["num_attention_heads"],
             num_kv_heads=hf.get("num_key_value_heads") or hf["num_attention_heads"],
             head_dim=hf.get("head_dim"),
-            rope_theta=float(hf.get("rope_theta", 10000.0)),
+            rope_theta=float(rope.get("rope_theta", 10000.0)),
             rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
             max_position=hf.get("max_position_embeddings", 2048),
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+            rope_scaling=scaling,
         )
 
     def to_hf_config(self) -> dict:
@@ -153,8 +199,25 @@ class LlamaConfig:
             "hidden_act": "silu",
             "attention_bias": False,
             "mlp_bias": False,
-            "rope_scaling": None,
+            "rope_scaling": None if self.rope_scaling is None else self.rope_scaling.to_hf(),
         }
 
 
-__all__ = ["LlamaConfig", "UnsupportedArchitecture", "SUPPORTED_ARCHITECTURES"]
+def _rope_settings(hf: dict) -> dict:
+    """One dictionary of RoPE settings (``rope_type``, ``rope_theta``, scaling fields) from either
+    format: transformers 5's ``rope_parameters``, or transformers 4's top-level ``rope_theta`` and
+    optional ``rope_scaling`` (whose type key was ``type`` in older files)."""
+    params = hf.get("rope_parameters")
+    if params is None:
+        params = dict(hf.get("rope_scaling") or {})
+        if "rope_theta" in hf:
+            params["rope_theta"] = hf["rope_theta"]
+    if not isinstance(params, dict) or any(isinstance(v, dict) for v in params.values()):
+        raise UnsupportedArchitecture(f"rope settings {params!r} are not one flat dictionary (per-layer-type "
+                                      "RoPE is not supported)")
+    params = dict(params)
+    params["rope_type"] = params.get("rope_type", params.pop("type", "default"))
+    return params
+
+
+__all__ = ["Llama3RopeScaling", "LlamaConfig", "UnsupportedArchitecture", "SUPPORTED_ARCHITECTURES"]

@@ -1,6 +1,8 @@
 """The pure functions a Llama layer is made of: RMSNorm, rotary position embedding, SwiGLU, and a
 dense causal attention used by the no-cache oracle. Each works on any leading batch shape."""
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -23,8 +25,26 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return weight * x32.to(x.dtype)
 
 
+def rope_inv_freq(head_dim: int, theta: float, scaling=None, device=None) -> torch.Tensor:
+    """Inverse frequencies of the rotary embedding, fp32 ``[head_dim / 2]``, optionally with Llama
+    3.1's scaling (a :class:`~llmds_torch.models.config.Llama3RopeScaling`), computed as transformers does."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float() / head_dim))
+    if scaling is None:
+        return inv_freq
+    low_freq_wavelen = scaling.original_max_position / scaling.low_freq_factor
+    high_freq_wavelen = scaling.original_max_position / scaling.high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    # long wavelengths are stretched by factor, short ones kept, the band between interpolated
+    scaled = torch.where(wavelen > low_freq_wavelen, inv_freq / scaling.factor, inv_freq)
+    smooth = (scaling.original_max_position / wavelen - scaling.low_freq_factor) / (
+        scaling.high_freq_factor - scaling.low_freq_factor)
+    smoothed = (1 - smooth) * scaled / scaling.factor + smooth * scaled
+    is_medium = ~(wavelen < high_freq_wavelen) * ~(wavelen > low_freq_wavelen)
+    return torch.where(is_medium, smoothed, scaled)
+
+
 def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float,
-                 dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+                 dtype: torch.dtype, scaling=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Cosines and sines of the rotary embedding at the given positions (Hugging Face's
     "rotate half" layout: dimension ``i`` pairs with ``i + head_dim / 2``).
 
@@ -37,13 +57,14 @@ def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float,
         Base frequency.
     dtype : torch.dtype
         Dtype of the returned tables (angles are computed in fp32).
+    scaling : Llama3RopeScaling or None
+        Frequency scaling (:func:`rope_inv_freq`).
 
     Returns
     -------
     (cos, sin) : Tensors ``[num_tokens, head_dim]``
     """
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64,
-                                             device=positions.device).float() / head_dim))
+    inv_freq = rope_inv_freq(head_dim, theta, scaling, positions.device)
     angles = positions.float()[:, None] * inv_freq[None, :]  # [T, D/2]
     angles = torch.cat((angles, angles), dim=-1)  # [T, D]
     return angles.cos().to(dtype), angles.sin().to(dtype)

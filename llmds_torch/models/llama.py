@@ -128,7 +128,7 @@ class LlamaModel(nn.Module):
         q = F.linear(h, layer.q_proj).view(t, cfg.num_heads, cfg.head_dim)
         k = F.linear(h, layer.k_proj).view(t, cfg.num_kv_heads, cfg.head_dim)
         v = F.linear(h, layer.v_proj).view(t, cfg.num_kv_heads, cfg.head_dim)
-        cos, sin = rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta, x.dtype)
+        cos, sin = rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta, x.dtype, cfg.rope_scaling)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
     def _finish_layer(self, layer: LlamaLayer, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,144 @@
+"""Transformers attention that reads and writes a :class:`~llmds_torch.kv.PagedKVCache`.
+
+A step packs every sequence's new tokens into ONE row (``input_ids [1, num_new_tokens]``) with
+explicit ``position_ids``; the model runs its own embeddings, norms, RoPE and MLPs, and each
+attention layer calls :func:`paged_attention_forward` (registered under :data:`ATTENTION_NAME` in
+transformers' ``AttentionInterface``) with its post-RoPE queries, keys and values. That function
+writes the keys and values into the layer's pages (``cache.write``) and attends over each
+sequence's pages with :func:`llmds_torch.attention.paged_attention`. The step's state — cache,
+slot mapping, attention metadata — is a :class:`PagedStep`, built once per step and handed to the
+model call as the keyword argument ``paged_step``; transformers forwards it to every layer's
+attention call. Masks are not needed (the metadata says which keys each query sees), so the
+registered mask function returns ``None``.
+"""
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from llmds_torch.attention import AttentionMetadata, paged_attention
+from llmds_torch.errors import InvalidTokenIds, LLMDSError
+
+ATTENTION_NAME = "llmds_paged"
+
+
+class PagedAttentionUnavailable(LLMDSError, RuntimeError):
+    """The paged attention was called without a step (the model was called directly, not through
+    ``PagedCausalLM``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PagedStep:
+    """What every layer's attention call of one step shares.
+
+    Attributes
+    ----------
+    cache : PagedKVCache
+    slot_mapping : int64 ``[num_new_tokens]``, the cache slots the new tokens' K/V go to, in row order
+    metadata : AttentionMetadata for the step's sequences (decode or prefill form)
+    input_ids : int64 ``[1, num_new_tokens]``, the new tokens of all sequences, packed
+    position_ids : int64 ``[1, num_new_tokens]``, each token's position in its sequence
+    last_rows : int64 ``[batch]``, the row of each sequence's last new token
+    """
+
+    cache: object
+    slot_mapping: torch.Tensor
+    metadata: AttentionMetadata
+    input_ids: torch.Tensor
+    position_ids: torch.Tensor
+    last_rows: torch.Tensor
+
+    @classmethod
+    def build(cls, cache, seq_ids: Sequence[int], token_ids: Sequence[Sequence[int]],
+              device: torch.device) -> "PagedStep":
+        """Plan one step: ``token_ids[i]`` are the next reserved, unwritten tokens of sequence
+        ``seq_ids[i]`` (a whole prompt, a prompt chunk, or one decode token).
+
+        Raises
+        ------
+        ValueError
+            Not one non-empty token list per sequence, or more tokens than the sequence reserved.
+        InvalidTokenIds
+            ``token_ids[i]`` differ from what the cache reserved for the sequence.
+        """
+        batch = len(seq_ids)
+        if batch != len(token_ids) or batch == 0:
+            raise ValueError(f"forward needs one non-empty token list per sequence, got {batch} "
+                             f"sequences and {len(token_ids)} token lists")
+        query_lens = [len(t) for t in token_ids]
+        starts = [cache.num_written(s) for s in seq_ids]
+        pending = [cache.num_tokens(s) - w for s, w in zip(seq_ids, starts)]
+        for s, n, p in zip(seq_ids, query_lens, pending):
+            if not 1 <= n <= p:
+                raise ValueError(f"sequence {s} has {p} reserved tokens to compute; asked for {n} "
+                                 f"(allowed: 1 to {p})")
+        for s, toks in zip(seq_ids, token_ids):
+            # KV of other tokens than the reserved ones would be published under their prefix key.
+            if list(toks) != cache.pending_token_ids(s)[:len(toks)]:
+                raise InvalidTokenIds(f"token_ids for sequence {s} differ from the tokens the cache reserved "
+                                      "for it (cache.pending_token_ids)")
+        slots = cache.slot_mapping(list(seq_ids))
+        if pending != query_lens:  # keep the first query_lens[i] of each sequence's pending slots
+            slots = torch.cat([part[:n] for part, n in zip(torch.split(slots, pending), query_lens)])
+        is_decode = pending == query_lens and all(n == 1 for n in query_lens)
+        metadata = AttentionMetadata.build(cache, seq_ids, None if is_decode else query_lens)
+        if pending != query_lens:  # a prompt chunk: attend over the written part plus the chunk only
+            kv_lens = torch.tensor([w + n for w, n in zip(starts, query_lens)], dtype=torch.int32)
+            metadata = dataclasses.replace(metadata, seq_lens=kv_lens.to(metadata.seq_lens.device))
+        input_ids = torch.tensor([t for toks in token_ids for t in toks], dtype=torch.int64)
+        positions = torch.cat([torch.arange(w, w + n) for w, n in zip(starts, query_lens)])
+        last_rows = torch.tensor(query_lens).cumsum(0) - 1
+        return cls(cache, slots.to(cache.config.torch_device), metadata, input_ids[None].to(device),
+                   positions[None].to(device), last_rows.to(device))
+
+
+def paged_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                            attention_mask=None, *, scaling: float | None = None, dropout: float = 0.0,
+                            sliding_window: int | None = None, softcap: float | None = None,
+                            paged_step: PagedStep | None = None, **kwargs) -> tuple[torch.Tensor, None]:
+    """The attention function transformers calls in every layer (``AttentionInterface`` signature).
+
+    Parameters
+    ----------
+    module : the calling attention module; ``module.layer_idx`` picks the cache layer
+    query : ``[1, num_heads, num_new_tokens, head_dim]``, after RoPE
+    key, value : ``[1, num_kv_heads, num_new_tokens, head_dim]``, after RoPE
+    attention_mask : ignored (``None`` from the registered mask function)
+    scaling : softmax scale (``head_dim ** -0.5`` for most models; Gemma 2 passes
+        ``query_pre_attn_scalar ** -0.5``)
+    sliding_window, softcap : the layer's window and logit soft-cap, or None
+    paged_step : PagedStep of this step
+
+    Returns
+    -------
+    (Tensor ``[1, num_new_tokens, num_heads, head_dim]``, None)
+    """
+    if paged_step is None:
+        raise PagedAttentionUnavailable(
+            f"attention implementation {ATTENTION_NAME!r} runs on a paged KV cache: call the model through "
+            "llmds_torch.integrations.transformers.PagedCausalLM, or switch it back with "
+            "model.set_attn_implementation('sdpa') to call it directly")
+    cache = paged_step.cache
+    q = query[0].transpose(0, 1).contiguous()  # [T, H, D]
+    k = key[0].transpose(0, 1).contiguous()  # [T, Hkv, D]
+    v = value[0].transpose(0, 1).contiguous()
+    cache.write(module.layer_idx, paged_step.slot_mapping, k, v)
+    out = paged_attention(q, cache.layer(module.layer_idx), paged_step.metadata, scale=scaling,
+                          sliding_window=sliding_window, softcap=softcap)  # [T, H, D]
+    return out[None], None
+
+
+def no_mask(*args, **kwargs) -> None:
+    """The mask function registered beside the paged attention: the step's metadata is the mask."""
+    return None
+
+
+def register_paged_attention() -> None:
+    """Register :func:`paged_attention_forward` and :func:`no_mask` under :data:`ATTENTION_NAME`
+    (idempotent)."""
+    from transformers import AttentionInterface, AttentionMaskInterface
+
+    AttentionInterface.register(ATTENTION_NAME, paged_attention_forward)
+    AttentionMaskInterface.register(ATTENTION_NAME, no_mask)

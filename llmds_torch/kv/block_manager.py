@@ -24,12 +24,9 @@ from llmds_torch.kv.prefix_index import (HashFn, PrefixIndex, as_bytes, chain_pr
                                          page_keys, sha256)
 from llmds_torch.kv.sequence import Sequence, validate_token_ids
 from llmds_torch.kv.transaction import Snapshot, TransactionError
+from llmds_torch.kv.write_tracker import WriteTracker
 
 NOT_OWNED = -1
-
-
-def _bit(layer: int) -> np.uint64:
-    return np.uint64(1) << np.uint64(layer % 64)
 
 
 class InvariantViolation(AssertionError):
@@ -61,12 +58,15 @@ class BlockManager:
         The page hash; SHA-256 unless a test forces collisions.
     on_resize : callable(new_num_pages) -> None
         Called before the page count grows, so the owner can resize its storage.
+    check_writes : bool
+        Debug mode: track every layer's write slot by slot instead of counting layers against the
+        issued slot mapping (see ``WriteTracker``); same results, O(batch) per layer.
     """
 
     def __init__(self, num_pages: int, page_size: int, *, num_layers: int = 1, salt=None,
                  verify_tokens: bool = True, max_context_len: int | None = None,
                  max_num_pages: int | None = None, eviction_policy="lru", hash_fn: HashFn | None = None,
-                 on_resize: Callable[[int], None] | None = None):
+                 on_resize: Callable[[int], None] | None = None, check_writes: bool = False):
         if num_pages < 1 or page_size < 1 or num_layers < 1:
             raise ValueError("num_pages, page_size and num_layers must be positive")
         self.page_size = page_size
@@ -84,11 +84,7 @@ class BlockManager:
         self._txn: Snapshot | None = None
         self.seqs: dict[int, Sequence] = {}
         self._next_seq_id = 0
-        # Which layers wrote each slot: a bit per layer, in 64-bit words (8 bytes a slot up to 64 layers).
-        words = -(-num_layers // 64)
-        bits = [min(64, num_layers - 64 * w) for w in range(words)]
-        self.all_layers = np.array([(1 << b) - 1 for b in bits], dtype=np.uint64)  # [words]
-        self.slot_layers = np.zeros((num_pages * page_size, words), dtype=np.uint64)  # [num_slots, words]
+        self.writes = WriteTracker(num_pages * page_size, num_layers, checked=check_writes)
         self.page_owner = np.full(num_pages, NOT_OWNED, dtype=np.int64)  # [num_pages]
         self.page_fill = np.zeros(num_pages, dtype=np.int64)  # [num_pages]: reserved slots of owned pages
         self.pending_copies: list[tuple[int, int]] = []
@@ -99,6 +95,12 @@ class BlockManager:
     @property
     def num_pages(self) -> int:
         return self.allocator.num_pages
+
+    @property
+    def slot_layers(self) -> np.ndarray:
+        """Which layers wrote each slot: ``[num_slots, words]`` uint64, a bit per layer."""
+        self.writes.flush()
+        return self.writes.slot_layers
 
     def __contains__(self, seq_id: int) -> bool:
         return seq_id in self.seqs
@@ -154,7 +156,7 @@ class BlockManager:
         pages = self.allocator.allocate(n)
         if pages:
             rows = np.asarray(pages)
-            self._page_slot_layers()[rows] = 0
+            self.writes.page_rows(self.page_size)[rows] = 0
         return pages
 
     def grow(self, new_num_pages: int) -> None:
@@ -165,8 +167,9 @@ class BlockManager:
             self.on_resize(new_num_pages)
         extra = new_num_pages - self.num_pages
         self.allocator.grow(new_num_pages)
-        fresh = np.zeros((extra * self.page_size, self.slot_layers.shape[1]), dtype=np.uint64)
-        self.slot_layers = np.concatenate([self.slot_layers, fresh])
+        writes = self.writes
+        fresh = np.zeros((extra * self.page_size, writes.slot_layers.shape[1]), dtype=np.uint64)
+        writes.slot_layers = np.concatenate([writes.slot_layers, fresh])
         self.page_owner = np.concatenate([self.page_owner, np.full(extra, NOT_OWNED, np.int64)])
         self.page_fill = np.concatenate([self.page_fill, np.zeros(extra, np.int64)])
         self.max_num_pages = max(self.max_num_pages, new_num_pages)
@@ -265,15 +268,20 @@ class BlockManager:
         Cached pages evicted inside stay evicted. Raises ``TransactionError`` when nested."""
         if self._txn is not None:
             raise TransactionError("a transaction is already open; transactions do not nest")
-        self._txn = Snapshot.take(self)
+        self.writes.flush()
+        self._txn = snapshot = Snapshot.take(self)
+        self.writes.on_flush = lambda slots: snapshot.log_slots(self.writes.slot_layers, slots)
         try:
             yield
         except BaseException:
-            snapshot, self._txn = self._txn, None
+            self._txn = None
+            self.writes.on_flush = None
+            self.writes.forget()
             snapshot.restore(self)
             raise
         finally:
             self._txn = None
+            self.writes.on_flush = None
 
     def _forbid_in_transaction(self, what: str) -> None:
         if self._txn is not None:
@@ -369,6 +377,7 @@ class BlockManager:
         ``seq_ids[i]``. All or nothing: on any error no sequence changes."""
         if len(seq_ids) != len(token_ids):
             raise ValueError(f"{len(seq_ids)} sequence ids but {len(token_ids)} token lists")
+        self.writes.flush()
         seqs = [self._seq(s) for s in seq_ids]
         if len(set(seq_ids)) != len(seq_ids):
             raise ValueError("append_batch got the same sequence id twice")
@@ -438,7 +447,7 @@ class BlockManager:
     def _copy_on_write(self, seq: Sequence, new: int) -> None:
         """Give ``seq`` the fresh page ``new`` in place of its shared last page."""
         old = seq.pages[-1]
-        rows = self._page_slot_layers()
+        rows = self.writes.page_rows(self.page_size)
         rows[new] = rows[old]
         seq.pages[-1] = new
         self.allocator.release([old])
@@ -474,28 +483,48 @@ class BlockManager:
         if self._txn is not None and seq_id < self._txn.first_new_seq_id:
             raise TransactionError(f"sequence {seq_id} existed before the transaction; detach it outside")
         self._drop_pending(seq.keys[seq.num_published:])
+        self.writes.flush()
         owned = self.page_owner[seq.pages] == seq_id
         self.page_owner[np.asarray(seq.pages)[owned]] = NOT_OWNED
         self.allocator.release(reversed(seq.pages))
         del self.seqs[seq_id]
 
     # ------------------------------------------------------------------ writes
-    def slot_mapping(self, seq_ids: SequenceOf[int]) -> np.ndarray:
-        """Slots of every reserved-but-unwritten token, in batch order then position order.
+    def slot_mapping(self, seq_ids: SequenceOf[int], num_tokens=None) -> np.ndarray:
+        """Slots of every reserved-but-unwritten token (or of the first ``num_tokens[i]`` of
+        sequence ``i``: an int for all, or one per sequence), in batch order then position order.
+        Writing the returned array through ``record_write`` in every layer costs O(1) per layer.
 
         Returns
         -------
         np.ndarray
             int64 ``[sum of pending tokens]``.
         """
-        page_size, slots = self.page_size, []
-        for seq in map(self._seq, seq_ids):
+        seqs = [self._seq(s) for s in seq_ids]
+        counts = None
+        if num_tokens is not None:
+            counts = [num_tokens] * len(seqs) if isinstance(num_tokens, (int, np.integer)) else list(num_tokens)
+            if len(counts) != len(seqs):
+                raise ValueError(f"{len(seqs)} sequence ids but {len(counts)} token counts")
+            for seq, n in zip(seqs, counts):
+                if not 0 <= n <= len(seq.tokens) - seq.num_written:
+                    raise ValueError(f"sequence {seq.seq_id} has {len(seq.tokens) - seq.num_written} pending "
+                                     f"tokens; asked to map {n}")
+        page_size, slots, covers_all = self.page_size, [], True
+        for i, seq in enumerate(seqs):
             start, end = seq.num_written, len(seq.tokens)
+            if counts is not None and counts[i] < end - start:
+                end, covers_all = start + counts[i], False
             if end - start == 1:  # a decode step: plain ints, one array at the end
                 slots.append(seq.pages[start // page_size] * page_size + start % page_size)
             elif end > start:
                 slots.extend(self._slots(seq, start, end).tolist())
-        return np.array(slots, dtype=np.int64)
+        mapping = np.array(slots, dtype=np.int64)
+        if len({id(seq) for seq in seqs}) == len(seqs):
+            self.writes.issue(mapping, seqs, covers_all)
+        else:
+            self.writes.flush()
+        return mapping
 
     def _slots(self, seq: Sequence, start: int, end: int) -> np.ndarray:
         if end - start == 1:
@@ -505,19 +534,15 @@ class BlockManager:
         pages = np.asarray(seq.pages, dtype=np.int64)
         return pages[positions // self.page_size] * self.page_size + positions % self.page_size
 
-    def _page_slot_layers(self) -> np.ndarray:
-        """``slot_layers`` viewed per page: ``[num_pages, page_size, words]``."""
-        return self.slot_layers.reshape(-1, self.page_size, self.slot_layers.shape[1])
-
-    def _fully_written(self, slots: np.ndarray) -> np.ndarray:
-        """bool ``[len(slots)]``: every layer has written the slot."""
-        return (self.slot_layers[slots] == self.all_layers).all(axis=1)
-
     def check_write(self, layer: int, slots: np.ndarray) -> None:
         """Raise ``ValueError`` unless ``layer`` is valid and every slot is pending and not yet
         written by that layer (nothing changes)."""
         if not 0 <= layer < self.num_layers:
             raise ValueError(f"layer {layer} out of range [0, {self.num_layers})")
+        if self.writes.is_issued(slots):
+            self.writes.check_issued(layer)
+            return
+        self.writes.flush()
         if slots.size == 0:
             return
         if slots.min() < 0 or slots.max() >= self.num_pages * self.page_size:
@@ -528,7 +553,7 @@ class BlockManager:
         if (self.page_owner[pages] == NOT_OWNED).any() or (slots % self.page_size >= self.page_fill[pages]).any():
             raise ValueError("slot_mapping names a slot that is not reserved for writing "
                              "(already written, shared, or not allocated); use slot_mapping()")
-        if (self.slot_layers[slots, layer // 64] & _bit(layer)).any():
+        if self.writes.wrote(layer, slots):
             raise ValueError(f"layer {layer} already wrote some of these slots")
 
     def record_write(self, layer: int, slots: np.ndarray, *, checked: bool = False) -> None:
@@ -536,10 +561,14 @@ class BlockManager:
         ``checked``: the caller already ran ``check_write`` on exactly these arguments."""
         if not checked:
             self.check_write(layer, slots)
-        if self._txn is not None:
-            self._txn.log_slots(self.slot_layers, slots)
-        self.slot_layers[slots, layer // 64] |= _bit(layer)
-        done = slots[self._fully_written(slots)]
+        writes = self.writes
+        if writes.is_issued(slots):
+            issued = writes.count_layer(layer)
+            if issued is not None:
+                self._written(issued)
+            return
+        writes.record(layer, slots)
+        done = slots[writes.fully_written(slots)]
         if not done.size:
             return
         owners, counts = np.unique(self.page_owner[done // self.page_size], return_counts=True)
@@ -550,15 +579,29 @@ class BlockManager:
             else:
                 self._advance(seq)
 
+    def _written(self, issued) -> None:
+        """Every layer wrote the issued mapping: advance (or complete) its sequences."""
+        if not issued.covers_all:
+            for seq in issued.sequences:
+                self._advance(seq)
+            return
+        self.page_owner[issued.slots // self.page_size] = NOT_OWNED
+        page_size, txn = self.page_size, self._txn
+        for seq in issued.sequences:
+            if txn is not None:
+                txn.touch(seq)
+            seq.num_written = num_tokens = len(seq.tokens)
+            if seq.num_published < num_tokens // page_size:
+                self._publish(seq)
+
     def mark_written(self, seq_id: int, num_tokens: int | None = None) -> None:
         """Declare the KV of the sequence's pending tokens (or the first ``num_tokens`` of them)
         computed in every layer, as a simulator does instead of writing tensors."""
         seq = self._seq(seq_id)
         end = seq.num_tokens if num_tokens is None else min(seq.num_tokens, seq.num_written + num_tokens)
         slots = self._slots(seq, seq.num_written, end)
-        if self._txn is not None:
-            self._txn.log_slots(self.slot_layers, slots)
-        self.slot_layers[slots] = self.all_layers
+        self.writes.flush()
+        self.writes.mark_all(slots)
         self._advance(seq)
 
     def _advance(self, seq: Sequence) -> None:
@@ -567,7 +610,7 @@ class BlockManager:
         if start == seq.num_tokens:
             return
         slots = self._slots(seq, start, seq.num_tokens)
-        not_done = np.flatnonzero(~self._fully_written(slots))
+        not_done = np.flatnonzero(~self.writes.fully_written(slots))
         end = start + (int(not_done[0]) if not_done.size else slots.size)
         if end == start:
             return
@@ -694,10 +737,11 @@ class BlockManager:
         for seq in self.seqs.values():
             seq.pages = old_to_new[seq.pages].tolist()
         live = np.flatnonzero(old_to_new >= 0)
-        old = self._page_slot_layers()
+        self.writes.flush()
+        old = self.writes.page_rows(self.page_size)
         new = np.zeros((n,) + old.shape[1:], dtype=np.uint64)
         new[old_to_new[live]] = old[live]
-        self.slot_layers = new.reshape(n * self.page_size, -1)
+        self.writes.slot_layers = new.reshape(n * self.page_size, -1)
         for name, fill in (("page_owner", NOT_OWNED), ("page_fill", 0)):
             new = np.full(n, fill, dtype=np.int64)
             new[old_to_new[live]] = getattr(self, name)[live]

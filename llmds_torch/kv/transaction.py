@@ -91,7 +91,7 @@ class Snapshot:
             seq.num_written, seq.num_cached, seq.num_published = (saved.num_written, saved.num_cached,
                                                                   saved.num_published)
         for slots, rows in reversed(self.slot_log):
-            manager.slot_layers[slots] = rows
+            manager.writes.slot_layers[slots] = rows
         for page in self.published_pages:
             manager.index.forget(page)
         a = manager.allocator
@@ -109,7 +109,7 @@ class Snapshot:
         for page in self.policy_order:
             if page not in gone:
                 a.policy.insert(page)
-        manager.slot_layers = manager.slot_layers[:self.num_pages * manager.page_size]
+        manager.writes.slot_layers = manager.writes.slot_layers[:self.num_pages * manager.page_size]
         manager.page_owner, manager.page_fill = self.page_owner, self.page_fill
         manager.max_num_pages = self.max_num_pages
         refusals = manager.counters["refusals"]

@@ -18,11 +18,13 @@ import numpy as np
 
 from llmds_torch.errors import ContextWindowExceeded, OutOfPages, UnknownSequence
 from llmds_torch.kv.allocator import CACHED, FREE, USED, PageAllocator
+from llmds_torch.kv.block_tables import BlockTables
+from llmds_torch.kv.capacity import append_cost, pages_needed
 from llmds_torch.kv.defrag import plan_moves
 from llmds_torch.kv.eviction import make_policy
 from llmds_torch.kv.prefix_index import (HashFn, PrefixIndex, as_bytes, chain_prefix, new_cache_salt,
                                          page_keys, sha256)
-from llmds_torch.kv.sequence import Sequence, validate_token_ids
+from llmds_torch.kv.sequence import Sequence, validate_token_batch, validate_token_ids
 from llmds_torch.kv.transaction import Snapshot, TransactionError
 from llmds_torch.kv.write_tracker import WriteTracker
 
@@ -85,6 +87,9 @@ class BlockManager:
         self.seqs: dict[int, Sequence] = {}
         self._next_seq_id = 0
         self.writes = WriteTracker(num_pages * page_size, num_layers, checked=check_writes)
+        self.tables = BlockTables()
+        self._batch_memo = None
+        self._epoch = 0  # bumped whenever a sequence is released (its row may be reused)
         self.page_owner = np.full(num_pages, NOT_OWNED, dtype=np.int64)  # [num_pages]
         self.page_fill = np.zeros(num_pages, dtype=np.int64)  # [num_pages]: reserved slots of owned pages
         self.pending_copies: list[tuple[int, int]] = []
@@ -111,6 +116,15 @@ class BlockManager:
             raise UnknownSequence(f"sequence {seq_id!r} is not attached (never attached, or already detached)")
         return seq
 
+    def _seqs(self, seq_ids) -> list[Sequence]:
+        """The sequences of ``seq_ids`` (``UnknownSequence`` for any that is not attached)."""
+        if all(type(s) is int for s in seq_ids):
+            try:
+                return [self.seqs[s] for s in seq_ids]
+            except KeyError:
+                pass
+        return [self._seq(s) for s in seq_ids]
+
     def num_tokens(self, seq_id: int) -> int:
         return self._seq(seq_id).num_tokens
 
@@ -132,9 +146,6 @@ class BlockManager:
         return list(self._seq(seq_id).pages)
 
     # ------------------------------------------------------------------ capacity
-    def _pages_for(self, num_tokens: int) -> int:
-        return -(-num_tokens // self.page_size)
-
     def _obtainable(self) -> int:
         return self.allocator.available() + (self.max_num_pages - self.num_pages)
 
@@ -289,7 +300,7 @@ class BlockManager:
 
     def _attach_need(self, tokens: list[int], salt_block: bytes) -> tuple[list[int], list[bytes], int, int]:
         hit_pages, keys, collisions = self._match_prefix(tokens, salt_block)
-        new_pages = self._pages_for(len(tokens)) - len(hit_pages)
+        new_pages = pages_needed(len(tokens), self.page_size) - len(hit_pages)
         # Hit pages that sit in the evictable set stop being evictable once we take them.
         taken_from_cached = sum(1 for p in hit_pages if self.allocator.state[p] == CACHED and p in self.allocator.policy)
         return hit_pages, keys, new_pages + taken_from_cached, collisions
@@ -303,7 +314,7 @@ class BlockManager:
     def can_attach(self, token_ids, *, salt=None, extra_key=None) -> bool:
         """Whether ``attach`` would succeed now. Given an int, assumes no prefix hit."""
         if isinstance(token_ids, (int, np.integer)):
-            needed = self._pages_for(int(token_ids))
+            needed = pages_needed(int(token_ids), self.page_size)
             fits_context = self.max_context_len is None or token_ids <= self.max_context_len
             return fits_context and needed <= self._obtainable()
         tokens = validate_token_ids(token_ids)
@@ -322,7 +333,7 @@ class BlockManager:
             self._refuse(f"attach needs {needed} pages; {self.allocator.num_free} free, "
                          f"{self.allocator.num_evictable} evictable, {self.max_num_pages - self.num_pages} "
                          f"more may be grown")
-        num_new = self._pages_for(len(tokens)) - len(hit_pages)
+        num_new = pages_needed(len(tokens), self.page_size) - len(hit_pages)
         self._make_room(num_new)  # may raise: before anything is taken
         for page in hit_pages:  # take them before allocation can evict them
             self.allocator.incref(page)
@@ -330,8 +341,9 @@ class BlockManager:
         seq_id = self._next_seq_id
         self._next_seq_id += 1
         num_cached = len(hit_pages) * self.page_size
-        seq = Sequence(seq_id, tokens, hit_pages + new_pages, salt_block, num_written=num_cached,
-                       num_cached=num_cached, keys=list(keys), num_published=len(hit_pages))
+        pages = hit_pages + new_pages
+        row = self.tables.new_row(pages, len(tokens), num_cached)
+        seq = Sequence(seq_id, tokens, pages, salt_block, self.tables, row, num_cached, list(keys), len(hit_pages))
         self.seqs[seq_id] = seq
         self._add_pending(seq.keys[seq.num_published:])
         self._reserve(seq, num_cached, len(tokens))
@@ -344,27 +356,42 @@ class BlockManager:
         """Pages an allocation could obtain now: free, evictable, and growth up to ``max_num_pages``."""
         return self._obtainable()
 
+    def _batch(self, seq_ids) -> tuple[list[Sequence], np.ndarray, np.ndarray]:
+        """The sequences of ``seq_ids``, their block-table rows (int64 ``[batch]``) and ids (int64
+        ``[batch]``). The last answer is reused while no sequence was released, so the calls of
+        one decode step look a batch up once."""
+        key = tuple(seq_ids)
+        memo = self._batch_memo
+        if memo is not None and memo[0] == key and memo[1] == self._epoch:
+            return memo[2], memo[3], memo[4]
+        seqs = self._seqs(key)
+        rows = np.fromiter((seq.row for seq in seqs), dtype=np.int64, count=len(seqs))
+        ids = np.fromiter((seq.seq_id for seq in seqs), dtype=np.int64, count=len(seqs))
+        self._batch_memo = (key, self._epoch, seqs, rows, ids)
+        return seqs, rows, ids
+
+    def _append_cost(self, rows: np.ndarray, add) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(tokens now, copy-on-write needed, new pages, pages now), each ``[batch]``."""
+        t = self.tables
+        num_tokens, num_pages = t.num_tokens[rows], t.num_pages[rows]
+        shared = self.allocator.refcount[t.table[rows, num_pages - 1]] > 1
+        cow, extra = append_cost(num_tokens, num_pages, shared, add, self.page_size)
+        return num_tokens, cow, extra, num_pages
+
     def pages_to_append(self, seq_ids, num_tokens: int = 1) -> int:
         """Pages (new ones and copy-on-write copies) appending ``num_tokens`` to each of
         ``seq_ids`` (an id or a list) would take."""
         ids = [seq_ids] if isinstance(seq_ids, (int, np.integer)) else seq_ids
-        page_size, refcount = self.page_size, self.allocator.refcount
-        needed = 0
-        for seq_id in ids:
-            seq = self._seq(seq_id)
-            old_len = len(seq.tokens)
-            needed += -(-(old_len + num_tokens) // page_size) - len(seq.pages)
-            if old_len % page_size and refcount[seq.pages[-1]] > 1:
-                needed += 1
-        return needed
+        _, rows, _ = self._batch(ids)
+        _, cow, extra, _ = self._append_cost(rows, num_tokens)
+        return int(extra.sum() + cow.sum())
 
     def can_append(self, seq_ids, num_tokens: int = 1) -> bool:
         """Whether appending ``num_tokens`` to each of ``seq_ids`` (an id or a list) fits now."""
         ids = [seq_ids] if isinstance(seq_ids, (int, np.integer)) else seq_ids
-        if self.max_context_len is not None:
-            for seq_id in ids:
-                if len(self._seq(seq_id).tokens) + num_tokens > self.max_context_len:
-                    return False
+        _, rows, _ = self._batch(ids)
+        if self.max_context_len is not None and (self.tables.num_tokens[rows] + num_tokens > self.max_context_len).any():
+            return False
         return self.pages_to_append(ids, num_tokens) <= self._obtainable()
 
     def append(self, seq_id: int, token_ids) -> None:
@@ -374,30 +401,26 @@ class BlockManager:
 
     def append_batch(self, seq_ids: SequenceOf[int], token_ids) -> None:
         """Append to many sequences at once: ``token_ids[i]`` (an int, or a list of ints) goes to
-        ``seq_ids[i]``. All or nothing: on any error no sequence changes."""
+        ``seq_ids[i]``; a 1-D array or tensor gives one token each, a 2-D one a row each. All or
+        nothing: on any error no sequence changes. Which sequences need a page or a copy-on-write
+        copy is found with array operations over the whole batch."""
         if len(seq_ids) != len(token_ids):
             raise ValueError(f"{len(seq_ids)} sequence ids but {len(token_ids)} token lists")
-        self.writes.flush()
-        seqs = [self._seq(s) for s in seq_ids]
-        if len(set(seq_ids)) != len(seq_ids):
+        seqs, rows, ids = self._batch(seq_ids)
+        if len(set(ids.tolist())) != len(seqs):
             raise ValueError("append_batch got the same sequence id twice")
-        if all(isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in token_ids):
-            lists = [[t] for t in validate_token_ids(token_ids)]  # a decode step: one check for all
-        else:
-            lists = [validate_token_ids([t] if isinstance(t, (int, np.integer)) and not isinstance(t, bool) else t)
-                     for t in token_ids]
-        page_size, refcount, max_len = self.page_size, self.allocator.refcount, self.max_context_len
-        cows, extras, needed = [], [], 0
-        for seq, toks in zip(seqs, lists):
-            old_len = len(seq.tokens)
-            new_len = old_len + len(toks)
-            if max_len is not None and new_len > max_len:
-                self._check_context(new_len, f"sequence {seq.seq_id}")
-            cow = old_len % page_size != 0 and refcount[seq.pages[-1]] > 1
-            extra = -(-new_len // page_size) - len(seq.pages)
-            cows.append(cow)
-            extras.append(extra)
-            needed += extra + cow
+        flat, counts = validate_token_batch(token_ids)  # one check for the whole batch
+        if counts is not None and max(counts) == 1:
+            counts = None
+        self.writes.flush()
+        page_size, t = self.page_size, self.tables
+        add = 1 if counts is None else np.array(counts, dtype=np.int64)
+        old, cow, extra, num_pages = self._append_cost(rows, add)
+        new = old + add
+        if self.max_context_len is not None and (new > self.max_context_len).any():
+            i = int(np.argmax(new > self.max_context_len))
+            self._check_context(int(new[i]), f"sequence {seqs[i].seq_id}")
+        needed = int(cow.sum() + extra.sum())
         if needed > self._obtainable():
             self._refuse(f"append needs {needed} pages; {self.allocator.num_free} free, "
                          f"{self.allocator.num_evictable} evictable")
@@ -406,9 +429,10 @@ class BlockManager:
         if self._txn is not None:
             for seq in seqs:
                 self._txn.touch(seq)
-        i, unused, owned_pages, owners, fills = 0, [], [], [], []
-        for seq, toks, cow, extra in zip(seqs, lists, cows, extras):
-            if cow:
+        i, unused, refcount = 0, [], self.allocator.refcount
+        for j in np.flatnonzero(cow | (extra > 0)).tolist():
+            seq = seqs[j]
+            if cow[j]:
                 # A parent and its fork in one batch: after the first copies the shared page, the
                 # last holder writes it in place, and the page reserved for its copy goes back.
                 if refcount[seq.pages[-1]] > 1:
@@ -416,22 +440,29 @@ class BlockManager:
                 else:
                     unused.append(fresh[i])
                 i += 1
-            if extra:
-                seq.pages.extend(fresh[i:i + extra])
-                i += extra
-            start = len(seq.tokens)
-            seq.tokens.extend(toks)
-            if (start + len(toks)) // page_size > len(seq.keys):
+            if extra[j]:
+                pages = fresh[i:i + int(extra[j])]
+                seq.pages.extend(pages)
+                t.extend(seq.row, pages)
+                i += len(pages)
+        if counts is None:  # a decode step
+            for seq, token in zip(seqs, flat):
+                seq.tokens.append(token)
+            t.num_tokens[rows] = new
+            for j in np.flatnonzero(new % page_size == 0).tolist():
+                self._extend_keys(seqs[j])
+            pages = t.table[rows, (new - 1) // page_size]
+            self.page_owner[pages] = ids
+            self.page_fill[pages] = old % page_size + 1
+        else:
+            offset = 0
+            for seq, n in zip(seqs, counts):
+                start = len(seq.tokens)
+                seq.tokens.extend(flat[offset:offset + n])
+                offset += n
+                t.num_tokens[seq.row] = start + n
                 self._extend_keys(seq)
-            if len(toks) == 1:  # a decode step: collect, assign once below
-                owned_pages.append(seq.pages[-1])
-                owners.append(seq.seq_id)
-                fills.append(start % page_size + 1)
-            else:
-                self._reserve(seq, start, start + len(toks))
-        if owned_pages:
-            self.page_owner[owned_pages] = owners
-            self.page_fill[owned_pages] = fills
+                self._reserve(seq, start, start + n)
         self.allocator.release(unused)
 
     def _reserve(self, seq: Sequence, start: int, end: int) -> None:
@@ -450,6 +481,7 @@ class BlockManager:
         rows = self.writes.page_rows(self.page_size)
         rows[new] = rows[old]
         seq.pages[-1] = new
+        self.tables.put(seq.row, len(seq.pages) - 1, new)
         self.allocator.release([old])
         self.pending_copies.append((old, new))
         self.counters["cow_copies"] += 1
@@ -470,7 +502,8 @@ class BlockManager:
         self._next_seq_id += 1
         for page in seq.pages:
             self.allocator.incref(page)
-        child = Sequence(child_id, list(seq.tokens), list(seq.pages), seq.salt_block, seq.num_written,
+        row = self.tables.new_row(seq.pages, len(seq.tokens), seq.num_written)
+        child = Sequence(child_id, list(seq.tokens), list(seq.pages), seq.salt_block, self.tables, row,
                          seq.num_cached, list(seq.keys), seq.num_published)
         self.seqs[child_id] = child
         self._add_pending(child.keys[child.num_published:])
@@ -487,9 +520,26 @@ class BlockManager:
         owned = self.page_owner[seq.pages] == seq_id
         self.page_owner[np.asarray(seq.pages)[owned]] = NOT_OWNED
         self.allocator.release(reversed(seq.pages))
+        self.tables.release(seq.row)
         del self.seqs[seq_id]
+        self._epoch += 1
 
     # ------------------------------------------------------------------ writes
+    def block_table(self, seq_ids: SequenceOf[int]) -> np.ndarray:
+        """Pages of each sequence, int32 ``[batch, max pages]`` padded with -1."""
+        return self.tables.padded(self._batch(seq_ids)[1])
+
+    def page_table_csr(self, seq_ids: SequenceOf[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """FlashInfer's CSR block table: indptr int32 ``[batch + 1]``, indices int32
+        ``[indptr[-1]]``, last page's token count int32 ``[batch]`` (1..page_size)."""
+        rows = self._batch(seq_ids)[1]
+        indptr, indices = self.tables.csr(rows)
+        return indptr, indices, ((self.tables.num_tokens[rows] - 1) % self.page_size + 1).astype(np.int32)
+
+    def seq_lens(self, seq_ids: SequenceOf[int]) -> np.ndarray:
+        """Reserved tokens of each sequence, int32 ``[batch]``."""
+        return self.tables.num_tokens[self._batch(seq_ids)[1]].astype(np.int32)
+
     def slot_mapping(self, seq_ids: SequenceOf[int], num_tokens=None) -> np.ndarray:
         """Slots of every reserved-but-unwritten token (or of the first ``num_tokens[i]`` of
         sequence ``i``: an int for all, or one per sequence), in batch order then position order.
@@ -500,7 +550,15 @@ class BlockManager:
         np.ndarray
             int64 ``[sum of pending tokens]``.
         """
-        seqs = [self._seq(s) for s in seq_ids]
+        seqs, rows, ids = self._batch(seq_ids)
+        distinct = len(set(ids.tolist())) == len(seqs)
+        t, page_size = self.tables, self.page_size
+        if num_tokens is None and distinct and len(seqs):
+            written = t.num_written[rows]
+            if ((t.num_tokens[rows] - written) == 1).all():  # a decode step: one slot each
+                mapping = t.table[rows, written // page_size].astype(np.int64) * page_size + written % page_size
+                self.writes.issue(mapping, seqs, True, rows)
+                return mapping
         counts = None
         if num_tokens is not None:
             counts = [num_tokens] * len(seqs) if isinstance(num_tokens, (int, np.integer)) else list(num_tokens)
@@ -510,7 +568,7 @@ class BlockManager:
                 if not 0 <= n <= len(seq.tokens) - seq.num_written:
                     raise ValueError(f"sequence {seq.seq_id} has {len(seq.tokens) - seq.num_written} pending "
                                      f"tokens; asked to map {n}")
-        page_size, slots, covers_all = self.page_size, [], True
+        slots, covers_all = [], True
         for i, seq in enumerate(seqs):
             start, end = seq.num_written, len(seq.tokens)
             if counts is not None and counts[i] < end - start:
@@ -520,7 +578,7 @@ class BlockManager:
             elif end > start:
                 slots.extend(self._slots(seq, start, end).tolist())
         mapping = np.array(slots, dtype=np.int64)
-        if len({id(seq) for seq in seqs}) == len(seqs):
+        if distinct:
             self.writes.issue(mapping, seqs, covers_all)
         else:
             self.writes.flush()
@@ -587,6 +645,15 @@ class BlockManager:
             return
         self.page_owner[issued.slots // self.page_size] = NOT_OWNED
         page_size, txn = self.page_size, self._txn
+        if issued.rows is not None:  # one token each: array operations, publishing only filled pages
+            if txn is not None:
+                for seq in issued.sequences:
+                    txn.touch(seq)
+            t = self.tables
+            t.num_written[issued.rows] = lengths = t.num_tokens[issued.rows]
+            for j in np.flatnonzero(lengths % page_size == 0).tolist():
+                self._publish(issued.sequences[j])
+            return
         for seq in issued.sequences:
             if txn is not None:
                 txn.touch(seq)
@@ -736,6 +803,7 @@ class BlockManager:
         n = self.num_pages if new_num_pages is None else new_num_pages
         for seq in self.seqs.values():
             seq.pages = old_to_new[seq.pages].tolist()
+        self.tables.renumber(old_to_new)
         live = np.flatnonzero(old_to_new >= 0)
         self.writes.flush()
         old = self.writes.page_rows(self.page_size)
@@ -802,8 +870,13 @@ class BlockManager:
         refs = np.zeros(self.num_pages, dtype=np.int64)
         for seq in self.seqs.values():
             np.add.at(refs, np.asarray(seq.pages, dtype=np.int64), 1)
-            if len(seq.pages) != self._pages_for(seq.num_tokens):
+            if len(seq.pages) != pages_needed(seq.num_tokens, self.page_size):
                 fail(f"sequence {seq.seq_id} has {len(seq.pages)} pages for {seq.num_tokens} tokens")
+            if self.tables.table[seq.row, :self.tables.num_pages[seq.row]].tolist() != seq.pages or \
+                    (self.tables.table[seq.row, len(seq.pages):] != -1).any():
+                fail(f"block-table row {seq.row} of sequence {seq.seq_id} differs from its pages")
+            if self.tables.num_tokens[seq.row] != len(seq.tokens):
+                fail(f"block-table token count of sequence {seq.seq_id} differs from its tokens")
             if seq.num_written < seq.num_tokens:
                 pending_pages = {seq.pages[i // self.page_size] for i in range(seq.num_written, seq.num_tokens)}
                 for page in pending_pages:

@@ -285,23 +285,14 @@ class PagedKVCache:
         self.manager.record_write(layer, slots, checked=True)
 
     # ------------------------------------------------------------------ tables for kernels
-    def _rows(self, seq_ids) -> list[list[int]]:
-        return [self.manager.pages(s) for s in seq_ids]
-
     def block_table(self, seq_ids) -> torch.Tensor:
         """Pages of each sequence, int32 ``[batch, max_pages]`` on the pool's device, padded with
         ``BLOCK_TABLE_PAD`` (-1)."""
-        rows = self._rows(seq_ids)
-        width = max((len(r) for r in rows), default=0)
-        table = np.full((len(rows), width), BLOCK_TABLE_PAD, dtype=np.int32)
-        for i, row in enumerate(rows):
-            table[i, :len(row)] = row
-        return torch.from_numpy(table).to(self.device)
+        return torch.from_numpy(self.manager.block_table(list(seq_ids))).to(self.device)
 
     def seq_lens(self, seq_ids) -> torch.Tensor:
         """Reserved tokens of each sequence (pending ones included), int32 ``[batch]``."""
-        lens = [self.manager.num_tokens(s) for s in seq_ids]
-        return torch.tensor(lens, dtype=torch.int32, device=self.device)
+        return torch.from_numpy(self.manager.seq_lens(list(seq_ids))).to(self.device)
 
     def page_table_csr(self, seq_ids) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The block table in FlashInfer's CSR form, all int32 on the pool's device.
@@ -312,13 +303,8 @@ class PagedKVCache:
         kv_indices : ``[kv_indptr[-1]]`` the pages of every sequence, concatenated
         kv_last_page_len : ``[batch]`` tokens in each sequence's last page (1..page_size)
         """
-        rows = self._rows(seq_ids)
-        indptr = np.zeros(len(rows) + 1, dtype=np.int32)
-        np.cumsum([len(r) for r in rows], out=indptr[1:])
-        indices = np.fromiter((p for r in rows for p in r), dtype=np.int32, count=int(indptr[-1]))
-        lens = np.array([self.manager.num_tokens(s) for s in seq_ids], dtype=np.int64)
-        last = ((lens - 1) % self.page_size + 1).astype(np.int32)
-        return tuple(torch.from_numpy(x).to(self.device) for x in (indptr, indices, last))
+        arrays = self.manager.page_table_csr(list(seq_ids))
+        return tuple(torch.from_numpy(x).to(self.device) for x in arrays)
 
     # ------------------------------------------------------------------ compaction
     def defragment(self, *, order: str = "sequence", shrink: bool | int = False) -> DefragReport:

@@ -81,12 +81,14 @@ class Snapshot:
         """Put ``manager`` back as it was at ``take``, except ``refusals`` and the pages cached before
         that were evicted (free now, and counted in ``evictions``)."""
         for seq_id in [s for s in manager.seqs if s >= self.first_new_seq_id]:
-            del manager.seqs[seq_id]
+            manager.tables.release(manager.seqs.pop(seq_id).row)
         for seq_id, saved in self.sequences.items():
             seq = manager.seqs[seq_id]
             del seq.tokens[saved.num_tokens:]
+            manager.tables.num_tokens[seq.row] = saved.num_tokens
             del seq.pages[saved.num_pages:]
             seq.pages[-1] = saved.last_page
+            manager.tables.set(seq.row, seq.pages)
             del seq.keys[saved.num_keys:]
             seq.num_written, seq.num_cached, seq.num_published = (saved.num_written, saved.num_cached,
                                                                   saved.num_published)
@@ -115,6 +117,6 @@ class Snapshot:
         refusals = manager.counters["refusals"]
         manager.counters.clear()
         manager.counters.update(self.counters, refusals=refusals)
-        manager._next_seq_id = self.first_new_seq_id
+        manager._epoch += 1
         manager.pending_copies = []
         manager._rebuild_pending_keys()

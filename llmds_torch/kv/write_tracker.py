@@ -26,6 +26,7 @@ class Issued:
     slots: np.ndarray  # int64 [n], the host copy the caller passes back to ``write``
     sequences: list  # the sequences it covers, in batch order
     covers_all: bool  # every pending token of each of those sequences is in ``slots``
+    rows: np.ndarray | None = None  # block-table rows, when each sequence has exactly one slot (decode)
     layers: int = 0  # bit l set: layer l wrote every slot
 
 
@@ -54,12 +55,12 @@ class WriteTracker:
         self.on_flush = None  # callable(slots) before the bitmask of ``slots`` changes (transactions)
 
     # ------------------------------------------------------------------ the shortcut
-    def issue(self, slots: np.ndarray, sequences: list, covers_all: bool) -> None:
+    def issue(self, slots: np.ndarray, sequences: list, covers_all: bool, rows: np.ndarray | None = None) -> None:
         """Remember ``slots`` as the mapping the layers will write, if none of them is written yet
         (``sequences``: distinct, the owners of the slots in batch order)."""
         self.flush()
         if not self.checked and slots.size and not self.slot_layers[slots].any():
-            self.issued = Issued(slots, sequences, covers_all)
+            self.issued = Issued(slots, sequences, covers_all, rows)
 
     def is_issued(self, slots) -> bool:
         issued = self.issued

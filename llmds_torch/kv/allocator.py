@@ -62,6 +62,13 @@ class PageAllocator:
         if n > self.available():
             raise OutOfPages(f"need {n} pages, only {len(self.free_list)} free + {len(self.policy)} "
                              f"evictable of {self.num_pages}")
+        if 0 < n <= len(self.free_list):  # from the free list alone: array operations
+            pages = self.free_list[-n:]
+            del self.free_list[-n:]
+            pages.reverse()
+            self.state[pages] = USED
+            self.refcount[pages] = 1
+            return pages
         pages = []
         for _ in range(n):
             if self.free_list:
@@ -76,6 +83,18 @@ class PageAllocator:
             pages.append(page)
         return pages
 
+    def incref_many(self, pages: list[int]) -> None:
+        """``incref`` of distinct pages at once."""
+        if not pages:
+            return
+        arr = np.asarray(pages, dtype=np.int64)
+        cached = arr[self.state[arr] == CACHED]
+        for page in cached.tolist():
+            if page in self.policy:
+                self.policy.remove(page)
+        self.state[arr] = USED
+        self.refcount[arr] += 1
+
     def incref(self, page: int) -> None:
         """One more block-table reference; a cached page comes back into use."""
         if self.state[page] == CACHED:
@@ -85,19 +104,24 @@ class PageAllocator:
         self.refcount[page] += 1
 
     def release(self, pages: Iterable[int]) -> None:
-        """Drop one reference from each page, in the given order. A page reaching refcount 0
-        becomes cached when it holds a published prefix, otherwise free."""
-        for page in pages:
-            self.refcount[page] -= 1
-            if self.refcount[page] > 0:
-                continue
-            if self.published[page]:
-                self.state[page] = CACHED
-                if self.pins[page] == 0:
-                    self.policy.insert(page)
-            else:
-                self.state[page] = FREE
-                self.free_list.append(page)
+        """Drop one reference from each page (distinct pages), in the given order. A page reaching
+        refcount 0 becomes cached when it holds a published prefix, otherwise free. Array
+        operations; only pages becoming cached and unpinned go one by one (to the eviction policy)."""
+        pages = pages if isinstance(pages, np.ndarray) else np.fromiter(pages, dtype=np.int64)
+        if not pages.size:
+            return
+        self.refcount[pages] -= 1
+        done = pages[self.refcount[pages] == 0]
+        if not done.size:
+            return
+        published = self.published[done]
+        cached, free = done[published], done[~published]
+        self.state[free] = FREE
+        self.free_list.extend(free.tolist())
+        if cached.size:
+            self.state[cached] = CACHED
+            for page in cached[self.pins[cached] == 0].tolist():
+                self.policy.insert(page)
 
     # -- pins -------------------------------------------------------------------------------
     def pin(self, page: int) -> None:

@@ -24,7 +24,7 @@ from llmds_torch.kv.defrag import plan_moves
 from llmds_torch.kv.eviction import make_policy
 from llmds_torch.kv.prefix_index import (HashFn, PrefixIndex, as_bytes, chain_prefix, new_cache_salt,
                                          page_keys, sha256)
-from llmds_torch.kv.sequence import Sequence, validate_token_batch, validate_token_ids
+from llmds_torch.kv.sequence import Sequence, validate_token_array, validate_token_batch, validate_token_ids
 from llmds_torch.kv.transaction import Snapshot, TransactionError
 from llmds_torch.kv.write_tracker import WriteTracker
 
@@ -83,6 +83,8 @@ class BlockManager:
         self.allocator = PageAllocator(num_pages, make_policy(eviction_policy), self._evicted)
         self.pending_keys: dict[bytes, int] = {}  # key -> full pages reserved under it, not yet published
         self._keys_memo: tuple[bytes, bytes, list[bytes]] | None = None  # (token bytes, salt block, keys)
+        self._match_memo = None  # (token bytes, salt block, index version, result of _match_prefix)
+        self._prompt_memo = None  # (the caller's list, a copy, tokens, token bytes)
         self._txn: Snapshot | None = None
         self.seqs: dict[int, Sequence] = {}
         self._next_seq_id = 0
@@ -190,32 +192,58 @@ class BlockManager:
     def _salt_block(self, salt, extra_key) -> bytes:
         return chain_prefix(self.cache_salt, as_bytes(salt, "salt"), as_bytes(extra_key, "extra_key"))
 
-    def _prompt_keys(self, tokens: list[int], salt_block: bytes) -> tuple[bytes, list[bytes]]:
-        """``tokens`` as little-endian int32 bytes, and the keys of all its full pages. The last
-        answer is remembered, so ``can_attach`` then ``attach`` of one prompt hashes it once."""
-        token_bytes = np.asarray(tokens, dtype="<i4").tobytes()
-        memo = self._keys_memo
-        if memo is not None and memo[1] == salt_block and memo[0] == token_bytes:
-            return token_bytes, memo[2]
-        keys = page_keys(token_bytes, self.page_size, len(tokens) // self.page_size, salt_block, b"", self.hash_fn)
-        self._keys_memo = (token_bytes, salt_block, keys)
-        return token_bytes, keys
+    def _prompt(self, token_ids) -> tuple[list[int], bytes]:
+        """Validated prompt tokens and their little-endian int32 bytes (the same list passed to
+        ``can_attach`` and then ``attach`` is converted once)."""
+        memo = self._prompt_memo
+        if memo is not None and memo[0] is token_ids and memo[1] == token_ids:
+            return memo[2], memo[3]
+        arr = validate_token_array(token_ids)
+        tokens, token_bytes = arr.tolist(), arr.astype("<i4").tobytes()
+        if type(token_ids) is list:
+            self._prompt_memo = (token_ids, list(token_ids), tokens, token_bytes)
+        return tokens, token_bytes
 
-    def _match_prefix(self, tokens: list[int], salt_block: bytes) -> tuple[list[int], list[bytes], int]:
+    def _match_prefix(self, token_bytes: bytes, salt_block: bytes) -> tuple[list[int], list[bytes], int]:
         """Published pages that hold the longest cached prefix of ``tokens`` (at most
         ``len(tokens) - 1`` tokens, whole pages). Returns (pages, the keys of every full page of
-        ``tokens``, collisions caught)."""
-        token_bytes, keys = self._prompt_keys(tokens, salt_block)
-        usable = (len(tokens) - 1) // self.page_size
-        pages, collisions, step = [], 0, 4 * self.page_size
-        if not self.index.page_of:
-            return pages, keys, 0
-        for i in range(usable):
-            page, collided = self.index.lookup(keys[i], token_bytes[i * step:(i + 1) * step], self.verify_tokens)
-            collisions += collided
-            if page is None:
-                break
-            pages.append(page)
+        ``tokens``, collisions caught). Cached pages are found by their exact token bytes and give
+        their stored keys; only the pages after them are hashed (and the last prompt's keys are
+        remembered, so ``can_attach`` then ``attach`` hash once)."""
+        page_size, index = self.page_size, self.index
+        memo = self._match_memo
+        if memo is not None and memo[2] == index.version and memo[1] == salt_block and memo[0] == token_bytes:
+            pages, keys, collisions = memo[3]
+            return list(pages), list(keys), collisions
+        num_tokens = len(token_bytes) // 4
+        step, usable = 4 * page_size, (num_tokens - 1) // page_size
+        pages, keys, previous = [], [], b""
+        if index.child_of:
+            child_of, key_of = index.child_of, index.key_of
+            for i in range(usable):
+                page = child_of.get((previous, salt_block, token_bytes[i * step:(i + 1) * step]))
+                if page is None:
+                    break
+                pages.append(page)
+                previous = key_of[page]
+                keys.append(previous)
+        memo = self._keys_memo
+        if memo is not None and memo[1] == salt_block and memo[0] == token_bytes:
+            keys.extend(memo[2][len(keys):])
+        else:
+            done = len(keys)
+            keys.extend(page_keys(token_bytes[done * step:], page_size, num_tokens // page_size - done,
+                                  salt_block, previous, self.hash_fn))
+            self._keys_memo = (token_bytes, salt_block, keys[:])
+        collisions = 0
+        if index.page_of:  # a key published with other tokens: a caught collision, or a hit unverified
+            for i in range(len(pages), usable):
+                page, collided = index.lookup(keys[i], token_bytes[i * step:(i + 1) * step], self.verify_tokens)
+                collisions += collided
+                if page is None:
+                    break
+                pages.append(page)
+        self._match_memo = (token_bytes, salt_block, index.version, (list(pages), list(keys), collisions))
         return pages, keys, collisions
 
     def pending_prefix_tokens(self, token_ids, *, salt=None, extra_key=None) -> int:
@@ -223,8 +251,8 @@ class BlockManager:
         pages some live sequence has reserved with exactly these tokens but not yet published: a
         multiple of ``page_size``. Holding the prompt back until they are published turns them into
         prefix hits."""
-        tokens = validate_token_ids(token_ids)
-        hits, keys, _ = self._match_prefix(tokens, self._salt_block(salt, extra_key))
+        tokens, token_bytes = self._prompt(token_ids)
+        hits, keys, _ = self._match_prefix(token_bytes, self._salt_block(salt, extra_key))
         usable = (len(tokens) - 1) // self.page_size
         end = len(hits)
         while end < usable and keys[end] in self.pending_keys:
@@ -298,11 +326,12 @@ class BlockManager:
         if self._txn is not None:
             raise TransactionError(f"{what} cannot run inside a transaction")
 
-    def _attach_need(self, tokens: list[int], salt_block: bytes) -> tuple[list[int], list[bytes], int, int]:
-        hit_pages, keys, collisions = self._match_prefix(tokens, salt_block)
+    def _attach_need(self, tokens: list[int], token_bytes: bytes, salt_block: bytes) -> tuple[list[int], list[bytes], int, int]:
+        hit_pages, keys, collisions = self._match_prefix(token_bytes, salt_block)
         new_pages = pages_needed(len(tokens), self.page_size) - len(hit_pages)
-        # Hit pages that sit in the evictable set stop being evictable once we take them.
-        taken_from_cached = sum(1 for p in hit_pages if self.allocator.state[p] == CACHED and p in self.allocator.policy)
+        # Hit pages that sit in the evictable set (cached, unpinned) stop being evictable once taken.
+        a, hits = self.allocator, np.asarray(hit_pages, dtype=np.int64)
+        taken_from_cached = int(np.count_nonzero((a.state[hits] == CACHED) & (a.pins[hits] == 0)))
         return hit_pages, keys, new_pages + taken_from_cached, collisions
 
     def _check_context(self, num_tokens: int, what: str) -> None:
@@ -317,33 +346,34 @@ class BlockManager:
             needed = pages_needed(int(token_ids), self.page_size)
             fits_context = self.max_context_len is None or token_ids <= self.max_context_len
             return fits_context and needed <= self._obtainable()
-        tokens = validate_token_ids(token_ids)
+        tokens, token_bytes = self._prompt(token_ids)
         if self.max_context_len is not None and len(tokens) > self.max_context_len:
             return False
-        return self._attach_need(tokens, self._salt_block(salt, extra_key))[2] <= self._obtainable()
+        return self._attach_need(tokens, token_bytes, self._salt_block(salt, extra_key))[2] <= self._obtainable()
 
     def attach(self, token_ids, *, salt=None, extra_key=None) -> int:
         """Start a sequence with prompt ``token_ids``; reuse cached full pages of its prefix,
         allocate the rest. Returns the new sequence id."""
-        tokens = validate_token_ids(token_ids)
+        tokens, token_bytes = self._prompt(token_ids)
+        tokens = list(tokens)  # the sequence's own list (it grows)
         self._check_context(len(tokens), "the prompt")
         salt_block = self._salt_block(salt, extra_key)
-        hit_pages, keys, needed, collisions = self._attach_need(tokens, salt_block)
+        hit_pages, keys, needed, collisions = self._attach_need(tokens, token_bytes, salt_block)
         if needed > self._obtainable():
             self._refuse(f"attach needs {needed} pages; {self.allocator.num_free} free, "
                          f"{self.allocator.num_evictable} evictable, {self.max_num_pages - self.num_pages} "
                          f"more may be grown")
         num_new = pages_needed(len(tokens), self.page_size) - len(hit_pages)
         self._make_room(num_new)  # may raise: before anything is taken
-        for page in hit_pages:  # take them before allocation can evict them
-            self.allocator.incref(page)
+        self.allocator.incref_many(hit_pages)  # take them before allocation can evict them
         new_pages = self._allocate(num_new)
         seq_id = self._next_seq_id
         self._next_seq_id += 1
         num_cached = len(hit_pages) * self.page_size
         pages = hit_pages + new_pages
         row = self.tables.new_row(pages, len(tokens), num_cached)
-        seq = Sequence(seq_id, tokens, pages, salt_block, self.tables, row, num_cached, list(keys), len(hit_pages))
+        seq = Sequence(seq_id, tokens, pages, salt_block, self.tables, row, num_cached, list(keys), len(hit_pages),
+                       token_bytes)
         self.seqs[seq_id] = seq
         self._add_pending(seq.keys[seq.num_published:])
         self._reserve(seq, num_cached, len(tokens))
@@ -470,10 +500,10 @@ class BlockManager:
         if end <= start:
             return
         page_size = self.page_size
-        for i in range(start // page_size, (end - 1) // page_size + 1):
-            page = seq.pages[i]
-            self.page_owner[page] = seq.seq_id
-            self.page_fill[page] = min(page_size, seq.num_tokens - i * page_size)
+        first, last = start // page_size, (end - 1) // page_size + 1
+        pages = self.tables.table[seq.row, first:last]
+        self.page_owner[pages] = seq.seq_id
+        self.page_fill[pages] = np.minimum(page_size, len(seq.tokens) - np.arange(first, last) * page_size)
 
     def _copy_on_write(self, seq: Sequence, new: int) -> None:
         """Give ``seq`` the fresh page ``new`` in place of its shared last page."""
@@ -504,7 +534,7 @@ class BlockManager:
             self.allocator.incref(page)
         row = self.tables.new_row(seq.pages, len(seq.tokens), seq.num_written)
         child = Sequence(child_id, list(seq.tokens), list(seq.pages), seq.salt_block, self.tables, row,
-                         seq.num_cached, list(seq.keys), seq.num_published)
+                         seq.num_cached, list(seq.keys), seq.num_published, seq.prompt_bytes)
         self.seqs[child_id] = child
         self._add_pending(child.keys[child.num_published:])
         return child_id
@@ -517,9 +547,10 @@ class BlockManager:
             raise TransactionError(f"sequence {seq_id} existed before the transaction; detach it outside")
         self._drop_pending(seq.keys[seq.num_published:])
         self.writes.flush()
-        owned = self.page_owner[seq.pages] == seq_id
-        self.page_owner[np.asarray(seq.pages)[owned]] = NOT_OWNED
-        self.allocator.release(reversed(seq.pages))
+        pages = self.tables.table[seq.row, len(seq.pages) - 1::-1].astype(np.int64)  # tail first
+        owner = self.page_owner
+        owner[pages[owner[pages] == seq_id]] = NOT_OWNED
+        self.allocator.release(pages)
         self.tables.release(seq.row)
         del self.seqs[seq_id]
         self._epoch += 1
@@ -708,11 +739,17 @@ class BlockManager:
         start, full = seq.num_published, seq.num_written // page_size
         if start >= full:
             return
-        token_bytes = np.asarray(seq.tokens[start * page_size:full * page_size], dtype="<i4").tobytes()
+        if full * page_size * 4 <= len(seq.prompt_bytes):
+            token_bytes = seq.prompt_bytes[start * page_size * 4:full * page_size * 4]
+        else:
+            token_bytes = np.asarray(seq.tokens[start * page_size:full * page_size], dtype="<i4").tobytes()
         step, txn = 4 * page_size, self._txn
-        for j, key in enumerate(seq.keys[start:full]):
-            page = seq.pages[start + j]
-            if self.index.publish(key, page, token_bytes[j * step:(j + 1) * step]):
+        keys = seq.keys
+        for j in range(full - start):
+            i = start + j
+            page = seq.pages[i]
+            if self.index.publish(keys[i], page, token_bytes[j * step:(j + 1) * step], keys[i - 1] if i else b"",
+                                  seq.salt_block):
                 self.allocator.published[page] = True
                 if txn is not None:
                     txn.published_pages.append(page)
@@ -723,7 +760,8 @@ class BlockManager:
     def _published_chain(self, token_ids, salt, extra_key) -> list[int]:
         tokens = validate_token_ids(token_ids)
         full = len(tokens) // self.page_size
-        pages, _, _ = self._match_prefix(tokens[:full * self.page_size] + [0], self._salt_block(salt, extra_key))
+        token_bytes = np.asarray(tokens[:full * self.page_size] + [0], dtype="<i4").tobytes()
+        pages, _, _ = self._match_prefix(token_bytes, self._salt_block(salt, extra_key))
         return pages
 
     def pin_prefix(self, token_ids, *, salt=None, extra_key=None) -> int:

@@ -31,6 +31,7 @@ class Sequence:
     num_cached: int = 0
     keys: list[bytes] = field(default_factory=list)
     num_published: int = 0
+    prompt_bytes: bytes = b""  # the prompt as little-endian int32, kept for publishing its pages
 
     @property
     def num_tokens(self) -> int:
@@ -48,6 +49,12 @@ class Sequence:
 def validate_token_ids(token_ids, *, allow_empty: bool = False) -> list[int]:
     """Check that ``token_ids`` (list, tuple, numpy array or torch tensor of integers) are
     non-negative and within int32; return them as a list of Python ints."""
+    arr = validate_token_array(token_ids, allow_empty=allow_empty)
+    return arr.tolist() if arr.dtype != object else [int(t) for t in arr]
+
+
+def validate_token_array(token_ids, *, allow_empty: bool = False) -> np.ndarray:
+    """``validate_token_ids``, returning the checked 1-D integer array."""
     if hasattr(token_ids, "detach"):  # torch tensor
         token_ids = token_ids.detach().cpu().numpy()
     if isinstance(token_ids, (str, bytes)) or np.isscalar(token_ids):
@@ -57,7 +64,7 @@ def validate_token_ids(token_ids, *, allow_empty: bool = False) -> list[int]:
         raise InvalidTokenIds(f"token_ids must be one-dimensional, got shape {arr.shape}")
     if arr.size == 0:
         if allow_empty:
-            return []
+            return np.zeros(0, dtype=np.int64)
         raise InvalidTokenIds("token_ids is empty; at least one token is required")
     if arr.dtype == object:
         if not all(isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in arr):
@@ -69,7 +76,7 @@ def validate_token_ids(token_ids, *, allow_empty: bool = False) -> list[int]:
         raise InvalidTokenIds(f"token_ids must be integers, got dtype {arr.dtype}")
     if lo < 0 or hi > INT32_MAX:
         raise InvalidTokenIds(f"token ids must lie in [0, {INT32_MAX}] (int32); got values in [{lo}, {hi}]")
-    return arr.tolist() if arr.dtype != object else [int(t) for t in arr]
+    return arr
 
 
 def _is_token(t) -> bool:

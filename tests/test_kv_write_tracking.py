@@ -100,3 +100,48 @@ class CheckedCacheMachine(CacheMachine):
 CheckedCacheMachine.TestCase.settings = CacheMachine.TestCase.settings.__class__(
     CacheMachine.TestCase.settings, max_examples=40)
 TestCheckedCacheMachine = CheckedCacheMachine.TestCase
+
+
+TOKEN_FORMS = {
+    "ints": lambda t: t,
+    "numpy ints": lambda t: [np.int64(x) for x in t],
+    "one-element lists": lambda t: [[x] for x in t],
+    "tuples": lambda t: [(x,) for x in t],
+    "numpy": lambda t: np.array(t),
+    "tensor": lambda t: torch.tensor(t),
+    "numpy 2-D": lambda t: np.array(t)[:, None],
+    "tensor 2-D": lambda t: torch.tensor(t)[:, None],
+    "mixed": lambda t: [x if i % 3 == 0 else [x] if i % 3 == 1 else np.array([x]) for i, x in enumerate(t)],
+}
+
+
+@pytest.mark.parametrize("form", TOKEN_FORMS)
+def test_every_token_form_appends_the_same(form):
+    """A decode step in any input form leaves exactly the state a list of ints does."""
+    results = []
+    for convert in (TOKEN_FORMS["ints"], TOKEN_FORMS[form]):
+        cache = make_cache(False)
+        seqs = [cache.attach(list(range(i, i + 3 + i))) for i in range(6)]
+        for step in range(6):  # crosses page boundaries
+            cache.slot_mapping(seqs)
+            for layer in range(LAYERS):
+                m = cache.slot_mapping(seqs) if layer == 0 else m
+                cache.write(layer, m, torch.ones(m.numel(), 1, 2), torch.ones(m.numel(), 1, 2))
+            cache.append_batch(seqs, convert([7 * step + i for i in range(6)]))
+        cache.check_invariants()
+        results.append([(cache.token_ids(s), cache.manager.pages(s), cache.num_written(s)) for s in seqs])
+        assert all(type(t) is int for s in seqs for t in cache.token_ids(s))
+    assert results[0] == results[1]
+
+
+@pytest.mark.parametrize("bad", [[1, -1], [[1], []], [[1], ["a"]], [1.5, 2], np.array([1.0, 2.0]), [True, 1],
+                                 np.array([[1, 2]]).T[:, :0], [[1], [2**31]], torch.tensor([[1], [-3]])])
+def test_bad_tokens_in_a_batch_change_nothing(bad):
+    from llmds_torch.errors import InvalidTokenIds
+    cache = make_cache(False)
+    seqs = [cache.attach([1, 2, 3]), cache.attach([4, 5])]
+    before = [(cache.token_ids(s), cache.manager.pages(s)) for s in seqs], cache.stats()
+    with pytest.raises(InvalidTokenIds):
+        cache.append_batch(seqs, bad)
+    assert ([(cache.token_ids(s), cache.manager.pages(s)) for s in seqs], cache.stats()) == before
+    cache.check_invariants()

@@ -948,5 +948,9 @@ class BlockManager:
         for key, page in self.index.page_of.items():
             if a.state[page] == FREE or self.index.key_of.get(page) != key or not a.published[page]:
                 fail(f"index entry for page {page} is stale")
+        index = self.index
+        for child, page in index.child_of.items():
+            if index._child_key.get(page) != child or page not in index.key_of or index.tokens_of[page] != child[2]:
+                fail(f"token-bytes entry of page {page} is stale")
         if int(np.count_nonzero(a.published)) != len(self.index):
             fail("published flags and index size disagree")

@@ -115,13 +115,23 @@ class PageAllocator:
         if not done.size:
             return
         published = self.published[done]
+        if not published.any():
+            self.state[done] = FREE
+            self.free_list.extend(done.tolist())
+            return
         cached, free = done[published], done[~published]
-        self.state[free] = FREE
-        self.free_list.extend(free.tolist())
+        if free.size:
+            self.state[free] = FREE
+            self.free_list.extend(free.tolist())
         if cached.size:
             self.state[cached] = CACHED
-            for page in cached[self.pins[cached] == 0].tolist():
-                self.policy.insert(page)
+            evictable = cached[self.pins[cached] == 0].tolist()
+            insert_new = getattr(self.policy, "insert_new", None)
+            if insert_new is not None:  # the built-in policies take them in one call
+                insert_new(evictable)
+            else:
+                for page in evictable:
+                    self.policy.insert(page)
 
     # -- pins -------------------------------------------------------------------------------
     def pin(self, page: int) -> None:

@@ -547,9 +547,10 @@ class BlockManager:
             raise TransactionError(f"sequence {seq_id} existed before the transaction; detach it outside")
         self._drop_pending(seq.keys[seq.num_published:])
         self.writes.flush()
-        pages = self.tables.table[seq.row, len(seq.pages) - 1::-1].astype(np.int64)  # tail first
-        owner = self.page_owner
-        owner[pages[owner[pages] == seq_id]] = NOT_OWNED
+        pages = self.tables.table[seq.row, len(seq.pages) - 1::-1]  # tail first
+        if seq.num_written < len(seq.tokens):  # pages reserved for writing go back unowned
+            owner = self.page_owner
+            owner[pages[owner[pages] == seq_id]] = NOT_OWNED
         self.allocator.release(pages)
         self.tables.release(seq.row)
         del self.seqs[seq_id]
@@ -648,14 +649,19 @@ class BlockManager:
     def record_write(self, layer: int, slots: np.ndarray, *, checked: bool = False) -> None:
         """Count a write of ``slots`` by ``layer``; publish pages that become fully written.
         ``checked``: the caller already ran ``check_write`` on exactly these arguments."""
-        if not checked:
-            self.check_write(layer, slots)
         writes = self.writes
-        if writes.is_issued(slots):
+        issued = writes.issued
+        if issued is not None and slots is issued.slots:  # the O(1) path, checks included
+            if not checked:
+                if not 0 <= layer < self.num_layers:
+                    raise ValueError(f"layer {layer} out of range [0, {self.num_layers})")
+                writes.check_issued(layer)
             issued = writes.count_layer(layer)
             if issued is not None:
                 self._written(issued)
             return
+        if not checked:
+            self.check_write(layer, slots)
         writes.record(layer, slots)
         done = slots[writes.fully_written(slots)]
         if not done.size:

@@ -1,6 +1,7 @@
 """One sequence's view of the cache: its tokens, its pages, and how far its KV is written."""
 
 from dataclasses import dataclass, field
+from itertools import chain
 
 import numpy as np
 
@@ -104,14 +105,15 @@ def validate_token_batch(token_ids) -> tuple[list[int], list[int] | None]:
             raise InvalidTokenIds(f"a batch of token ids must be 1-D (one each) or 2-D (a row each) with at "
                                   f"least one token per sequence, got shape {token_ids.shape}")
         return validate_token_ids(token_ids.reshape(-1), allow_empty=True), [token_ids.shape[1]] * token_ids.shape[0]
-    if all(type(t) is int for t in token_ids) or all(_is_token(t) for t in token_ids):
+    types = set(map(type, token_ids))
+    if types <= {int} or all(_is_token(t) for t in token_ids):
         return validate_token_ids(token_ids, allow_empty=True), None
-    if all(type(t) is list or type(t) is tuple for t in token_ids):
-        counts = [len(t) for t in token_ids]
+    if types <= {list, tuple}:
+        counts = list(map(len, token_ids))
         if 0 in counts:
             raise InvalidTokenIds("token_ids is empty; at least one token is required")
-        flat = [t for tokens in token_ids for t in tokens]
-        if not all(type(t) is int for t in flat) and not all(_is_token(t) for t in flat):
+        flat = list(chain.from_iterable(token_ids))
+        if not set(map(type, flat)) <= {int} and not all(_is_token(t) for t in flat):
             raise InvalidTokenIds("token_ids must all be integers")
         return validate_token_ids(flat), counts
     lists = [validate_token_ids([t] if _is_token(t) else t) for t in token_ids]

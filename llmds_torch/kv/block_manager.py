@@ -9,6 +9,12 @@ it needs (copy-on-write copies, compaction moves) is handed to the caller as pag
 Terms: a *slot* is one token position in one page, ``slot = page * page_size + offset``. A slot is
 *written* once every layer has written it. A full page is *published* (indexed for prefix sharing)
 once all its slots are written.
+
+The parts it coordinates, each in its own module: ``allocator`` (page states, refcounts, free list,
+pins, eviction), ``prefix_match`` (cached-prefix lookup, page keys, pending keys), ``block_tables``
+(every sequence's pages and counts as arrays), ``write_tracker`` (which layers wrote which slots),
+``capacity`` (``pages_needed``, the cost of an append), ``defrag`` (compaction planning) and
+``transaction`` (undo of a block of calls).
 """
 
 from collections.abc import Callable, Iterator, Sequence as SequenceOf
@@ -20,10 +26,10 @@ from llmds_torch.errors import ContextWindowExceeded, OutOfPages, UnknownSequenc
 from llmds_torch.kv.allocator import CACHED, FREE, USED, PageAllocator
 from llmds_torch.kv.block_tables import BlockTables
 from llmds_torch.kv.capacity import append_cost, pages_needed
-from llmds_torch.kv.defrag import plan_moves
+from llmds_torch.kv.defrag import fragmentation, plan_compaction
 from llmds_torch.kv.eviction import make_policy
-from llmds_torch.kv.prefix_index import (HashFn, PrefixIndex, as_bytes, chain_prefix, new_cache_salt,
-                                         page_keys, sha256)
+from llmds_torch.kv.prefix_index import HashFn, as_bytes, new_cache_salt, sha256
+from llmds_torch.kv.prefix_match import PrefixMatcher
 from llmds_torch.kv.sequence import Sequence, validate_token_array, validate_token_batch, validate_token_ids
 from llmds_torch.kv.transaction import Snapshot, TransactionError
 from llmds_torch.kv.write_tracker import WriteTracker
@@ -76,14 +82,12 @@ class BlockManager:
         self.verify_tokens = verify_tokens
         self.max_context_len = max_context_len
         self.max_num_pages = max(max_num_pages or num_pages, num_pages)
-        self.hash_fn = hash_fn or sha256
         self.on_resize = on_resize
-        self.cache_salt = new_cache_salt() if salt is None else as_bytes(salt, "salt")
-        self.index = PrefixIndex()
+        self.prefix = PrefixMatcher(page_size, new_cache_salt() if salt is None else as_bytes(salt, "salt"),
+                                    hash_fn or sha256, verify_tokens)
+        self.index = self.prefix.index
+        self.cache_salt = self.prefix.cache_salt
         self.allocator = PageAllocator(num_pages, make_policy(eviction_policy), self._evicted)
-        self.pending_keys: dict[bytes, int] = {}  # key -> full pages reserved under it, not yet published
-        self._keys_memo: tuple[bytes, bytes, list[bytes]] | None = None  # (token bytes, salt block, keys)
-        self._match_memo = None  # (token bytes, salt block, index version, result of _match_prefix)
         self._prompt_memo = None  # (the caller's list, a copy, tokens, token bytes)
         self._txn: Snapshot | None = None
         self.seqs: dict[int, Sequence] = {}
@@ -189,9 +193,6 @@ class BlockManager:
         self.counters["grows"] += 1
 
     # ------------------------------------------------------------------ prefix lookup
-    def _salt_block(self, salt, extra_key) -> bytes:
-        return chain_prefix(self.cache_salt, as_bytes(salt, "salt"), as_bytes(extra_key, "extra_key"))
-
     def _prompt(self, token_ids) -> tuple[list[int], bytes]:
         """Validated prompt tokens and their little-endian int32 bytes (the same list passed to
         ``can_attach`` and then ``attach`` is converted once)."""
@@ -204,90 +205,18 @@ class BlockManager:
             self._prompt_memo = (token_ids, list(token_ids), tokens, token_bytes)
         return tokens, token_bytes
 
-    def _match_prefix(self, token_bytes: bytes, salt_block: bytes) -> tuple[list[int], list[bytes], int]:
-        """Published pages that hold the longest cached prefix of ``tokens`` (at most
-        ``len(tokens) - 1`` tokens, whole pages). Returns (pages, the keys of every full page of
-        ``tokens``, collisions caught). Cached pages are found by their exact token bytes and give
-        their stored keys; only the pages after them are hashed (and the last prompt's keys are
-        remembered, so ``can_attach`` then ``attach`` hash once)."""
-        page_size, index = self.page_size, self.index
-        memo = self._match_memo
-        if memo is not None and memo[2] == index.version and memo[1] == salt_block and memo[0] == token_bytes:
-            pages, keys, collisions = memo[3]
-            return list(pages), list(keys), collisions
-        num_tokens = len(token_bytes) // 4
-        step, usable = 4 * page_size, (num_tokens - 1) // page_size
-        pages, keys, previous = [], [], b""
-        if index.child_of:
-            child_of, key_of = index.child_of, index.key_of
-            for i in range(usable):
-                page = child_of.get((previous, salt_block, token_bytes[i * step:(i + 1) * step]))
-                if page is None:
-                    break
-                pages.append(page)
-                previous = key_of[page]
-                keys.append(previous)
-        memo = self._keys_memo
-        if memo is not None and memo[1] == salt_block and memo[0] == token_bytes:
-            keys.extend(memo[2][len(keys):])
-        else:
-            done = len(keys)
-            keys.extend(page_keys(token_bytes[done * step:], page_size, num_tokens // page_size - done,
-                                  salt_block, previous, self.hash_fn))
-            self._keys_memo = (token_bytes, salt_block, keys[:])
-        collisions = 0
-        if index.page_of:  # a key published with other tokens: a caught collision, or a hit unverified
-            for i in range(len(pages), usable):
-                page, collided = index.lookup(keys[i], token_bytes[i * step:(i + 1) * step], self.verify_tokens)
-                collisions += collided
-                if page is None:
-                    break
-                pages.append(page)
-        self._match_memo = (token_bytes, salt_block, index.version, (list(pages), list(keys), collisions))
-        return pages, keys, collisions
-
     def pending_prefix_tokens(self, token_ids, *, salt=None, extra_key=None) -> int:
         """Leading tokens of this prompt, after its published (cached) prefix, that lie on full
         pages some live sequence has reserved with exactly these tokens but not yet published: a
         multiple of ``page_size``. Holding the prompt back until they are published turns them into
         prefix hits."""
-        tokens, token_bytes = self._prompt(token_ids)
-        hits, keys, _ = self._match_prefix(token_bytes, self._salt_block(salt, extra_key))
-        usable = (len(tokens) - 1) // self.page_size
-        end = len(hits)
-        while end < usable and keys[end] in self.pending_keys:
-            end += 1
-        return (end - len(hits)) * self.page_size
+        _, token_bytes = self._prompt(token_ids)
+        return self.prefix.pending_tokens(token_bytes, self.prefix.salt_block(salt, extra_key))
 
-    def _add_pending(self, keys: list[bytes]) -> None:
-        pending = self.pending_keys
-        for key in keys:
-            pending[key] = pending.get(key, 0) + 1
-
-    def _drop_pending(self, keys: list[bytes]) -> None:
-        pending = self.pending_keys
-        for key in keys:
-            left = pending[key] - 1
-            if left:
-                pending[key] = left
-            else:
-                del pending[key]
-
-    def _rebuild_pending_keys(self) -> None:
-        self.pending_keys = {}
-        for seq in self.seqs.values():
-            self._add_pending(seq.keys[seq.num_published:])
-
-    def _extend_keys(self, seq: Sequence) -> None:
-        """Hash the pages of ``seq`` that became full since its last key."""
-        full, known, page_size = len(seq.tokens) // self.page_size, len(seq.keys), self.page_size
-        if full <= known:
-            return
-        token_bytes = np.asarray(seq.tokens[known * page_size:full * page_size], dtype="<i4").tobytes()
-        keys = page_keys(token_bytes, page_size, full - known, seq.salt_block,
-                         seq.keys[-1] if seq.keys else b"", self.hash_fn)
-        seq.keys.extend(keys)
-        self._add_pending(keys)
+    @property
+    def pending_keys(self) -> dict[bytes, int]:
+        """Key -> full pages reserved under it that are not yet published."""
+        return self.prefix.pending_keys
 
     def _evicted(self, page: int) -> None:
         self.index.forget(page)
@@ -327,7 +256,7 @@ class BlockManager:
             raise TransactionError(f"{what} cannot run inside a transaction")
 
     def _attach_need(self, tokens: list[int], token_bytes: bytes, salt_block: bytes) -> tuple[list[int], list[bytes], int, int]:
-        hit_pages, keys, collisions = self._match_prefix(token_bytes, salt_block)
+        hit_pages, keys, collisions = self.prefix.match(token_bytes, salt_block)
         new_pages = pages_needed(len(tokens), self.page_size) - len(hit_pages)
         # Hit pages that sit in the evictable set (cached, unpinned) stop being evictable once taken.
         a, hits = self.allocator, np.asarray(hit_pages, dtype=np.int64)
@@ -349,7 +278,7 @@ class BlockManager:
         tokens, token_bytes = self._prompt(token_ids)
         if self.max_context_len is not None and len(tokens) > self.max_context_len:
             return False
-        return self._attach_need(tokens, token_bytes, self._salt_block(salt, extra_key))[2] <= self._obtainable()
+        return self._attach_need(tokens, token_bytes, self.prefix.salt_block(salt, extra_key))[2] <= self._obtainable()
 
     def attach(self, token_ids, *, salt=None, extra_key=None) -> int:
         """Start a sequence with prompt ``token_ids``; reuse cached full pages of its prefix,
@@ -357,7 +286,7 @@ class BlockManager:
         tokens, token_bytes = self._prompt(token_ids)
         tokens = list(tokens)  # the sequence's own list (it grows)
         self._check_context(len(tokens), "the prompt")
-        salt_block = self._salt_block(salt, extra_key)
+        salt_block = self.prefix.salt_block(salt, extra_key)
         hit_pages, keys, needed, collisions = self._attach_need(tokens, token_bytes, salt_block)
         if needed > self._obtainable():
             self._refuse(f"attach needs {needed} pages; {self.allocator.num_free} free, "
@@ -375,7 +304,7 @@ class BlockManager:
         seq = Sequence(seq_id, tokens, pages, salt_block, self.tables, row, num_cached, list(keys), len(hit_pages),
                        token_bytes)
         self.seqs[seq_id] = seq
-        self._add_pending(seq.keys[seq.num_published:])
+        self.prefix.add_pending(seq.keys[seq.num_published:])
         self._reserve(seq, num_cached, len(tokens))
         self.counters["prefix_query_tokens"] += len(tokens)
         self.counters["prefix_hit_tokens"] += num_cached
@@ -480,7 +409,7 @@ class BlockManager:
                 seq.tokens.append(token)
             t.num_tokens[rows] = new
             for j in np.flatnonzero(new % page_size == 0).tolist():
-                self._extend_keys(seqs[j])
+                self.prefix.extend_keys(seqs[j])
             pages = t.table[rows, (new - 1) // page_size]
             self.page_owner[pages] = ids
             self.page_fill[pages] = old % page_size + 1
@@ -491,7 +420,7 @@ class BlockManager:
                 seq.tokens.extend(flat[offset:offset + n])
                 offset += n
                 t.num_tokens[seq.row] = start + n
-                self._extend_keys(seq)
+                self.prefix.extend_keys(seq)
                 self._reserve(seq, start, start + n)
         self.allocator.release(unused)
 
@@ -536,7 +465,7 @@ class BlockManager:
         child = Sequence(child_id, list(seq.tokens), list(seq.pages), seq.salt_block, self.tables, row,
                          seq.num_cached, list(seq.keys), seq.num_published, seq.prompt_bytes)
         self.seqs[child_id] = child
-        self._add_pending(child.keys[child.num_published:])
+        self.prefix.add_pending(child.keys[child.num_published:])
         return child_id
 
     def detach(self, seq_id: int) -> None:
@@ -545,7 +474,7 @@ class BlockManager:
         seq = self._seq(seq_id)
         if self._txn is not None and seq_id < self._txn.first_new_seq_id:
             raise TransactionError(f"sequence {seq_id} existed before the transaction; detach it outside")
-        self._drop_pending(seq.keys[seq.num_published:])
+        self.prefix.drop_pending(seq.keys[seq.num_published:])
         self.writes.flush()
         pages = self.tables.table[seq.row, len(seq.pages) - 1::-1]  # tail first
         if seq.num_written < len(seq.tokens):  # pages reserved for writing go back unowned
@@ -759,7 +688,7 @@ class BlockManager:
                 self.allocator.published[page] = True
                 if txn is not None:
                     txn.published_pages.append(page)
-        self._drop_pending(seq.keys[start:full])
+        self.prefix.drop_pending(seq.keys[start:full])
         seq.num_published = full
 
     # ------------------------------------------------------------------ pins
@@ -767,7 +696,7 @@ class BlockManager:
         tokens = validate_token_ids(token_ids)
         full = len(tokens) // self.page_size
         token_bytes = np.asarray(tokens[:full * self.page_size] + [0], dtype="<i4").tobytes()
-        pages, _, _ = self._match_prefix(token_bytes, self._salt_block(salt, extra_key))
+        pages, _, _ = self.prefix.match(token_bytes, self.prefix.salt_block(salt, extra_key))
         return pages
 
     def pin_prefix(self, token_ids, *, salt=None, extra_key=None) -> int:
@@ -787,57 +716,12 @@ class BlockManager:
 
     # ------------------------------------------------------------------ compaction
     def fragmentation(self) -> float:
-        """Share of page ids below the highest non-free page that are free: the room a
-        compaction followed by a shrink would give back (0 = perfectly compact)."""
-        live = np.flatnonzero(self.allocator.state != FREE)
-        if live.size == 0:
-            return 0.0
-        return 1.0 - live.size / (int(live[-1]) + 1)
-
-    def compaction_order(self, order: str) -> list[int]:
-        """Non-free pages in the order they should occupy ids 0, 1, 2, ... ."""
-        state = self.allocator.state
-        if order == "lowest":
-            return np.flatnonzero(state != FREE).tolist()
-        if order != "sequence":
-            raise ValueError(f"order must be 'sequence' or 'lowest', got {order!r}")
-        seen = np.zeros(self.num_pages, dtype=bool)
-        result = []
-        for seq_id in sorted(self.seqs):
-            for page in self.seqs[seq_id].pages:
-                if not seen[page]:
-                    seen[page] = True
-                    result.append(page)
-        cached = [p for p in np.flatnonzero(state == CACHED).tolist() if not seen[p]]
-        return result + cached
+        """Share of page ids below the highest non-free page that are free (0 = compact)."""
+        return fragmentation(self.allocator.state)
 
     def plan_compaction(self, order: str = "sequence") -> tuple[list[list[tuple[int, int]]], np.ndarray]:
-        """Plan moves that pack the non-free pages into ids ``[0, live)``.
-
-        Returns
-        -------
-        rounds : list of list of (src, dst)
-            Each round's moves read only pages no move of the same round writes.
-        old_to_new : np.ndarray
-            int64 ``[num_pages]``, each non-free page's final id, -1 for free pages.
-        """
-        if order == "sequence" and not (self.allocator.state == FREE).any():
-            order = "lowest"  # a full pool is already compact, and has no spare page to reorder through
-        target_order = self.compaction_order(order)
-        old_to_new = np.full(self.num_pages, -1, dtype=np.int64)
-        old_to_new[target_order] = np.arange(len(target_order))
-        if order == "lowest":
-            # Keep pages already low where they are; move the high ones into the low holes.
-            live = np.asarray(target_order, dtype=np.int64)
-            n_live = live.size
-            stay = live[live < n_live]
-            movers = live[live >= n_live]
-            holes = np.setdiff1d(np.arange(n_live), stay)
-            old_to_new[:] = -1
-            old_to_new[stay] = stay
-            old_to_new[movers] = holes
-        rounds = plan_moves(old_to_new, self.allocator.state != FREE)
-        return rounds, old_to_new
+        """Moves that pack the non-free pages into ids ``[0, live)``; see ``defrag.plan_compaction``."""
+        return plan_compaction(self.allocator.state, [self.seqs[s].pages for s in sorted(self.seqs)], order)
 
     def apply_compaction(self, old_to_new: np.ndarray, new_num_pages: int | None = None) -> int:
         """Renumber every structure after the moves of ``plan_compaction`` were carried out, and
@@ -929,8 +813,8 @@ class BlockManager:
             if len(seq.keys) != seq.num_tokens // self.page_size or seq.num_published != seq.num_written // self.page_size:
                 fail(f"sequence {seq.seq_id} has {len(seq.keys)} page keys, {seq.num_published} published, for "
                      f"{seq.num_tokens} tokens ({seq.num_written} written)")
-        pending = self.pending_keys
-        self._rebuild_pending_keys()
+        pending = dict(self.pending_keys)
+        self.prefix.rebuild_pending(self.seqs.values())
         if pending != self.pending_keys:
             fail("pending page keys differ from the sequences' unpublished full pages")
         if not np.array_equal(refs, a.refcount):

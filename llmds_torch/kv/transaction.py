@@ -119,4 +119,4 @@ class Snapshot:
         manager.counters.update(self.counters, refusals=refusals)
         manager._epoch += 1
         manager.pending_copies = []
-        manager._rebuild_pending_keys()
+        manager.prefix.rebuild_pending(manager.seqs.values())

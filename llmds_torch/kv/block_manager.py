@@ -250,6 +250,7 @@ class BlockManager:
         finally:
             self._txn = None
             self.writes.on_flush = None
+            self.allocator.journal = None
 
     def _forbid_in_transaction(self, what: str) -> None:
         if self._txn is not None:

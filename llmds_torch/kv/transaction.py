@@ -2,8 +2,9 @@
 
 ``BlockManager.transaction()`` takes a ``Snapshot`` when the block starts; the manager reports to it
 what it is about to change (sequences it modifies, slots a write marks, pages it evicts or
-publishes); ``restore`` puts everything back. Sequences are saved only when first touched, so a
-transaction costs O(pages) array copies at start plus O(1) per touched sequence.
+publishes); ``restore`` puts everything back. Sequences are saved only when first touched, the free
+list and eviction order only as far as they change (``allocator.Journal``), so a transaction costs a
+few page-array copies (memcpy) at start plus O(1) per touched sequence and per page taken.
 
 Pages evicted inside the transaction stay evicted: their storage may have been reused (a
 copy-on-write copy, a write), so their prefix is no longer there to restore.
@@ -49,8 +50,6 @@ class Snapshot:
     refcount: np.ndarray
     published: np.ndarray
     pins: np.ndarray
-    free_list: list[int]
-    policy_order: list[int]
     evictions: int
     page_owner: np.ndarray
     page_fill: np.ndarray
@@ -62,9 +61,10 @@ class Snapshot:
     @classmethod
     def take(cls, manager) -> Snapshot:
         a = manager.allocator
+        a.start_journal()  # the free list and eviction order, saved only as they change
         return cls(manager._next_seq_id, dict(manager.counters), a.num_pages, manager.max_num_pages,
-                   a.state.copy(), a.refcount.copy(), a.published.copy(), a.pins.copy(), list(a.free_list),
-                   list(a.policy), a.evictions, manager.page_owner.copy(), manager.page_fill.copy())
+                   a.state.copy(), a.refcount.copy(), a.published.copy(), a.pins.copy(), a.evictions,
+                   manager.page_owner.copy(), manager.page_fill.copy())
 
     def touch(self, seq) -> None:
         """Save ``seq`` before its first change inside the transaction (new sequences need nothing)."""
@@ -101,16 +101,18 @@ class Snapshot:
         evicted = [p for p in dict.fromkeys(self.evicted) if p < self.num_pages and state[p] == CACHED]
         state[evicted] = FREE
         published[evicted] = False
+        free_list, policy_order = a.end_journal()
         a.state, a.refcount, a.published, a.pins = state, self.refcount, published, self.pins
         a.num_pages = self.num_pages
-        a.free_list = self.free_list + evicted
+        a.free_list = free_list + evicted
         a.evictions = self.evictions + len(evicted)  # pages cached inside and evicted are free again anyway
-        gone = set(evicted)
-        while len(a.policy):
-            a.policy.victim()
-        for page in self.policy_order:
-            if page not in gone:
-                a.policy.insert(page)
+        if policy_order is not None:
+            gone = set(evicted)
+            while len(a.policy):
+                a.policy.victim()
+            for page in policy_order:
+                if page not in gone:
+                    a.policy.insert(page)
         manager.writes.slot_layers = manager.writes.slot_layers[:self.num_pages * manager.page_size]
         manager.page_owner, manager.page_fill = self.page_owner, self.page_fill
         manager.max_num_pages = self.max_num_pages

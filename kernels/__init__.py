@@ -1,50 +1,31 @@
-"""Triton kernels for the paged KV cache, one op per file, each with a torch reference in
-``reference.py``. This package imports torch and triton only, never ``llmds_torch``.
+"""Triton kernels for the paged KV cache, one op per module, each with a torch reference in
+``reference.py``. This package imports torch (and triton where it is installed), never
+``llmds_torch``.
 
-Backend choice: ``"triton"`` on CUDA tensors, ``"torch"`` (the reference) on CPU tensors, and
-Triton's interpreter on CPU tensors when ``TRITON_INTERPRET=1`` was set before import.
+Import each op from its module; the package itself holds only what they share:
+
+==========================  ============================================================
+``kv_write``                ``llmds_torch.kernels.kv_write.kv_write``
+``page_copy``               ``llmds_torch.kernels.page_copy.page_copy``
+``page_move``               ``llmds_torch.kernels.page_move.page_move``
+``paged_attention_decode``  ``llmds_torch.kernels.paged_attention.paged_attention_decode``
+``paged_attention_prefill`` ``llmds_torch.kernels.paged_attention.paged_attention_prefill``
+==========================  ============================================================
+
+Backend choice (``backend.py``): ``"triton"`` on CUDA tensors, ``"torch"`` (the reference) on CPU
+tensors, and Triton's interpreter on CPU tensors when ``TRITON_INTERPRET=1`` was set before import.
+Triton is optional: without it every op runs its torch reference.
 """
 
-import os
-
-import torch
-
-BACKENDS = ("auto", "triton", "torch")
-
-
-def interpreter_enabled() -> bool:
-    """True when Triton runs kernels through its CPU interpreter (``TRITON_INTERPRET=1``)."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """Map ``"auto"`` to ``"triton"`` or ``"torch"`` for tensors on ``device``."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend != "auto":
-        if backend == "triton" and device.type != "cuda" and not interpreter_enabled():
-            raise ValueError("backend='triton' needs CUDA tensors or TRITON_INTERPRET=1")
-        return backend
-    if device.type == "cuda" or interpreter_enabled():
-        return "triton"
-    return "torch"
-
-
-# Imported after resolve_backend is defined: the kernel modules use it.
-from .validation import KernelInputError  # noqa: E402
-from .kv_write import kv_write  # noqa: E402
-from .page_copy import page_copy  # noqa: E402
-from .page_move import page_move  # noqa: E402
-from .paged_attention import paged_attention_decode, paged_attention_prefill  # noqa: E402
+from .backend import BACKENDS, interpreter_enabled, resolve_backend, triton_available
+from ._triton import TritonUnavailable
+from .validation import KernelInputError
 
 __all__ = [
     "BACKENDS",
     "interpreter_enabled",
     "resolve_backend",
+    "triton_available",
     "KernelInputError",
-    "kv_write",
-    "page_copy",
-    "page_move",
-    "paged_attention_decode",
-    "paged_attention_prefill",
+    "TritonUnavailable",
 ]

@@ -6,13 +6,12 @@ in chunks of ``BLOCK``).
 """
 
 import torch
-import triton
-import triton.language as tl
 
+from ._triton import tl, triton
 from .reference import kv_write_reference
 from .validation import (check_distinct, check_index_range, check_kv_layer, check_tensor,
                          KernelInputError)
-from . import resolve_backend
+from .backend import resolve_backend
 
 
 @triton.jit

@@ -6,13 +6,12 @@ one contiguous run of memory, so the copy is a flat, vectorizable block move.
 """
 
 import torch
-import triton
-import triton.language as tl
 
+from ._triton import tl, triton
 from .reference import page_copy_reference
 from .validation import (KV_DTYPES, check_distinct, check_index_range, check_inner_contiguous,
                          check_tensor, KernelInputError)
-from . import resolve_backend
+from .backend import resolve_backend
 
 MAX_BLOCK = 4096
 

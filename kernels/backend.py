@@ -1,0 +1,61 @@
+"""Which implementation runs a kernel: Triton or its torch reference.
+
+``"triton"`` on CUDA tensors, ``"torch"`` (the reference in ``reference.py``) on CPU tensors, and
+Triton's interpreter on CPU tensors when ``TRITON_INTERPRET=1`` was set before import. Where triton
+is not installed, ``"auto"`` always means ``"torch"`` (with one warning when the tensors are on CUDA:
+the reference is correct there but slower).
+"""
+
+import os
+import warnings
+
+import torch
+
+from ._triton import INSTALL_HINT, TRITON_AVAILABLE, TritonUnavailable
+
+BACKENDS = ("auto", "triton", "torch")
+_warned_cuda_without_triton = False
+
+
+def interpreter_enabled() -> bool:
+    """True when Triton runs kernels through its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def triton_available() -> bool:
+    """True when triton imported; without it every kernel runs its torch reference."""
+    return TRITON_AVAILABLE
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """Map ``"auto"`` to ``"triton"`` or ``"torch"`` for tensors on ``device``.
+
+    Raises
+    ------
+    ValueError
+        for an unknown name, or ``"triton"`` on CPU tensors without the interpreter.
+    TritonUnavailable
+        for ``"triton"`` where triton is not installed.
+    """
+    global _warned_cuda_without_triton
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "torch":
+        return backend
+    wants_triton = device.type == "cuda" or interpreter_enabled()
+    if backend == "triton":
+        if not wants_triton:
+            raise ValueError("backend='triton' needs CUDA tensors or TRITON_INTERPRET=1")
+        if not TRITON_AVAILABLE:
+            raise TritonUnavailable(f"backend='triton' but triton is not installed: {INSTALL_HINT}")
+        return backend
+    if wants_triton and TRITON_AVAILABLE:
+        return "triton"
+    if device.type == "cuda" and not _warned_cuda_without_triton:
+        _warned_cuda_without_triton = True
+        warnings.warn(f"triton is not installed, so the KV kernels run their torch references on CUDA "
+                      f"(correct, slower): {INSTALL_HINT}", RuntimeWarning, stacklevel=2)
+    return "torch"
+
+
+__all__ = ["BACKENDS", "interpreter_enabled", "triton_available", "resolve_backend", "TritonUnavailable"]

@@ -12,14 +12,64 @@ Import each op from its module; the package itself holds only what they share:
 ``paged_attention_prefill`` ``llmds_torch.kernels.paged_attention.paged_attention_prefill``
 ==========================  ============================================================
 
-Backend choice (``backend.py``): ``"triton"`` on CUDA tensors, ``"torch"`` (the reference) on CPU
-tensors, and Triton's interpreter on CPU tensors when ``TRITON_INTERPRET=1`` was set before import.
-Triton is optional: without it every op runs its torch reference.
+Backend choice: ``"triton"`` on CUDA tensors, ``"torch"`` (the reference) on CPU tensors, and
+Triton's interpreter on CPU tensors when ``TRITON_INTERPRET=1`` was set before import. Triton is
+optional: where it is not installed, ``"auto"`` always means ``"torch"`` (with one warning when the
+tensors are on CUDA: the reference is correct there, but slower).
 """
 
-from .backend import BACKENDS, interpreter_enabled, resolve_backend, triton_available
-from ._triton import TritonUnavailable
+import os
+import warnings
+
+import torch
+
+from ._triton import INSTALL_HINT, TRITON_AVAILABLE, TritonUnavailable
 from .validation import KernelInputError
+
+BACKENDS = ("auto", "triton", "torch")
+_warned_cuda_without_triton = False
+
+
+def interpreter_enabled() -> bool:
+    """True when Triton runs kernels through its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def triton_available() -> bool:
+    """True when triton imported; without it every kernel runs its torch reference."""
+    return TRITON_AVAILABLE
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """Map ``"auto"`` to ``"triton"`` or ``"torch"`` for tensors on ``device``.
+
+    Raises
+    ------
+    ValueError
+        for an unknown name, or ``"triton"`` on CPU tensors without the interpreter.
+    TritonUnavailable
+        for ``"triton"`` where triton is not installed.
+    """
+    global _warned_cuda_without_triton
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "torch":
+        return backend
+    wants_triton = device.type == "cuda" or interpreter_enabled()
+    if backend == "triton":
+        if not wants_triton:
+            raise ValueError("backend='triton' needs CUDA tensors or TRITON_INTERPRET=1")
+        if not TRITON_AVAILABLE:
+            raise TritonUnavailable(f"backend='triton' but triton is not installed: {INSTALL_HINT}")
+        return backend
+    if wants_triton and TRITON_AVAILABLE:
+        return "triton"
+    if device.type == "cuda" and not _warned_cuda_without_triton:
+        _warned_cuda_without_triton = True
+        warnings.warn(f"triton is not installed, so the KV kernels run their torch references on CUDA "
+                      f"(correct, slower): {INSTALL_HINT}", RuntimeWarning, stacklevel=2)
+    return "torch"
+
 
 __all__ = [
     "BACKENDS",

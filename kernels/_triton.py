@@ -4,7 +4,7 @@ Kernel modules import ``triton`` and ``tl`` from here instead of from triton its
 package (and with it every CPU path of the library) imports on machines without triton: macOS,
 Windows, or a Linux install without the ``gpu`` extra. The stand-in lets the kernel definitions at
 module level evaluate (``@triton.jit``, ``tl.constexpr`` annotations); launching one raises
-``TritonUnavailable``. ``resolve_backend`` never picks ``"triton"`` when triton is missing, so only
+``TritonUnavailable``. ``resolve_backend`` (in ``__init__``) never picks ``"triton"`` when triton is missing, so only
 an explicit ``backend="triton"`` can get that far, and it is refused earlier with the same error.
 """
 

@@ -11,7 +11,7 @@ from ._triton import tl, triton
 from .reference import kv_write_reference
 from .validation import (check_distinct, check_index_range, check_kv_layer, check_tensor,
                          KernelInputError)
-from .backend import resolve_backend
+from . import resolve_backend
 
 
 @triton.jit

@@ -11,7 +11,7 @@ from ._triton import tl, triton
 from .reference import page_copy_reference
 from .validation import (KV_DTYPES, check_distinct, check_index_range, check_inner_contiguous,
                          check_tensor, KernelInputError)
-from .backend import resolve_backend
+from . import resolve_backend
 
 MAX_BLOCK = 4096
 

@@ -19,7 +19,7 @@ from ._triton import tl, triton
 from .reference import paged_attention_decode_reference, paged_attention_prefill_reference
 from .validation import (KV_DTYPES, KernelInputError, check_block_table, check_kv_layer,
                          check_query_start_loc, check_tensor)
-from .backend import resolve_backend
+from . import resolve_backend
 
 LOG2_E = 1.4426950408889634
 MAX_TRITON_HEAD_DIM = 256

@@ -131,8 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", action="store_true", help="print the report as one JSON object on stdout")
     demo.add_argument("--quiet", action="store_true", help="no progress bars on stderr")
     demo.add_argument("--plot", metavar="PNG",
-                      help=f"write KV memory over time (paged vs dense) to this file; needs matplotlib "
-                           f"({install_hint('compare')})")
+                      help=f"write KV memory over time (paged vs dense) to this file; needs matplotlib: "
+                           f"{install_hint('compare')}")
     demo.set_defaults(run=_demo)
     warm = sub.add_parser("warmup", help="compile the numba search kernels ahead of the first real call",
                           description="Compile (or load from the on-disk cache) every numba loop of the library, so "

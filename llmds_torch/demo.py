@@ -29,7 +29,7 @@ from llmds_torch.progress import bar, phase
 from llmds_torch.retrieval import RetrievalPipeline, default_embedder, stdlib_documents
 from llmds_torch.sched import Request, Scheduler, SchedulerConfig
 from llmds_torch.sched.simulator import StepCostModel
-from llmds_torch.warmup import warmup
+from llmds_torch.warmup import DEMO_TARGETS, warmup
 
 SYSTEM_PROMPT = (
     "You are a careful assistant for Python programmers. Answer the question using only the "
@@ -164,7 +164,7 @@ def run_demo(config: DemoConfig | None = None) -> tuple[dict, DemoParts]:
     show = config.progress
     rng = np.random.default_rng(config.seed)
     started = time.perf_counter()
-    warmup_seconds = sum(warmup(progress=show).values())
+    warmup_seconds = sum(warmup(DEMO_TARGETS, progress=show).values())
 
     # 1. Retrieval: index the standard library's docstrings.
     t0 = time.perf_counter()

@@ -20,7 +20,7 @@ def install_hint(extra: str) -> str:
     """The pip command that installs ``extra`` (``"compare"``, ``"hf"``, ``"gpu"``, ``"test"``)."""
     root = source_checkout()
     if root is not None:
-        return f'pip install -e ".[{extra}]" (in {root})'
+        return f'pip install -e ".[{extra}]" in {root}'
     return f'pip install "{DISTRIBUTION}[{extra}]"'
 
 

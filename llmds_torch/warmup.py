@@ -5,7 +5,7 @@ compile (or load from its cache, see ``jit_cache``) every loop those calls reach
 search (l2, inner product, cosine, filtered), BM25 indexing, search and deletes, the count-min
 sketch, the scheduler's heap, and the retrieval pipeline that ties them together. Compiled code is
 cached on disk, so this costs seconds once per install (``llmds warmup``) and well under a second
-after that.
+after that. ``llmds demo`` warms only the loops it uses (``DEMO_TARGETS``).
 """
 
 import time
@@ -33,29 +33,44 @@ def _scheduler_heap() -> None:
         heap.pop()
 
 
-def _hnsw() -> None:
+def _hnsw_build_and_search() -> None:
     import torch
     from llmds_torch.retrieval import HNSW
 
     vectors = torch.randn(32, 8, generator=torch.Generator().manual_seed(0))
-    for metric in ("l2", "ip", "cosine"):
-        index = HNSW(8, M=4, ef_construction=16, metric=metric)
-        index.add(vectors)
-        index.search(vectors[:1], k=3)
-        index.search(vectors[:4], k=3)
-        index.search(vectors[:2], k=3, allow=[0, 2, 4, 6])          # exact search over the allowed
-        index.exact_filter_factor = 0.0
-        index.search(vectors[:2], k=3, allow=[0, 2, 4, 6])          # the graph, filtered
-        index.delete([0, 1])
-        index.search(vectors[:2], k=3)
+    index = HNSW(8, M=4, ef_construction=16, metric="cosine")  # one compile serves every metric
+    index.add(vectors)
+    index.search(vectors[:1], k=3)
 
 
-def _bm25() -> None:
+def _hnsw_batches_filters_deletes() -> None:
+    import torch
+    from llmds_torch.retrieval import HNSW
+
+    vectors = torch.randn(32, 8, generator=torch.Generator().manual_seed(0))
+    index = HNSW(8, M=4, ef_construction=16, metric="l2")
+    index.add(vectors)
+    index.search(vectors[:4], k=3)
+    index.search(vectors[:2], k=3, allow=[0, 2, 4, 6])          # exact search over the allowed
+    index.exact_filter_factor = 0.0
+    index.search(vectors[:2], k=3, allow=[0, 2, 4, 6])          # the graph, filtered
+    index.delete([0, 1])
+    index.search(vectors[:2], k=3)
+
+
+def _bm25_build_and_search() -> None:
     from llmds_torch.retrieval import InvertedIndex
 
     index = InvertedIndex()
     index.add(_TEXTS)
     index.search("heap priority", k=2)
+
+
+def _bm25_batches_deletes() -> None:
+    from llmds_torch.retrieval import InvertedIndex
+
+    index = InvertedIndex()
+    index.add(_TEXTS)
     index.search_batch(["pages keys", "dense sparse"], k=2)
     index.delete([1])
     index.search("heap priority", k=2)
@@ -64,13 +79,13 @@ def _bm25() -> None:
 def _sketch() -> None:
     from llmds_torch.retrieval import CountMinSketch
 
-    sketch = CountMinSketch(64, 3)
+    sketch = CountMinSketch(64, 3, conservative=True)
     sketch.update(["a", "b", "a"])
     sketch.estimate(["a", "c"])
     sketch.heavy_hitters(2)
     other = CountMinSketch(64, 3)
     other.update(np.arange(4))
-    sketch.merge(other)
+    other.merge(CountMinSketch(64, 3))
 
 
 def _pipeline() -> None:
@@ -82,13 +97,18 @@ def _pipeline() -> None:
     pipeline.query("what orders requests", k=2)
 
 
+# (name, the calls that compile its loops), the demo's first.
 TARGETS: tuple[tuple[str, Callable[[], None]], ...] = (
     ("scheduler heap", _scheduler_heap),
-    ("count-min sketch", _sketch),
-    ("BM25 index", _bm25),
-    ("HNSW graph", _hnsw),
+    ("BM25 indexing and search", _bm25_build_and_search),
+    ("HNSW insertion and search", _hnsw_build_and_search),
     ("retrieval pipeline", _pipeline),
+    ("count-min sketch", _sketch),
+    ("BM25 batches and deletes", _bm25_batches_deletes),
+    ("HNSW batches, filters and deletes", _hnsw_batches_filters_deletes),
 )
+# What ``llmds demo`` runs: the rest is compiled on first use or by ``llmds warmup``.
+DEMO_TARGETS = ("scheduler heap", "BM25 indexing and search", "HNSW insertion and search", "retrieval pipeline")
 
 
 def kernels_cached() -> bool:
@@ -96,13 +116,18 @@ def kernels_cached() -> bool:
     return any(numba_cache_dir().glob("retrieval_*/*.nbi"))
 
 
-def warmup(*, progress: bool = True) -> dict[str, float]:
-    """Compile (or load) every numba loop; return seconds per target. Announces a cold compile."""
+def warmup(names: tuple[str, ...] | None = None, *, progress: bool = True) -> dict[str, float]:
+    """Compile (or load) the numba loops of ``names`` (default: every target); return seconds per
+    target. The progress bar says when this is a cold compile."""
+    unknown = set(names or ()) - {name for name, _ in TARGETS}
+    if unknown:
+        raise ValueError(f"unknown warm-up targets {sorted(unknown)}; known: {[name for name, _ in TARGETS]}")
+    targets = [(name, run) for name, run in TARGETS if names is None or name in names]
     desc = "loading search kernels" if kernels_cached() else "compiling search kernels (first run only)"
     seconds = {}
-    progress_bar = bar(desc, total=len(TARGETS), unit="part", enabled=progress)
+    progress_bar = bar(desc, total=len(targets), unit="part", enabled=progress)
     try:
-        for name, run in TARGETS:
+        for name, run in targets:
             progress_bar.set_postfix_str(name)
             start = time.perf_counter()
             run()
@@ -113,4 +138,4 @@ def warmup(*, progress: bool = True) -> dict[str, float]:
     return seconds
 
 
-__all__ = ["TARGETS", "kernels_cached", "warmup"]
+__all__ = ["TARGETS", "DEMO_TARGETS", "kernels_cached", "warmup"]

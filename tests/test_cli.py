@@ -4,6 +4,9 @@ refused before any work when matplotlib is missing, install hints that fit the i
 
 import argparse
 import importlib.util
+import json
+import subprocess
+import sys
 
 import pytest
 
@@ -82,12 +85,11 @@ def test_warmup_compiles_every_target_and_says_where_the_cache_is(capsys):
     assert "cached in" in out
 
 
-def compiled_signatures() -> dict[str, int]:
-    """Compiled signatures of every numba function of the library loaded so far."""
-    import sys
+PROBE = """
+import json, sys
+from numba.core.registry import CPUDispatcher
 
-    from numba.core.registry import CPUDispatcher
-
+def compiled_signatures():
     counts = {}
     for module_name, module in list(sys.modules.items()):
         if module_name.startswith("llmds_torch") and module is not None:
@@ -96,26 +98,35 @@ def compiled_signatures() -> dict[str, int]:
                     counts[f"{module_name}.{attr}"] = len(value.overloads)
     return counts
 
+from llmds_torch.retrieval import RetrievalPipeline, default_embedder, stdlib_documents
+from llmds_torch.sched import IndexedHeap
+from llmds_torch.warmup import DEMO_TARGETS, warmup
 
-def test_after_warmup_the_demo_path_compiles_nothing_new():
-    from llmds_torch.retrieval import RetrievalPipeline, default_embedder, stdlib_documents
-    from llmds_torch.sched import IndexedHeap
-    from llmds_torch.warmup import warmup
+warmup(DEMO_TARGETS, progress=False)
+before = compiled_signatures()
+pipeline = RetrievalPipeline(embedder=default_embedder())
+docs = stdlib_documents(max_documents=80)
+pipeline.add([f"{title}: {text}" for title, text in docs])
+for title, _ in docs[:5]:
+    pipeline.query(f"What does {title} do?", k=3)
+heap = IndexedHeap()
+for i in range(20):
+    heap.push(i, float(i % 7))
+heap.update(4, 0.5)
+while len(heap):
+    heap.pop()
+after = compiled_signatures()
+print(json.dumps({"before": before, "after": after}))
+"""
 
-    warmup(progress=False)
-    before = compiled_signatures()
+
+def test_after_the_demos_warmup_its_path_compiles_nothing_new():
+    """In a fresh process: the demo's warm-up compiles (or loads) every loop that indexing and
+    querying then reach, so the first real call compiles nothing."""
+    out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    counts = json.loads(out.stdout.strip().splitlines()[-1])
+    before, after = counts["before"], counts["after"]
     assert sum(before.values()) > 10
-    pipeline = RetrievalPipeline(embedder=default_embedder())
-    docs = stdlib_documents(max_documents=80)
-    pipeline.add([f"{title}: {text}" for title, text in docs])
-    for title, _ in docs[:5]:
-        pipeline.query(f"What does {title} do?", k=3)
-    heap = IndexedHeap()
-    for i in range(20):
-        heap.push(i, float(i % 7))
-    heap.update(4, 0.5)
-    while len(heap):
-        heap.pop()
-    after = compiled_signatures()
     grown = {name: (before.get(name, 0), n) for name, n in after.items() if n > before.get(name, 0)}
     assert not grown, f"compiled on first real use despite the warm-up: {grown}"

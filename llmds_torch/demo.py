@@ -53,7 +53,7 @@ class DemoConfig:
     top_k: int = 3
     passage_chars: int = 200
     max_new_tokens: int = 16
-    arrival_rate: float = 40.0  # requests per simulated second (Poisson)
+    arrival_rate: float = 200.0  # requests per simulated second (Poisson)
     page_size: int = 16
     num_pages: int = 640
     policy: str = "slo"

@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= test,compare,hf
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-cpu test-interpret test-gpu gpu-check install clean
+.PHONY: demo warmup test test-cpu test-interpret test-gpu gpu-check install clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/llmds demo
+
+# Compile the numba search loops into the user's cache once (`llmds demo` does it by itself).
+warmup: $(STAMP)
+	$(BIN)/llmds warmup
 
 # The CPU suite, then the Triton kernels under the interpreter in a process of their own
 # (TRITON_INTERPRET must be set before triton is imported).

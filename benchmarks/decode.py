@@ -35,7 +35,8 @@ from torch.nn.attention.bias import causal_lower_right
 
 from benchmarks._common import hardware, kernel_parser, print_table, write_results
 from benchmarks.kv_kernels import device_time
-from llmds_torch.kernels import paged_attention_decode, paged_attention_prefill, resolve_backend
+from llmds_torch.kernels import resolve_backend
+from llmds_torch.kernels.paged_attention import paged_attention_decode, paged_attention_prefill
 
 
 @dataclass(frozen=True, slots=True)

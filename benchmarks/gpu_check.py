@@ -53,8 +53,11 @@ import torch
 from benchmarks import decode as decode_bench
 from benchmarks import kv_kernels as kv_bench
 from benchmarks._common import RESULTS_DIR, hardware, write_results
-from llmds_torch.kernels import (kv_write, page_copy, page_move, paged_attention_decode, paged_attention_prefill,
-                                 warm_up)
+from llmds_torch.kernels.kv_write import kv_write
+from llmds_torch.kernels.page_copy import page_copy
+from llmds_torch.kernels.page_move import page_move
+from llmds_torch.kernels.paged_attention import paged_attention_decode, paged_attention_prefill
+from llmds_torch.kernels.warm_up import warm_up
 from llmds_torch.kernels.reference import (kv_write_reference, page_copy_reference, paged_attention_decode_reference,
                                            paged_attention_prefill_reference)
 

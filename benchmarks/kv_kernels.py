@@ -20,7 +20,10 @@ from dataclasses import dataclass
 import torch
 
 from benchmarks._common import hardware, kernel_parser, print_table, write_results
-from llmds_torch.kernels import kv_write, page_copy, page_move, resolve_backend
+from llmds_torch.kernels import resolve_backend
+from llmds_torch.kernels.kv_write import kv_write
+from llmds_torch.kernels.page_copy import page_copy
+from llmds_torch.kernels.page_move import page_move
 from llmds_torch.kernels.reference import kv_write_reference, page_copy_reference
 
 

@@ -6,9 +6,8 @@ in chunks of ``BLOCK``).
 """
 
 import torch
-import triton
-import triton.language as tl
 
+from ._triton import tl, triton
 from .reference import kv_write_reference
 from .validation import (check_distinct, check_index_range, check_kv_layer, check_tensor,
                          KernelInputError)

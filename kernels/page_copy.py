@@ -6,9 +6,8 @@ one contiguous run of memory, so the copy is a flat, vectorizable block move.
 """
 
 import torch
-import triton
-import triton.language as tl
 
+from ._triton import tl, triton
 from .reference import page_copy_reference
 from .validation import (KV_DTYPES, check_distinct, check_index_range, check_inner_contiguous,
                          check_tensor, KernelInputError)

@@ -31,9 +31,8 @@ Launches run in the tensors' device context (``launch_device``); index tensors a
 """
 
 import torch
-import triton
-import triton.language as tl
 
+from ._triton import tl, triton
 from .reference import paged_attention_decode_reference, paged_attention_prefill_reference
 from .validation import (KV_DTYPES, KernelInputError, check_attention_options, check_block_table,
                          check_kv_layer, check_query_start_loc, check_tensor)

@@ -1,6 +1,23 @@
 """llmds_torch: the data structures an LLM inference stack needs, for people who write their own
-PyTorch decoders. Subpackages: ``kv`` (paged KV cache), ``sched`` (scheduler), ``retrieval``
-(HNSW, BM25, fusion, sketches), ``models`` (reference decoder and generation), ``kernels``
-(Triton kernels and their torch references)."""
+PyTorch decoders.
+
+Subpackages (import what you use; importing this package loads none of them):
+
+- ``llmds_torch.kv``: the paged KV cache (``PagedKVCache``, ``KVCacheConfig``, ``BlockManager``)
+- ``llmds_torch.sched``: the request scheduler, admission control and trace simulator
+- ``llmds_torch.retrieval``: HNSW, BM25, fusion, count-min sketch, the retrieval pipeline
+- ``llmds_torch.attention``: paged attention over the cache (``paged_attention``)
+- ``llmds_torch.models``: a reference Llama-style decoder and generation
+- ``llmds_torch.kernels``: Triton kernels and their torch references (triton is optional)
+- ``llmds_torch.errors``: the named exceptions every part shares
+
+Importing the package points numba's cache at the user's cache directory (see ``jit_cache``).
+"""
+
+from llmds_torch.jit_cache import configure_numba_cache
+
+configure_numba_cache()
 
 __version__ = "0.1.0"
+
+__all__ = ["__version__"]

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import torch
 
 from llmds_torch.errors import LLMDSError
-from llmds_torch.kernels import KernelInputError, paged_attention_decode, paged_attention_prefill
+from llmds_torch.kernels import KernelInputError
+from llmds_torch.kernels.paged_attention import paged_attention_decode, paged_attention_prefill
 from llmds_torch.kernels.validation import check_block_table
 
 

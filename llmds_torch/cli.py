@@ -1,24 +1,45 @@
-"""The ``llmds`` command: ``demo``, ``bench <name>``, ``simulate <trace.csv>``.
+"""The ``llmds`` command: ``demo``, ``warmup``, ``bench [name]``, ``simulate <trace.csv>``.
 
-Bad input (an unknown device, a missing trace file, a malformed CSV) prints one line and exits 2.
+Bad input (an unknown device, a missing trace file, a malformed CSV, a missing optional package)
+prints one line and exits 2, before any work starts where it can be checked up front.
 """
 
 import argparse
+import ast
+import importlib.util
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
-from llmds_torch.errors import LLMDSError
+from llmds_torch.errors import ConfigError, LLMDSError
+from llmds_torch.install_hint import install_hint
 
 BENCHMARKS_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
+def _check_plot_path(path: str) -> None:
+    """Refuse ``--plot`` before the demo runs: matplotlib missing or a folder that is not there."""
+    if importlib.util.find_spec("matplotlib") is None:
+        raise ConfigError(f"--plot needs matplotlib: {install_hint('compare')}")
+    folder = Path(path).expanduser().resolve().parent
+    if not folder.is_dir():
+        raise ConfigError(f"--plot {path}: folder {folder} does not exist")
+
+
 def _demo(args) -> int:
-    from llmds_torch.demo import DemoConfig, format_report, plot_memory, run_demo
+    from llmds_torch.progress import phase
+
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", args.device):  # the rest is checked once torch is loaded
+        raise ConfigError(f"unknown device {args.device!r}; use 'cpu' or 'cuda'")
+    if args.plot:
+        _check_plot_path(args.plot)
+    with phase("loading torch and llmds_torch", enabled=not args.quiet):
+        from llmds_torch.demo import DemoConfig, format_report, plot_memory, run_demo
 
     config = DemoConfig(requests=args.requests, seed=args.seed, device=args.device, documents=args.documents,
-                        max_new_tokens=args.max_new_tokens, progress=not args.json)
+                        max_new_tokens=args.max_new_tokens, progress=not args.quiet)
     report, parts = run_demo(config)
     if args.plot:
         plot_memory(parts.timeline, args.plot)
@@ -27,12 +48,46 @@ def _demo(args) -> int:
     return 0
 
 
+def _warmup(args) -> int:
+    from llmds_torch.jit_cache import numba_cache_dir
+    from llmds_torch.warmup import warmup
+
+    seconds = warmup(progress=not args.quiet)
+    for name, s in seconds.items():
+        print(f"{name:<20} {s:6.2f} s")
+    print(f"{'total':<20} {sum(seconds.values()):6.2f} s; compiled code cached in {numba_cache_dir()}")
+    return 0
+
+
+def benchmark_summaries() -> dict[str, str]:
+    """Each benchmark in ``benchmarks/`` with the first line of its docstring (read, not imported)."""
+    summaries = {}
+    for path in sorted(BENCHMARKS_DIR.glob("*.py")):
+        if path.stem.startswith("_"):
+            continue
+        doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
+        summaries[path.stem] = doc.strip().splitlines()[0] if doc.strip() else ""
+    return summaries
+
+
+def _benchmark_listing() -> str:
+    summaries = benchmark_summaries()
+    if not summaries:
+        return "benchmarks ship with the source checkout (its benchmarks/ folder); none are installed here"
+    width = max(len(name) for name in summaries)
+    return "\n".join(f"  {name:<{width}}  {line}" for name, line in summaries.items())
+
+
 def _bench(args) -> int:
-    names = sorted(p.stem for p in BENCHMARKS_DIR.glob("*.py") if not p.stem.startswith("_"))
-    if not names:
+    summaries = benchmark_summaries()
+    if args.name is None:
+        print("benchmarks (llmds bench NAME [ARGS...]; NAME --help for its options):")
+        print(_benchmark_listing())
+        return 0
+    if not summaries:
         raise LLMDSError("benchmarks/ is not here: `llmds bench` runs from a source checkout")
-    if args.name not in names:
-        raise LLMDSError(f"unknown benchmark {args.name!r}; available: {', '.join(names)}")
+    if args.name not in summaries:
+        raise LLMDSError(f"unknown benchmark {args.name!r}; available: {', '.join(summaries)}")
     cmd = [sys.executable, "-m", f"benchmarks.{args.name}", *args.extra]
     return subprocess.call(cmd, cwd=BENCHMARKS_DIR.parent)
 
@@ -61,18 +116,38 @@ def _simulate(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmds", description="llmds_torch: paged KV cache, scheduler, retrieval")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="end-to-end RAG + scheduling + paged generation on an embedded corpus")
-    demo.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    demo.add_argument("--requests", type=int, default=32)
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--documents", type=int, default=1500, help="stdlib docstrings to index")
-    demo.add_argument("--max-new-tokens", type=int, default=16)
-    demo.add_argument("--json", action="store_true", help="print the report as one JSON object")
-    demo.add_argument("--plot", metavar="PNG", help="write KV memory over time (paged vs dense) to this file")
+    demo = sub.add_parser("demo", help="end-to-end RAG + scheduling + paged generation on an embedded corpus",
+                          description="Index the standard library's docstrings, build retrieval-augmented prompts "
+                                      "that share a system prompt, schedule and generate them on the paged KV cache, "
+                                      "and report prefix hits, memory, copies, compaction and SLOs. The same seed "
+                                      "gives the same report on every run, except the wall-clock timings. Progress "
+                                      "goes to stderr.")
+    demo.add_argument("--device", default="cpu", help="where the model and the KV cache live: cpu (default) or cuda")
+    demo.add_argument("--requests", type=int, default=32, help="requests to generate (default 32)")
+    demo.add_argument("--seed", type=int, default=0,
+                      help="seed of questions, arrivals, model weights and sampling (default 0)")
+    demo.add_argument("--documents", type=int, default=1500, help="stdlib docstrings to index (default 1500)")
+    demo.add_argument("--max-new-tokens", type=int, default=16, help="tokens generated per request (default 16)")
+    demo.add_argument("--json", action="store_true", help="print the report as one JSON object on stdout")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars on stderr")
+    demo.add_argument("--plot", metavar="PNG",
+                      help=f"write KV memory over time (paged vs dense) to this file; needs matplotlib: "
+                           f"{install_hint('compare')}")
     demo.set_defaults(run=_demo)
-    bench = sub.add_parser("bench", help="run a benchmark from benchmarks/ (source checkout)")
-    bench.add_argument("name")
-    bench.add_argument("extra", nargs=argparse.REMAINDER, help="arguments passed to the benchmark")
+    warm = sub.add_parser("warmup", help="compile the numba search kernels ahead of the first real call",
+                          description="Compile (or load from the on-disk cache) every numba loop of the library, so "
+                                      "that the first index build or search runs at full speed. Needed once per "
+                                      "install; `llmds demo` does it by itself.")
+    warm.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
+    warm.set_defaults(run=_warmup)
+    bench = sub.add_parser("bench", help="run a benchmark from benchmarks/ (source checkout); no name lists them",
+                           description="Run one benchmark from the checkout's benchmarks/ folder; each prints a "
+                                       "table and writes JSON to benchmarks/results/.",
+                           epilog="available benchmarks:\n" + _benchmark_listing(),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    bench.add_argument("name", nargs="?", help="the benchmark to run; omit it to list them")
+    bench.add_argument("extra", nargs=argparse.REMAINDER,
+                       help="arguments passed to the benchmark (see llmds bench NAME --help)")
     bench.set_defaults(run=_bench)
     sim = sub.add_parser("simulate", help="replay an Azure LLM inference trace CSV through the scheduler")
     sim.add_argument("trace")
@@ -91,7 +166,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (LLMDSError, ValueError, OSError) as exc:
+    except (LLMDSError, ValueError, OSError, ImportError) as exc:
         print(f"llmds {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

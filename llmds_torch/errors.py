@@ -1,6 +1,9 @@
-"""Named exceptions shared across the library. Each is raised before any state changes."""
+"""Named exceptions shared across the library. Each is raised before any state changes.
 
-from llmds_torch.kernels.validation import KernelInputError
+This module imports nothing, so every layer may use it. Errors of one part live beside it
+(``llmds_torch.sched.errors``, ``llmds_torch.retrieval.errors``) and derive from ``LLMDSError``;
+the kernels, which never import ``llmds_torch``, raise ``llmds_torch.kernels.KernelInputError``.
+"""
 
 
 class LLMDSError(Exception):
@@ -48,5 +51,4 @@ __all__ = [
     "ContextWindowExceeded",
     "BudgetExceeded",
     "RequestTooLarge",
-    "KernelInputError",
 ]

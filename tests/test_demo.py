@@ -1,5 +1,6 @@
-"""The demo on a tiny size: its report must agree with the components' own statistics, and the
-CLI must turn bad input into a one-line error with a non-zero exit."""
+"""The demo on a tiny size: its report must agree with the components' own statistics, one seed must
+give one report (all but the wall-clock timings) in every run and process, and the CLI must turn bad
+input into a one-line error with a non-zero exit."""
 
 import json
 import subprocess
@@ -8,14 +9,23 @@ import sys
 import pytest
 
 from llmds_torch.cli import main
-from llmds_torch.demo import DemoConfig, decode, encode, run_demo
+from llmds_torch.demo import DemoConfig, decode, encode, format_report, run_demo
+
+
+TINY = DemoConfig(requests=6, documents=120, distinct_questions=3, max_new_tokens=3, num_pages=256,
+                  parallel_samples=2, progress=False)
+
+
+def without_timings(report: dict) -> dict:
+    """The report minus what the wall clock decides (and minus the progress flag)."""
+    report = {k: v for k, v in report.items() if k not in ("timings", "plot")}
+    report["config"] = {k: v for k, v in report["config"].items() if k != "progress"}
+    return report
 
 
 @pytest.fixture(scope="module")
 def demo():
-    config = DemoConfig(requests=6, documents=120, distinct_questions=3, max_new_tokens=3, num_pages=256,
-                        parallel_samples=2, progress=False)
-    return run_demo(config)
+    return run_demo(TINY)
 
 
 def test_report_agrees_with_the_objects_it_used(demo):
@@ -35,12 +45,23 @@ def test_report_agrees_with_the_objects_it_used(demo):
     assert report["generation"]["output_tokens"] == sum(len(o) for o in parts.outputs) == summary["output_tokens"]
     assert report["slo"]["attainment"] == summary["slo_attainment"]
     retrieval = parts.pipeline.stats()
-    assert report["retrieval"]["queries"] == retrieval["queries"] == 6 + 1  # one warm-up query
+    assert report["retrieval"]["queries"] == retrieval["queries"] == 6
     assert sum(stage["calls"] for name, stage in retrieval["stages"].items() if name == "cache") == 6
     assert report["retrieval"]["hot_cache_hits"] == retrieval["cache"]["hits"]
     assert report["corpus"]["documents"] == len(parts.pipeline) == 120
     assert report["parallel_sampling"]["generated_tokens"] == parts.engine.stats()["generated_tokens"] == 2 * 2 * 3
+    assert report["generation"]["simulated_seconds"] == pytest.approx(parts.timeline[-1]["time"], abs=1.0)
     json.dumps(report)  # JSON-ready
+
+
+def test_same_seed_same_report(demo):
+    report, parts = demo
+    again, parts_again = run_demo(TINY)
+    assert without_timings(again) == without_timings(report)
+    assert parts_again.outputs == parts.outputs
+    assert [t["time"] for t in parts_again.timeline] == [t["time"] for t in parts.timeline]
+    other_seed, _ = run_demo(DemoConfig(**{**without_timings(report)["config"], "seed": 1, "progress": False}))
+    assert without_timings(other_seed) != without_timings(report)  # the comparison can tell runs apart
 
 
 def test_prompts_share_the_system_prompt_and_are_bytes(demo):
@@ -51,13 +72,25 @@ def test_prompts_share_the_system_prompt_and_are_bytes(demo):
 
 
 def test_demo_json_through_the_cli(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "llmds_torch.cli", "demo", "--requests", "3", "--documents", "60",
-                          "--max-new-tokens", "2", "--json", "--plot", str(tmp_path / "mem.png")],
-                         capture_output=True, text=True, timeout=300)
+    """Another process, the same report: JSON on stdout, progress on stderr, and the plot written."""
+    argv = ["--requests", "3", "--documents", "60", "--max-new-tokens", "2"]
+    out = subprocess.run([sys.executable, "-m", "llmds_torch.cli", "demo", *argv, "--json",
+                          "--plot", str(tmp_path / "mem.png")], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     assert report["generation"]["finished"] == 3
     assert (tmp_path / "mem.png").stat().st_size > 1000
+    assert "search kernels" in out.stderr and "indexing" in out.stderr and "generating" in out.stderr
+    here, _ = run_demo(DemoConfig(requests=3, documents=60, max_new_tokens=2, progress=False))
+    assert without_timings(report) == without_timings(here)
+
+
+def test_report_lines_are_aligned(demo):
+    report, _ = demo
+    lines = format_report(report).splitlines()
+    columns = {len(line) - len(line[len(line.split("  ")[0]):].lstrip()) for line in lines}
+    assert len(columns) == 1, format_report(report)
+    assert any(line.startswith("SLO (slo)") for line in lines)
 
 
 @pytest.mark.parametrize("argv, message", [

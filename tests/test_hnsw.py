@@ -20,7 +20,7 @@ from llmds_torch.retrieval.errors import (
     NonFiniteVectors,
     UnknownIds,
 )
-from llmds_torch.retrieval import hnsw_numba as kernels
+from llmds_torch.retrieval import hnsw_numba
 from llmds_torch.retrieval.hnsw import HNSW
 from llmds_torch.retrieval.hnsw_errors import InvalidIds
 
@@ -130,7 +130,7 @@ def test_single_query_matches_batch(built):
 def test_each_compiled_kernel_wraps_its_own_function():
     """numba's disk cache keys entries by function, not by jit options: one function compiled both
     serial and parallel would load one cached variant for both."""
-    dispatchers = [obj for obj in vars(kernels).values() if isinstance(obj, numba.core.registry.CPUDispatcher)]
+    dispatchers = [obj for obj in vars(hnsw_numba).values() if isinstance(obj, numba.core.registry.CPUDispatcher)]
     assert len(dispatchers) > 5
     functions = [d.py_func for d in dispatchers]
     assert len(set(functions)) == len(functions)
@@ -161,17 +161,17 @@ def test_single_query_search_never_starts_the_parallel_runtime(tmp_path, built):
 def test_compiled_input_checks_match_numpy():
     rng = np.random.default_rng(60)
     x = (rng.standard_normal((50, DIM)) * rng.uniform(1e-3, 1e3, (50, 1))).astype(np.float32)
-    assert kernels.first_nonfinite_row(x) == -1
+    assert hnsw_numba.first_nonfinite_row(x) == -1
     for row, value in ((7, np.nan), (3, np.inf), (0, -np.inf)):
         bad = x.copy()
         bad[row, DIM - 1] = value
         bad[row + 20, 0] = np.nan
-        assert kernels.first_nonfinite_row(bad) == row
+        assert hnsw_numba.first_nonfinite_row(bad) == row
     unit = np.empty_like(x)
-    assert kernels.normalize_rows(x, unit) == -1
+    assert hnsw_numba.normalize_rows(x, unit) == -1
     np.testing.assert_allclose(unit, x / np.linalg.norm(x.astype(np.float64), axis=1, keepdims=True), rtol=1e-6)
     x[11] = 0.0
-    assert kernels.normalize_rows(x, unit) == 11
+    assert hnsw_numba.normalize_rows(x, unit) == 11
 
 
 def _graph(index):

@@ -19,7 +19,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource, make_backend  # noqa: E402
 from triton.runtime.jit import create_function_from_signature  # noqa: E402
 
-# the package re-exports functions under the module names, so import the modules by path
+# the launchers' modules, whose kernels the tests replace with a recorder
 kv_write_module = importlib.import_module("llmds_torch.kernels.kv_write")
 page_copy_module = importlib.import_module("llmds_torch.kernels.page_copy")
 attention_module = importlib.import_module("llmds_torch.kernels.paged_attention")

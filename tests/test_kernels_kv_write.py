@@ -4,7 +4,8 @@ input checks."""
 import pytest
 import torch
 
-from llmds_torch.kernels import KernelInputError, kv_write
+from llmds_torch.kernels import KernelInputError
+from llmds_torch.kernels.kv_write import kv_write
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]

@@ -3,7 +3,9 @@
 import pytest
 import torch
 
-from llmds_torch.kernels import KernelInputError, page_copy, page_move
+from llmds_torch.kernels import KernelInputError
+from llmds_torch.kernels.page_copy import page_copy
+from llmds_torch.kernels.page_move import page_move
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]

@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from llmds_torch.kernels import KernelInputError, paged_attention_decode, paged_attention_prefill
+from llmds_torch.kernels import KernelInputError
+from llmds_torch.kernels.paged_attention import paged_attention_decode, paged_attention_prefill
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}

@@ -140,7 +140,7 @@ def test_warm_up_covers_the_write_and_copy_kernels_and_both_softcap_switches(lau
 
 
 def test_warm_up_on_the_torch_backend_compiles_nothing():
-    from llmds_torch.kernels import warm_up
+    from llmds_torch.kernels.warm_up import warm_up
     assert warm_up(torch.empty(1, 4, 2, 4, 1, 16), 2, backend="torch") == 0
 
 

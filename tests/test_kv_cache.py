@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from llmds_torch.errors import (ConfigError, ContextWindowExceeded, InvalidTokenIds, KernelInputError,
-                                OutOfPages, UnknownSequence)
+from llmds_torch.errors import ConfigError, ContextWindowExceeded, InvalidTokenIds, OutOfPages, UnknownSequence
+from llmds_torch.kernels import KernelInputError
 from llmds_torch.kv import BLOCK_TABLE_PAD, BlockManager, KVCacheConfig, PagedKVCache
 
 P = 4  # page size used throughout

@@ -1,5 +1,6 @@
 """Property test: random attach / append / fork / write / detach / defragment / evict sequences keep
-every invariant of DESIGN.md §1, and every live sequence reads back exactly what was written."""
+every invariant of the paged KV cache (docs/ARCHITECTURE.md, "Where each invariant lives"), and every
+live sequence reads back exactly what was written."""
 
 import functools
 import hashlib

@@ -406,7 +406,7 @@ def _search_chunk(first, last, query_ptr, query_terms, query_counts, k, prune, d
                  np.zeros(k, dtype=np.int64), out_slots, out_scores, out_sizes)
 
 
-@numba.njit(parallel=True)
+@numba.njit(parallel=True, cache=True)
 def search_parallel(num_chunks, query_ptr, query_terms, query_counts, k, prune, data, term_byte_start,
                     block_byte_start, block_last_doc, block_max_impact, block_size, tfc_one, doc_lengths, num_docs,
                     avgdl, code, k1, b, delta, cache_terms, cache_start, cache_docs, cache_impacts, out_slots,

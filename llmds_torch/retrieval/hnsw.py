@@ -83,7 +83,7 @@ import numpy as np
 import torch
 
 from llmds_torch.errors import ConfigError
-from llmds_torch.retrieval import hnsw_numba as kernels
+from llmds_torch.retrieval import hnsw_numba
 from llmds_torch.retrieval.errors import (
     CorruptIndexFile,
     DimensionMismatch,
@@ -139,7 +139,7 @@ class HNSW:
         self.device = torch.device(device)
         self.ef_search = 64
         self.exact_filter_factor = 1.0
-        self._kernel_metric = kernels.L2 if metric == "l2" else kernels.IP
+        self._kernel_metric = hnsw_numba.L2 if metric == "l2" else hnsw_numba.IP
         self._dist_offset = np.float32(1.0 if metric == "cosine" else 0.0)  # kernel's distance -> reported
         self._rng = np.random.default_rng(seed)
         self._level_mult = 1.0 / math.log(M)
@@ -230,13 +230,13 @@ class HNSW:
         if x.ndim != 2 or x.shape[1] != self._dim:
             raise DimensionMismatch(f"{what} must have shape [n, {self._dim}] or [{self._dim}], got {list(x.shape)}")
         x = np.ascontiguousarray(x, dtype=np.float32)
-        if kernels.first_nonfinite_row(x) >= 0:
+        if hnsw_numba.first_nonfinite_row(x) >= 0:
             bad = ~np.isfinite(x).all(axis=1)
             raise NonFiniteVectors(f"{what} rows {np.flatnonzero(bad)[:5].tolist()} hold NaN or infinity; "
                                    f"only finite values are allowed")
         if self.metric == "cosine":
             unit = np.empty_like(x)
-            if kernels.normalize_rows(x, unit) >= 0:
+            if hnsw_numba.normalize_rows(x, unit) >= 0:
                 zero = ~x.any(axis=1)
                 raise NonFiniteVectors(f"{what} rows {np.flatnonzero(zero)[:5].tolist()} are zero "
                                        f"vectors, which have no cosine direction")
@@ -329,7 +329,7 @@ class HNSW:
         out_links0 = np.full((batch, self.M0), -1, np.int32)
         out_upper = np.full((batch, max(top, 1), self.M), -1, np.int32)
         visited, cand_keys, cand_vals, tag_base = self._scratch(batch * (self._max_level + 1))
-        kernels.insert_search(slots, levels, self._entry, self._max_level, self.ef_construction, vectors, links0,
+        hnsw_numba.insert_search(slots, levels, self._entry, self._max_level, self.ef_construction, vectors, links0,
                               upper_links, upper_offset, self._kernel_metric, visited, cand_keys, cand_vals,
                               tag_base, out_links0, out_upper)
         links0[slots] = out_links0
@@ -349,7 +349,7 @@ class HNSW:
         change = np.flatnonzero((np.diff(targets) != 0) | (np.diff(target_levels) != 0)) + 1
         group_starts = np.concatenate([[0], change, [targets.shape[0]]]).astype(np.int64)
         if targets.shape[0]:
-            kernels.link_reverse(targets, target_levels, sources, group_starts, vectors, links0, upper_links,
+            hnsw_numba.link_reverse(targets, target_levels, sources, group_starts, vectors, links0, upper_links,
                                  upper_offset, self._kernel_metric)
         best = int(np.argmax(levels))
         if levels[best] > self._max_level:
@@ -376,7 +376,7 @@ class HNSW:
         deleted[slots] = True
         self._live[slots] = False
         vectors, links0, upper_links, upper_offset = self._kernel_views
-        kernels.repair_deleted(deleted, self._live.numpy(), self._levels.numpy(), self._n_slots, vectors, links0,
+        hnsw_numba.repair_deleted(deleted, self._live.numpy(), self._levels.numpy(), self._n_slots, vectors, links0,
                                upper_links, upper_offset, self._kernel_metric)
         links0[slots] = -1
         rows = self._upper_rows.numpy()
@@ -455,12 +455,12 @@ class HNSW:
         allow = allow_mask if use_allow else _NO_ALLOW
         if nq == 1:
             visited, cand_keys, cand_vals, tag_base = self._scratch(1, serial=True)
-            kernels.search_one(q[0], ef, self._entry, self._max_level, vectors, links0, upper_links, upper_offset,
+            hnsw_numba.search_one(q[0], ef, self._entry, self._max_level, vectors, links0, upper_links, upper_offset,
                                self._kernel_metric, allow, use_allow, visited, cand_keys, cand_vals, tag_base + 1,
                                self._ids_view, self._dist_offset, out_ids[0], out_dists[0])
         else:
             visited, cand_keys, cand_vals, tag_base = self._scratch(nq)
-            kernels.search_batch(q, ef, self._entry, self._max_level, vectors, links0, upper_links, upper_offset,
+            hnsw_numba.search_batch(q, ef, self._entry, self._max_level, vectors, links0, upper_links, upper_offset,
                                  self._kernel_metric, allow, use_allow, visited, cand_keys, cand_vals, tag_base,
                                  self._ids_view, self._dist_offset, out_ids, out_dists)
         return torch.from_numpy(out_ids), torch.from_numpy(out_dists)
@@ -473,7 +473,7 @@ class HNSW:
             ef = int(min(math.ceil(ef * len(self._slot_of) / int(allow.sum())), len(self._slot_of)))
         slots, dists = lockstep_search(torch.from_numpy(q).to(dev), k, ef, self._entry, self._max_level,
                                        graph["vectors"], graph["links0"], graph["upper_links"],
-                                       graph["upper_offset"], self._kernel_metric == kernels.L2, allow)
+                                       graph["upper_offset"], self._kernel_metric == hnsw_numba.L2, allow)
         return slots.cpu().numpy(), dists.cpu().numpy()
 
     def _mirror(self) -> dict:
@@ -488,7 +488,7 @@ class HNSW:
         """Exact search among ``slots`` (the fallback for very selective filters)."""
         out_slots = np.empty((q.shape[0], k), np.int32)
         out_dists = np.empty((q.shape[0], k), np.float32)
-        kernels.brute_force(q, slots, k, self._vectors.numpy(), self._kernel_metric, out_slots, out_dists)
+        hnsw_numba.brute_force(q, slots, k, self._vectors.numpy(), self._kernel_metric, out_slots, out_dists)
         return self._to_result(out_slots, out_dists)
 
     def _to_result(self, slots: np.ndarray, dists: np.ndarray):

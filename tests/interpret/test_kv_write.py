@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from llmds_torch.kernels import kv_write
+from llmds_torch.kernels.kv_write import kv_write
 from llmds_torch.kernels.reference import kv_write_reference
 
 

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from llmds_torch.kernels import page_copy, page_move
+from llmds_torch.kernels.page_copy import page_copy
+from llmds_torch.kernels.page_move import page_move
 from llmds_torch.kernels.reference import page_copy_reference
 
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from llmds_torch.kernels import paged_attention_decode, paged_attention_prefill
+from llmds_torch.kernels.paged_attention import paged_attention_decode, paged_attention_prefill
 from llmds_torch.kernels.reference import paged_attention_decode_reference, paged_attention_prefill_reference
 
 TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-3}

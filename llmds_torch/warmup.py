@@ -1,0 +1,141 @@
+"""Compile the library's numba loops ahead of time, so that the first real call is fast.
+
+Each target runs a few public calls on tiny inputs of the dtypes real use passes, which makes numba
+compile (or load from its cache, see ``jit_cache``) every loop those calls reach: HNSW insertion and
+search (l2, inner product, cosine, filtered), BM25 indexing, search and deletes, the count-min
+sketch, the scheduler's heap, and the retrieval pipeline that ties them together. Compiled code is
+cached on disk, so this costs seconds once per install (``llmds warmup``) and well under a second
+after that. ``llmds demo`` warms only the loops it uses (``DEMO_TARGETS``).
+"""
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from llmds_torch.jit_cache import numba_cache_dir
+from llmds_torch.progress import bar
+
+_TEXTS = ["paged attention reads keys and values from pages", "a heap orders requests by priority",
+          "hybrid retrieval fuses dense and sparse scores", "the sketch counts frequent queries"]
+
+
+def _scheduler_heap() -> None:
+    from llmds_torch.sched import IndexedHeap
+
+    heap = IndexedHeap()
+    for key in range(8):
+        heap.push(key, float(key % 3))
+    heap.update(3, 10.0)
+    heap.remove(5)
+    heap.peek()
+    while len(heap):
+        heap.pop()
+
+
+def _hnsw_build_and_search() -> None:
+    import torch
+    from llmds_torch.retrieval import HNSW
+
+    vectors = torch.randn(32, 8, generator=torch.Generator().manual_seed(0))
+    index = HNSW(8, M=4, ef_construction=16, metric="cosine")  # one compile serves every metric
+    index.add(vectors)
+    index.search(vectors[:1], k=3)
+
+
+def _hnsw_batches_filters_deletes() -> None:
+    import torch
+    from llmds_torch.retrieval import HNSW
+
+    vectors = torch.randn(32, 8, generator=torch.Generator().manual_seed(0))
+    index = HNSW(8, M=4, ef_construction=16, metric="l2")
+    index.add(vectors)
+    index.search(vectors[:4], k=3)
+    index.search(vectors[:2], k=3, allow=[0, 2, 4, 6])          # exact search over the allowed
+    index.exact_filter_factor = 0.0
+    index.search(vectors[:2], k=3, allow=[0, 2, 4, 6])          # the graph, filtered
+    index.delete([0, 1])
+    index.search(vectors[:2], k=3)
+
+
+def _bm25_build_and_search() -> None:
+    from llmds_torch.retrieval import InvertedIndex
+
+    index = InvertedIndex()
+    index.add(_TEXTS)
+    index.search("heap priority", k=2)
+
+
+def _bm25_batches_deletes() -> None:
+    from llmds_torch.retrieval import InvertedIndex
+
+    index = InvertedIndex()
+    index.add(_TEXTS)
+    index.search_batch(["pages keys", "dense sparse"], k=2)
+    index.delete([1])
+    index.search("heap priority", k=2)
+
+
+def _sketch() -> None:
+    from llmds_torch.retrieval import CountMinSketch
+
+    sketch = CountMinSketch(64, 3, conservative=True)
+    sketch.update(["a", "b", "a"])
+    sketch.estimate(["a", "c"])
+    sketch.heavy_hitters(2)
+    other = CountMinSketch(64, 3)
+    other.update(np.arange(4))
+    other.merge(CountMinSketch(64, 3))
+
+
+def _pipeline() -> None:
+    from llmds_torch.retrieval import RetrievalPipeline, default_embedder
+
+    pipeline = RetrievalPipeline(embedder=default_embedder())
+    pipeline.add(_TEXTS)
+    pipeline.query("what orders requests", k=2)
+    pipeline.query("what orders requests", k=2)
+
+
+# (name, the calls that compile its loops), the demo's first.
+TARGETS: tuple[tuple[str, Callable[[], None]], ...] = (
+    ("scheduler heap", _scheduler_heap),
+    ("BM25 indexing and search", _bm25_build_and_search),
+    ("HNSW insertion and search", _hnsw_build_and_search),
+    ("retrieval pipeline", _pipeline),
+    ("count-min sketch", _sketch),
+    ("BM25 batches and deletes", _bm25_batches_deletes),
+    ("HNSW batches, filters and deletes", _hnsw_batches_filters_deletes),
+)
+# What ``llmds demo`` runs: the rest is compiled on first use or by ``llmds warmup``.
+DEMO_TARGETS = ("scheduler heap", "BM25 indexing and search", "HNSW insertion and search", "retrieval pipeline")
+
+
+def kernels_cached() -> bool:
+    """True when numba's cache already holds the library's search loops (a warm start)."""
+    return any(numba_cache_dir().glob("retrieval_*/*.nbi"))
+
+
+def warmup(names: tuple[str, ...] | None = None, *, progress: bool = True) -> dict[str, float]:
+    """Compile (or load) the numba loops of ``names`` (default: every target); return seconds per
+    target. The progress bar says when this is a cold compile."""
+    unknown = set(names or ()) - {name for name, _ in TARGETS}
+    if unknown:
+        raise ValueError(f"unknown warm-up targets {sorted(unknown)}; known: {[name for name, _ in TARGETS]}")
+    targets = [(name, run) for name, run in TARGETS if names is None or name in names]
+    desc = "loading search kernels" if kernels_cached() else "compiling search kernels (first run only)"
+    seconds = {}
+    progress_bar = bar(desc, total=len(targets), unit="part", enabled=progress)
+    try:
+        for name, run in targets:
+            progress_bar.set_postfix_str(name)
+            start = time.perf_counter()
+            run()
+            seconds[name] = time.perf_counter() - start
+            progress_bar.update(1)
+    finally:
+        progress_bar.close()
+    return seconds
+
+
+__all__ = ["TARGETS", "DEMO_TARGETS", "kernels_cached", "warmup"]

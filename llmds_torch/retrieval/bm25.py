@@ -156,7 +156,3 @@ class BM25Params:
         """Term-frequency component; ``tf`` and ``doc_length`` broadcast (scalars or arrays)."""
         return _TFC[self.method](np.asarray(tf, dtype=np.float64), np.asarray(doc_length, dtype=np.float64),
                                  float(avgdl), self.k1, self.b, self.delta)
-
-    def tfc_absent(self, avgdl) -> float:
-        """``tfc(0)``: what a query term missing from a document adds per unit of idf."""
-        return float(self.tfc(0.0, avgdl, avgdl))

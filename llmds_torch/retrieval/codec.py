@@ -3,8 +3,8 @@
 Everything here works on whole numpy arrays; there is no Python loop per integer. The encoders
 loop over the (at most ten) byte positions of a varint; the decoder finds value boundaries with
 one comparison and assembles values with ``np.bitwise_or.reduceat``. A numba decoder
-(:func:`decode_uvarint_numba`) and the per-value step it uses (:func:`uvarint_at`) serve the
-compiled search loops.
+(:func:`decode_uvarint_numba`) does the same checks in a compiled loop; the search loops read
+postings with :func:`posting_at`.
 
 LEB128: seven payload bits per byte, least significant group first, the high bit set on every byte
 but the last. A uint64 takes one to ten bytes. Decoding refuses truncated streams (last byte has its
@@ -151,20 +151,6 @@ def decode_uvarint(data, count: int | None = None) -> np.ndarray:
     return values
 
 
-@numba.njit(inline="always")
-def uvarint_at(data, pos):
-    """Decode one varint of trusted data starting at ``pos``; return ``(value, next_pos)``."""
-    value = np.uint64(0)
-    shift = np.uint64(0)
-    while True:
-        byte = np.uint64(data[pos])
-        pos += 1
-        value |= (byte & np.uint64(0x7F)) << shift
-        if byte < np.uint64(0x80):
-            return value, pos
-        shift += np.uint64(7)
-
-
 @numba.njit(cache=True)
 def _decode_uvarint_checked(data, count, out):
     # Returns 0 on success, else a negative code: -1 truncated, -2 overlong, -3 overflow, -4 count.
@@ -197,12 +183,16 @@ def decode_uvarint_numba(data, count: int) -> np.ndarray:
     ----------
     data : bytes or np.ndarray of uint8, ``[n_bytes]``
     count : int
+        In ``[0, n_bytes]`` (every varint takes at least one byte); others raise ``CorruptVarint``
+        before anything is allocated.
 
     Returns
     -------
     np.ndarray of uint64, ``[count]``
     """
     data = _as_bytes(data)
+    if not isinstance(count, (int, np.integer)) or isinstance(count, bool) or not 0 <= count <= data.size:
+        raise CorruptVarint(f"expected {count!r} varints; {data.size} bytes hold between 0 and {data.size}")
     out = np.empty(int(count), dtype=np.uint64)
     code = _decode_uvarint_checked(data, int(count), out)
     if code == -1:
@@ -614,7 +604,8 @@ def postings_from_arrays(arrays: dict, block_size: int, num_postings: int, num_s
                  and postings.block_byte_start.dtype == postings.term_byte_start.dtype
                  and postings.block_last_doc.dtype == np.int32 and postings.block_max_impact.dtype == np.float32)
     sizes_ok = postings.block_byte_start.size == postings.block_last_doc.size == postings.block_max_impact.size
-    if not (dtypes_ok and sizes_ok and 1 <= block_size <= MAX_BLOCK_SIZE and num_postings >= 0):
+    counts_ok = 1 <= block_size <= MAX_BLOCK_SIZE and 0 <= num_postings <= postings.data.size
+    if not (dtypes_ok and sizes_ok and counts_ok):
         raise CorruptVarint("postings arrays have unexpected dtypes or inconsistent sizes")
     decode_blocked_postings(postings, num_slots)
     return postings

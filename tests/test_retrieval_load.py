@@ -7,6 +7,8 @@ search arguments too large to serve.
 
 import copy
 import hashlib
+import json
+import struct
 import sys
 from pathlib import Path
 
@@ -298,17 +300,20 @@ def test_keyed_files_load_only_with_their_key(tmp_path, hnsw_file, index_file, s
 
 
 def _rewrite_header(data: bytes, edit) -> bytes:
-    """``data`` (a persist file) with ``edit(header_dict)`` applied and a valid checksum."""
-    import json
-    import struct
-
+    """``data`` (a persist file) with its header bytes replaced by ``edit(header_bytes)``, checksum valid."""
     prefix = struct.Struct("<8sIQ")
     magic, version, header_len = prefix.unpack_from(data, 0)
-    header = json.loads(data[prefix.size:prefix.size + header_len])
-    edit(header)
-    encoded = json.dumps(header).encode()
-    body = prefix.pack(magic, version, len(encoded)) + encoded + data[prefix.size + header_len:-32]
+    header = edit(data[prefix.size:prefix.size + header_len])
+    body = prefix.pack(magic, version, len(header)) + header + data[prefix.size + header_len:-32]
     return body + hashlib.sha256(body).digest()
+
+
+def _edit_json(edit):
+    def apply(header: bytes) -> bytes:
+        parsed = json.loads(header)
+        edit(parsed)
+        return json.dumps(parsed).encode()
+    return apply
 
 
 def test_header_lies_are_refused():
@@ -325,10 +330,14 @@ def test_header_lies_are_refused():
         def edit(header):
             header["arrays"][0][field] = value
         with pytest.raises(CorruptIndexFile, match="array"):
-            persist.loads(_rewrite_header(good, edit), "x")
+            persist.loads(_rewrite_header(good, _edit_json(edit)), "x")
     for edit in (lambda h: h.update(meta=[]), lambda h: h.update(kind_version="1"), lambda h: h.update(arrays={}),
                  lambda h: h["arrays"].append(dict(h["arrays"][0]))):
         with pytest.raises(CorruptIndexFile):
+            persist.loads(_rewrite_header(good, _edit_json(edit)), "x")
+    for edit in (lambda h: h.replace(b'"kind_version": 1', b'"kind_version": ' + b"9" * 5000),  # past int digits
+                 lambda h: b"[" * 100_000 + b"]" * 100_000, lambda h: b"\xff" + h):
+        with pytest.raises(CorruptIndexFile, match="header"):
             persist.loads(_rewrite_header(good, edit), "x")
 
 
@@ -358,3 +367,14 @@ def test_varint_count_beyond_the_stream_is_refused_before_allocating():
     with pytest.raises(CorruptVarint):
         decode_uvarint_numba(b"\x01\x02", count=-1)
     assert decode_uvarint_numba(b"\x01\x02", count=2).tolist() == [1, 2]
+
+
+def test_offsets_past_2_to_the_63_are_refused(index_file, tmp_path):
+    """A uint64 term offset that reads as a negative int64 must not index the stream from its end."""
+    def change(meta, arrays):
+        starts = arrays["postings.term_byte_start"].astype(np.uint64)
+        starts[0] = 2**64 - 10**9
+        arrays["postings.term_byte_start"] = starts
+        arrays["postings.block_byte_start"] = arrays["postings.block_byte_start"].astype(np.uint64)
+    with pytest.raises(CorruptIndexFile, match="postings"):
+        InvertedIndex.load(_altered(index_file[0], INDEX_KIND, tmp_path, change))

@@ -507,7 +507,7 @@ def _decode_all(data, term_byte_start, block_byte_start, block_last_doc, block_s
     for term in range(num_terms):
         pos = np.int64(term_byte_start[term])
         end = np.int64(term_byte_start[term + 1]) if term + 1 < num_terms else np.int64(data.shape[0])
-        if pos > end or end > data.shape[0]:
+        if pos < 0 or pos > end or end > data.shape[0]:  # uint64 offsets past 2**63 read as negative
             return -1
         df, pos = _varint_checked(data, pos, end)
         if df < 0 or n + df > num_postings:

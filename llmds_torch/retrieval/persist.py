@@ -140,7 +140,7 @@ def loads(data: bytes, expected_kind: str, key: bytes | None = None) -> Bundle:
         raise CorruptIndexFile(f"header length {header_len} runs past the end of the file")
     try:
         header = json.loads(body[_PREFIX.size:header_end].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # bad UTF-8, bad JSON, ints past Python's digit limit
         raise CorruptIndexFile(f"header is not valid UTF-8 JSON: {exc}") from None
     if not isinstance(header, dict):
         raise CorruptIndexFile("header is not a JSON object")

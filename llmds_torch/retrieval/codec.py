@@ -461,23 +461,44 @@ def encode_blocked_postings(term_ids, doc_ids, term_freqs, num_terms: int, block
     slot_byte[used] = np.cumsum(lengths) - lengths
 
     offset_dtype = np.uint32 if data.size < 2**32 else np.uint64
-    in_blocks = blocks_per_term[term_ids] > 0
-    block_first = np.flatnonzero(in_blocks & (index_in_term % block_size == 0))
-    block_end = np.minimum(block_first + block_size, posting_start[term_ids[block_first] + 1])
-    if block_first.size:  # maxima over [block_first, block_end); the odd segments lie between blocks
-        bounds = np.column_stack([block_first, block_end]).ravel()
-        block_max = np.maximum.reduceat(np.append(impacts, 0.0), bounds)[0::2]
-    else:
-        block_max = np.empty(0)
+    block_first, block_end = _block_ranges(term_ids, posting_start, block_size)
     return BlockedPostings(
         data=data,
         term_byte_start=slot_byte[header_slot].astype(offset_dtype),
         block_byte_start=slot_byte[posting_slot[block_first]].astype(offset_dtype),
         block_last_doc=doc_ids[block_end - 1].astype(np.int32),
-        block_max_impact=_round_up_to_float32(block_max),
+        block_max_impact=_block_maxima(impacts, block_first, block_end),
         block_size=int(block_size),
         num_postings=int(num_postings),
     )
+
+
+def _block_ranges(term_ids: np.ndarray, posting_start: np.ndarray, block_size: int) -> tuple:
+    """First and one-past-last posting of every block, int64 ``[n_blocks]`` each, for postings sorted by
+    term; only terms with more than ``block_size`` postings have blocks."""
+    doc_freq = np.diff(posting_start)
+    index_in_term = np.arange(term_ids.size) - posting_start[term_ids]
+    in_blocks = doc_freq[term_ids] > block_size
+    block_first = np.flatnonzero(in_blocks & (index_in_term % block_size == 0))
+    block_end = np.minimum(block_first + block_size, posting_start[term_ids[block_first] + 1])
+    return block_first, block_end
+
+
+def _block_maxima(impacts: np.ndarray, block_first: np.ndarray, block_end: np.ndarray) -> np.ndarray:
+    """Largest impact of each block, rounded up to float32 ``[n_blocks]``."""
+    if not block_first.size:
+        return np.empty(0, dtype=np.float32)
+    bounds = np.column_stack([block_first, block_end]).ravel()  # the odd segments lie between blocks
+    return _round_up_to_float32(np.maximum.reduceat(np.append(impacts, 0.0), bounds)[0::2])
+
+
+def block_max_impacts(term_ids, impacts, num_terms: int, block_size: int) -> np.ndarray:
+    """The ``block_max_impact`` that :func:`encode_blocked_postings` stores for postings sorted by term
+    then doc (as :func:`decode_blocked_postings` returns them): float32 ``[n_blocks]``."""
+    term_ids = np.asarray(term_ids, dtype=np.int64)
+    posting_start = np.zeros(num_terms + 1, dtype=np.int64)
+    np.cumsum(np.bincount(term_ids, minlength=num_terms), out=posting_start[1:])
+    return _block_maxima(np.asarray(impacts, dtype=np.float64), *_block_ranges(term_ids, posting_start, block_size))
 
 
 @numba.njit(inline="always")

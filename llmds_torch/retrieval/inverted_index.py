@@ -39,6 +39,7 @@ from .bm25 import BM25Params
 from .codec import (
     DEFAULT_BLOCK_SIZE,
     BlockedPostings,
+    block_max_impacts,
     decode_blocked_postings,
     encode_blocked_postings,
 )
@@ -195,12 +196,16 @@ class InvertedIndex:
         self._scratch = None  # allocated by the first single-query search
 
     def _encode(self, terms, docs, tfs, doc_lengths, live, num_terms) -> BlockedPostings:
-        """Postings with block maxima of ``tfc - tfc(0)`` at the average length of the ``live`` documents."""
+        """Postings with block maxima of their impacts (see :meth:`_impacts`)."""
+        impacts = self._impacts(docs, tfs, doc_lengths, live)
+        return encode_blocked_postings(terms, docs, tfs, num_terms, self.block_size, impacts)
+
+    def _impacts(self, docs, tfs, doc_lengths, live) -> np.ndarray:
+        """``tfc - tfc(0)`` of each posting at the average length of the ``live`` documents: float64 ``[n]``."""
         avgdl = _average_length(doc_lengths, live)
         p = self.params
         tfc_one = tfc_of_one(doc_lengths, avgdl, p.code, p.k1, p.b, p.delta)
-        impacts = posting_contributions(tfs, docs, tfc_one, doc_lengths, avgdl, p.code, p.k1, p.b, p.delta)
-        return encode_blocked_postings(terms, docs, tfs, num_terms, self.block_size, impacts)
+        return posting_contributions(tfs, docs, tfc_one, doc_lengths, avgdl, p.code, p.k1, p.b, p.delta)
 
     def _tokenize_documents(self, docs) -> list[list[str]]:
         if isinstance(docs, (str, bytes)) or not isinstance(docs, Sequence):
@@ -414,7 +419,7 @@ class InvertedIndex:
         """Read an index written by :meth:`save` (with the same ``key``, if any).
 
         Every field is checked before use (see :mod:`llmds_torch.retrieval.inverted_index_file`), and
-        the postings must be exactly the encoding of their decoded contents (so block maxima are exact).
+        the stored block maxima must equal those recomputed from the decoded postings, so pruning is exact.
 
         Raises
         ------
@@ -428,11 +433,12 @@ class InvertedIndex:
         p = c["params"]
         index = cls(p.method, p.k1, p.b, p.delta, c["tokenizer"], c["block_size"], c["impact_cache_bytes"])
         slot_ids, doc_lengths, live, postings = c["slot_ids"], c["doc_lengths"], c["live"], c["postings"]
-        canonical = index._encode(*c["terms_docs_tfs"], doc_lengths, live, postings.num_terms)
-        for name, want in canonical.arrays().items():
-            got = getattr(postings, name)
-            if got.dtype != want.dtype or not np.array_equal(got, want):
-                raise CorruptIndexFile(f"array 'postings.{name}' is not the encoding of the postings it holds")
+        terms_ids, docs, tfs = c["terms_docs_tfs"]
+        exact = block_max_impacts(terms_ids, index._impacts(docs, tfs, doc_lengths, live), postings.num_terms,
+                                  postings.block_size)
+        if not np.array_equal(postings.block_max_impact, exact):
+            raise CorruptIndexFile("array 'postings.block_max_impact' differs from the maxima of the postings' "
+                                   "contributions (pruning would be wrong)")
         terms = c["terms"]
         slot_of = {int(slot_ids[s]): int(s) for s in np.flatnonzero(live)}
         index._commit({term: i for i, term in enumerate(terms)}, terms, postings, slot_ids, doc_lengths, live,

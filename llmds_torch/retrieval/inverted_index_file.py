@@ -15,8 +15,8 @@ that breaks the index's invariants; ``n`` is the number of document slots:
 - ids of live slots >= 0 and distinct, ``next_id`` above them; every document length >= 0 and
   below ``2**53``, each live one equal to the sum of its postings' term frequencies.
 
-The loader then re-encodes the decoded postings and requires the stored stream, term directory
-and block maxima to equal the result byte for byte, so pruning bounds are exact.
+The loader then recomputes every block's largest contribution from the decoded postings and
+requires the stored block maxima to equal them, so pruning bounds are exact.
 """
 
 from __future__ import annotations

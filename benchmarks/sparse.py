@@ -22,8 +22,10 @@ import os
 os.environ.setdefault("KMP_BLOCKTIME", "0")
 
 import argparse  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections import Counter  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -76,10 +78,14 @@ def bench_bm25(name, corpus, queries, k=10, single_queries=None):
     index.search_batch(queries[:8], k)  # load the compiled loops before timing
     index.search(queries[0], k)
     stats = index.stats()
+    with tempfile.TemporaryDirectory() as tmp:
+        index.save(Path(tmp) / "index")
+        InvertedIndex.load(Path(tmp) / "index")  # compile the checks before timing
+        _, load_s = timed(lambda: InvertedIndex.load(Path(tmp) / "index"))
     (ours_ids, _), batch_s = timed(lambda: index.search_batch(queries, k))
     _, batch_exhaustive_s = timed(lambda: index.search_batch(queries, k, prune=False))
     _, single_s = timed(lambda: [index.search(q, k) for q in single_queries])
-    rows.append({"corpus": name, "engine": "llmds InvertedIndex", "index_s": index_s,
+    rows.append({"corpus": name, "engine": "llmds InvertedIndex", "index_s": index_s, "load_s": load_s,
                  "qps_single": len(single_queries) / single_s, "qps_batched": len(queries) / batch_s,
                  "qps_batched_no_pruning": len(queries) / batch_exhaustive_s, "index_bytes": stats["index_bytes"],
                  "cache_bytes": stats["impact_cache_bytes"], "postings_vs_raw_int32": stats["compression_ratio"],
@@ -93,7 +99,7 @@ def bench_bm25(name, corpus, queries, k=10, single_queries=None):
             lambda: retriever.retrieve(queries, k=k, show_progress=False, n_threads=0))
         _, their_single_s = timed(
             lambda: [retriever.retrieve([q], k=k, show_progress=False) for q in single_queries])
-        rows.append({"corpus": name, "engine": f"bm25s ({backend})", "index_s": their_index_s,
+        rows.append({"corpus": name, "engine": f"bm25s ({backend})", "index_s": their_index_s, "load_s": float("nan"),
                      "qps_single": len(single_queries) / their_single_s, "qps_batched": len(queries) / their_batch_s,
                      "qps_batched_no_pruning": float("nan"), "index_bytes": bm25s_bytes(retriever),
                      "cache_bytes": 0, "postings_vs_raw_int32": float("nan"), "top10_agreement": top10_agreement(ours_ids, their_ids)})

@@ -281,3 +281,17 @@ def test_long_gaps_and_large_term_frequencies_decode_in_search():
         ids, scores = index.search(["rare"], 5, prune=prune)
         assert sorted(ids.tolist()) == [0, 9_000, 19_999]
         np.testing.assert_allclose(scores, [expected[i] for i in ids.tolist()], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_empty_documents_with_full_length_normalization(method):
+    """b = 1 gives an empty document a length norm of 0; it has no postings, so nothing divides by it."""
+    index = InvertedIndex(method, b=1.0)
+    index.add([[], ["a", "b"], ["a"], []])
+    ids, scores = index.search(["a"], 4)
+    assert sorted(ids.tolist()) == [1, 2] and np.isfinite(scores).all()
+
+
+def test_k1_zero_is_refused():
+    with pytest.raises(ConfigError, match="k1"):
+        InvertedIndex(k1=0.0)

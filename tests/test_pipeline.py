@@ -6,7 +6,14 @@ import torch
 
 from llmds_torch.errors import ConfigError
 from llmds_torch.retrieval.embedder import HashingEmbedder
-from llmds_torch.retrieval.errors import DimensionMismatch, InvalidDocument, InvalidQuery, NonFiniteVectors, UnknownIds
+from llmds_torch.retrieval.errors import (
+    DimensionMismatch,
+    DuplicateIds,
+    InvalidDocument,
+    InvalidQuery,
+    NonFiniteVectors,
+    UnknownIds,
+)
 from llmds_torch.retrieval.flat_index import FlatIndex
 from llmds_torch.retrieval.fusion import fuse
 from llmds_torch.retrieval.inverted_index import InvertedIndex
@@ -136,3 +143,71 @@ def test_stdlib_corpus_is_deterministic():
     assert first == second and len(first) == 50
     assert all(isinstance(t, str) and len(x) >= 40 for t, x in first)
     assert len({t for t, _ in first}) == 50
+
+
+class _FailingDense(FlatIndex):
+    """A dense index that validates like FlatIndex and then fails in the middle of an add or delete."""
+
+    fail = False
+
+    def add(self, vectors, ids=None):
+        if self.fail:
+            raise RuntimeError("dense add failed midway")
+        return super().add(vectors, ids=ids)
+
+    def delete(self, ids):
+        if self.fail:
+            raise RuntimeError("dense delete failed midway")
+        return super().delete(ids)
+
+
+def _state(pipeline, queries):
+    sparse = [tuple(a.tolist()) for q in queries for a in pipeline.sparse_index.search(q, 20)]
+    dense = len(pipeline.dense_index), len(pipeline.sparse_index), len(pipeline)
+    return sparse, dense, pipeline.sparse_index.stats()
+
+
+def test_delete_with_repeated_ids_changes_nothing(corpus):
+    pipeline = make_pipeline()
+    pipeline.add(corpus[:20])
+    queries = ["string format", "file path"]
+    before = _state(pipeline, queries)
+    with pytest.raises(DuplicateIds):
+        pipeline.delete([1, 1])
+    with pytest.raises(UnknownIds):
+        pipeline.delete([1, 999])
+    with pytest.raises(UnknownIds):
+        pipeline.delete(np.array([1.0, 2.0]))
+    assert _state(pipeline, queries) == before
+    pipeline.delete([1])  # still in step: the single delete works on both sides
+    assert len(pipeline.dense_index) == len(pipeline.sparse_index) == len(pipeline) == 19
+
+
+def test_a_failing_dense_index_leaves_the_sparse_index_exactly_as_before(corpus):
+    embedder = HashingEmbedder(DIM, seed=1)
+    dense = _FailingDense(DIM, "cosine")
+    pipeline = RetrievalPipeline(embedder, dense, InvertedIndex(), PipelineConfig())
+    pipeline.add(corpus[:20])
+    queries = ["string format", "file path", "module import"]
+    before = _state(pipeline, queries)
+    dense.fail = True
+    with pytest.raises(RuntimeError, match="add failed"):
+        pipeline.add(corpus[20:25])
+    with pytest.raises(RuntimeError, match="delete failed"):
+        pipeline.delete([3, 4])
+    assert _state(pipeline, queries) == before
+    dense.fail = False
+    pipeline.delete([3, 4])
+    pipeline.add(corpus[20:25])
+    assert len(pipeline.dense_index) == len(pipeline.sparse_index) == len(pipeline) == 23
+
+
+def test_non_finite_vectors_are_refused_before_either_index_changes(corpus):
+    pipeline = make_pipeline()
+    pipeline.add(corpus[:5])
+    before = _state(pipeline, ["string"])
+    vectors = np.ones((2, DIM), np.float32)
+    vectors[1, 3] = np.inf
+    with pytest.raises(NonFiniteVectors):
+        pipeline.add(["a", "b"], vectors=vectors)
+    assert _state(pipeline, ["string"]) == before

@@ -8,7 +8,7 @@ import pytest
 
 from llmds_torch.errors import ConfigError
 from llmds_torch.retrieval.count_min_sketch import CountMinSketch
-from llmds_torch.retrieval.errors import CorruptIndexFile, SketchMismatch
+from llmds_torch.retrieval.errors import CorruptIndexFile, SketchMismatch, SketchOverflow
 
 
 def zipf_stream(seed, n=50_000, exponent=1.1, universe=20_000):
@@ -131,3 +131,54 @@ def test_halve():
     sketch.update([1] * 9)
     sketch.halve()
     assert sketch[1] == 4 and sketch.total == 4
+
+
+def _snapshot(sketch):
+    return sketch.table.copy(), sketch.total, dict(sketch._candidates)
+
+
+def _same(a, b):
+    return np.array_equal(a[0], b[0]) and a[1:] == b[1:]
+
+
+@pytest.mark.parametrize("conservative", [False, True])
+def test_bad_updates_change_nothing(conservative):
+    sketch = CountMinSketch(64, 3, conservative=conservative)
+    sketch.update([1, 2, 3], [4, 5, 6])
+    before = _snapshot(sketch)
+    bad = [
+        (np.arange(4).reshape(2, 2), None, ConfigError),                        # 2-D keys
+        ([1, 2], np.array([[1], [2]]), ConfigError),                           # 2-D counts
+        ([1, 2], np.array([2**64 - 1, 1], np.uint64), ConfigError),            # passes a >= 0 check, wraps as int64
+        ([1, 2], [1.0, 2.0], ConfigError),                                     # float counts
+        ([1, 2], [1], ConfigError),                                            # one count short
+        ([1, 2.5], None, TypeError),                                           # a float key
+    ]
+    for keys, counts, error in bad:
+        with pytest.raises(error):
+            sketch.update(keys, counts)
+        assert _same(_snapshot(sketch), before)
+
+
+@pytest.mark.parametrize("conservative", [False, True])
+def test_counts_never_wrap(conservative):
+    sketch = CountMinSketch(64, 3, conservative=conservative)
+    with pytest.raises(SketchOverflow):
+        sketch.update([7, 7], [2**62, 2**62])  # 2**63 does not fit in int64
+    assert sketch.total == 0 and not sketch.table.any()
+    sketch.update([7], [2**63 - 2])
+    with pytest.raises(SketchOverflow):
+        sketch.update([8], [2])
+    sketch.update([8], [1])
+    assert sketch[7] == 2**63 - 2 and sketch.estimate([7, 8]).min() >= 1 and (sketch.table >= 0).all()
+    with pytest.raises(SketchOverflow):
+        sketch.merge(sketch)
+    assert sketch.total == 2**63 - 1
+
+
+def test_many_large_counts_sum_exactly():
+    sketch = CountMinSketch(8, 2)
+    with pytest.raises(SketchOverflow):
+        sketch.update(np.arange(2000), np.full(2000, 2**53, np.int64))  # the int64 sum would wrap
+    sketch.update(np.arange(2000), np.full(2000, 2**52, np.int64))
+    assert sketch.total == 2000 * 2**52

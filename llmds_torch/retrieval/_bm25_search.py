@@ -52,11 +52,15 @@ def posting_contributions(term_freqs, doc_ids, tfc_one, doc_lengths, avgdl, code
 
 @numba.njit(cache=True)
 def tfc_of_one(doc_lengths, avgdl, code, k1, b, delta):
-    """``tfc(1, |d|) - tfc(0)`` per document, float64 ``[n_slots]``: the contribution of a tf = 1 posting."""
+    """``tfc(1, |d|) - tfc(0)`` per document, float64 ``[n_slots]``: the contribution of a tf = 1 posting.
+
+    0 for empty documents, which hold no postings (and whose length norm is 0 when ``b = 1``).
+    """
     absent = tfc_by_code(code, 0.0, avgdl, avgdl, k1, b, delta)
-    out = np.empty(doc_lengths.shape[0])
+    out = np.zeros(doc_lengths.shape[0])
     for d in range(doc_lengths.shape[0]):
-        out[d] = tfc_by_code(code, 1.0, np.float64(doc_lengths[d]), avgdl, k1, b, delta) - absent
+        if doc_lengths[d] > 0:
+            out[d] = tfc_by_code(code, 1.0, np.float64(doc_lengths[d]), avgdl, k1, b, delta) - absent
     return out
 
 

@@ -122,7 +122,7 @@ class BM25Params:
     method : str
         One of ``METHODS``: "lucene" (default), "robertson", "atire", "bm25l", "bm25+".
     k1 : float
-        Term-frequency saturation, >= 0 (default 1.5).
+        Term-frequency saturation, > 0 (default 1.5).
     b : float
         Length normalization in [0, 1] (default 0.75).
     delta : float
@@ -142,6 +142,8 @@ class BM25Params:
             if not isinstance(value, (int, float)) or not (low <= value <= high) or np.isnan(value):
                 raise ConfigError(f"{name} must be a number in [{low}, {high}]; got {value!r}")
             object.__setattr__(self, name, float(value))
+        if self.k1 == 0.0:  # tfc(0) would be 0 / 0 for every method
+            raise ConfigError("k1 must be > 0 (with k1 = 0 the score of an absent term is 0 / 0)")
 
     @property
     def code(self) -> int:
@@ -156,7 +158,3 @@ class BM25Params:
         """Term-frequency component; ``tf`` and ``doc_length`` broadcast (scalars or arrays)."""
         return _TFC[self.method](np.asarray(tf, dtype=np.float64), np.asarray(doc_length, dtype=np.float64),
                                  float(avgdl), self.k1, self.b, self.delta)
-
-    def tfc_absent(self, avgdl) -> float:
-        """``tfc(0)``: what a query term missing from a document adds per unit of idf."""
-        return float(self.tfc(0.0, avgdl, avgdl))

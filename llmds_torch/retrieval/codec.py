@@ -3,8 +3,8 @@
 Everything here works on whole numpy arrays; there is no Python loop per integer. The encoders
 loop over the (at most ten) byte positions of a varint; the decoder finds value boundaries with
 one comparison and assembles values with ``np.bitwise_or.reduceat``. A numba decoder
-(:func:`decode_uvarint_numba`) and the per-value step it uses (:func:`uvarint_at`) serve the
-compiled search loops.
+(:func:`decode_uvarint_numba`) does the same checks in a compiled loop; the search loops read
+postings with :func:`posting_at`.
 
 LEB128: seven payload bits per byte, least significant group first, the high bit set on every byte
 but the last. A uint64 takes one to ten bytes. Decoding refuses truncated streams (last byte has its
@@ -151,20 +151,6 @@ def decode_uvarint(data, count: int | None = None) -> np.ndarray:
     return values
 
 
-@numba.njit(inline="always")
-def uvarint_at(data, pos):
-    """Decode one varint of trusted data starting at ``pos``; return ``(value, next_pos)``."""
-    value = np.uint64(0)
-    shift = np.uint64(0)
-    while True:
-        byte = np.uint64(data[pos])
-        pos += 1
-        value |= (byte & np.uint64(0x7F)) << shift
-        if byte < np.uint64(0x80):
-            return value, pos
-        shift += np.uint64(7)
-
-
 @numba.njit(cache=True)
 def _decode_uvarint_checked(data, count, out):
     # Returns 0 on success, else a negative code: -1 truncated, -2 overlong, -3 overflow, -4 count.
@@ -197,12 +183,16 @@ def decode_uvarint_numba(data, count: int) -> np.ndarray:
     ----------
     data : bytes or np.ndarray of uint8, ``[n_bytes]``
     count : int
+        In ``[0, n_bytes]`` (every varint takes at least one byte); others raise ``CorruptVarint``
+        before anything is allocated.
 
     Returns
     -------
     np.ndarray of uint64, ``[count]``
     """
     data = _as_bytes(data)
+    if not isinstance(count, (int, np.integer)) or isinstance(count, bool) or not 0 <= count <= data.size:
+        raise CorruptVarint(f"expected {count!r} varints; {data.size} bytes hold between 0 and {data.size}")
     out = np.empty(int(count), dtype=np.uint64)
     code = _decode_uvarint_checked(data, int(count), out)
     if code == -1:
@@ -471,23 +461,44 @@ def encode_blocked_postings(term_ids, doc_ids, term_freqs, num_terms: int, block
     slot_byte[used] = np.cumsum(lengths) - lengths
 
     offset_dtype = np.uint32 if data.size < 2**32 else np.uint64
-    in_blocks = blocks_per_term[term_ids] > 0
-    block_first = np.flatnonzero(in_blocks & (index_in_term % block_size == 0))
-    block_end = np.minimum(block_first + block_size, posting_start[term_ids[block_first] + 1])
-    if block_first.size:  # maxima over [block_first, block_end); the odd segments lie between blocks
-        bounds = np.column_stack([block_first, block_end]).ravel()
-        block_max = np.maximum.reduceat(np.append(impacts, 0.0), bounds)[0::2]
-    else:
-        block_max = np.empty(0)
+    block_first, block_end = _block_ranges(term_ids, posting_start, block_size)
     return BlockedPostings(
         data=data,
         term_byte_start=slot_byte[header_slot].astype(offset_dtype),
         block_byte_start=slot_byte[posting_slot[block_first]].astype(offset_dtype),
         block_last_doc=doc_ids[block_end - 1].astype(np.int32),
-        block_max_impact=_round_up_to_float32(block_max),
+        block_max_impact=_block_maxima(impacts, block_first, block_end),
         block_size=int(block_size),
         num_postings=int(num_postings),
     )
+
+
+def _block_ranges(term_ids: np.ndarray, posting_start: np.ndarray, block_size: int) -> tuple:
+    """First and one-past-last posting of every block, int64 ``[n_blocks]`` each, for postings sorted by
+    term; only terms with more than ``block_size`` postings have blocks."""
+    doc_freq = np.diff(posting_start)
+    index_in_term = np.arange(term_ids.size) - posting_start[term_ids]
+    in_blocks = doc_freq[term_ids] > block_size
+    block_first = np.flatnonzero(in_blocks & (index_in_term % block_size == 0))
+    block_end = np.minimum(block_first + block_size, posting_start[term_ids[block_first] + 1])
+    return block_first, block_end
+
+
+def _block_maxima(impacts: np.ndarray, block_first: np.ndarray, block_end: np.ndarray) -> np.ndarray:
+    """Largest impact of each block, rounded up to float32 ``[n_blocks]``."""
+    if not block_first.size:
+        return np.empty(0, dtype=np.float32)
+    bounds = np.column_stack([block_first, block_end]).ravel()  # the odd segments lie between blocks
+    return _round_up_to_float32(np.maximum.reduceat(np.append(impacts, 0.0), bounds)[0::2])
+
+
+def block_max_impacts(term_ids, impacts, num_terms: int, block_size: int) -> np.ndarray:
+    """The ``block_max_impact`` that :func:`encode_blocked_postings` stores for postings sorted by term
+    then doc (as :func:`decode_blocked_postings` returns them): float32 ``[n_blocks]``."""
+    term_ids = np.asarray(term_ids, dtype=np.int64)
+    posting_start = np.zeros(num_terms + 1, dtype=np.int64)
+    np.cumsum(np.bincount(term_ids, minlength=num_terms), out=posting_start[1:])
+    return _block_maxima(np.asarray(impacts, dtype=np.float64), *_block_ranges(term_ids, posting_start, block_size))
 
 
 @numba.njit(inline="always")
@@ -517,7 +528,7 @@ def _decode_all(data, term_byte_start, block_byte_start, block_last_doc, block_s
     for term in range(num_terms):
         pos = np.int64(term_byte_start[term])
         end = np.int64(term_byte_start[term + 1]) if term + 1 < num_terms else np.int64(data.shape[0])
-        if pos > end or end > data.shape[0]:
+        if pos < 0 or pos > end or end > data.shape[0]:  # uint64 offsets past 2**63 read as negative
             return -1
         df, pos = _varint_checked(data, pos, end)
         if df < 0 or n + df > num_postings:
@@ -614,7 +625,8 @@ def postings_from_arrays(arrays: dict, block_size: int, num_postings: int, num_s
                  and postings.block_byte_start.dtype == postings.term_byte_start.dtype
                  and postings.block_last_doc.dtype == np.int32 and postings.block_max_impact.dtype == np.float32)
     sizes_ok = postings.block_byte_start.size == postings.block_last_doc.size == postings.block_max_impact.size
-    if not (dtypes_ok and sizes_ok and 1 <= block_size <= MAX_BLOCK_SIZE and num_postings >= 0):
+    counts_ok = 1 <= block_size <= MAX_BLOCK_SIZE and 0 <= num_postings <= postings.data.size
+    if not (dtypes_ok and sizes_ok and counts_ok):
         raise CorruptVarint("postings arrays have unexpected dtypes or inconsistent sizes")
     decode_blocked_postings(postings, num_slots)
     return postings

@@ -25,10 +25,12 @@ import numpy as np
 from llmds_torch.errors import ConfigError
 
 from . import persist
-from .errors import CorruptIndexFile, SketchMismatch
+from .errors import CorruptIndexFile, SketchMismatch, SketchOverflow
+from .validation import array, meta_bool, meta_int, meta_type, require
 
 _FILE_KIND = "count_min_sketch"
 _FILE_VERSION = 1
+_COUNT_MAX = 2**63 - 1
 
 
 def key_hashes(keys) -> np.ndarray:
@@ -86,6 +88,23 @@ def _conservative_update(table, columns, counts):
                 table[r, columns[r, i]] = target
 
 
+def _checked_counts(counts, n: int) -> tuple[np.ndarray, int]:
+    """``counts`` as int64 ``[n]`` after checking shape, dtype and range; and their exact sum."""
+    counts = np.asarray(counts)
+    if counts.shape != (n,) or (n and counts.dtype.kind not in "iu"):
+        raise ConfigError(f"counts must be a 1-D array of {n} integers; got {counts.dtype} {list(counts.shape)}")
+    if n == 0:
+        return counts.astype(np.int64), 0
+    low, high = int(counts.min()), int(counts.max())
+    if low < 0:
+        raise ConfigError("counts must be >= 0 (a Count-Min Sketch cannot subtract)")
+    if high > _COUNT_MAX:
+        raise ConfigError(f"counts must be at most 2**63 - 1; got {high}")
+    counts = counts.astype(np.int64)
+    added = int(counts.sum()) if high <= _COUNT_MAX // n else sum(counts.tolist())  # exact, never wraps
+    return counts, added
+
+
 class CountMinSketch:
     """Approximate stream counts.
 
@@ -138,21 +157,33 @@ class CountMinSketch:
     def update(self, keys, counts=None) -> None:
         """Add ``counts`` (default 1 each) for ``keys``, in order.
 
+        Everything is checked before any counter changes.
+
         Parameters
         ----------
-        keys : int array ``[n]`` or sequence of int / str / bytes
-        counts : non-negative int array ``[n]``, optional
+        keys : 1-D int array ``[n]`` or sequence of int / str / bytes
+        counts : 1-D array ``[n]`` of integers in ``[0, 2**63 - 1]``, optional
+
+        Raises
+        ------
+        TypeError
+            A key that is not an int (within 64 bits), str or bytes.
+        ConfigError
+            Keys or counts that are not 1-D, counts of another length or dtype, or out of range.
+        SketchOverflow
+            If the total would pass ``2**63 - 1``; every counter is at most the total, so no counter
+            can wrap either.
         """
+        if isinstance(keys, np.ndarray) and keys.ndim != 1:
+            raise ConfigError(f"keys must be 1-D; got an array of shape {list(keys.shape)}")
         hashes = key_hashes(keys)
         if counts is None:
             counts = np.ones(hashes.size, dtype=np.int64)
+            added = hashes.size
         else:
-            counts = np.asarray(counts).reshape(-1)
-            if counts.shape != hashes.shape or (counts.size and counts.dtype.kind not in "iu"):
-                raise ConfigError(f"counts must be {hashes.size} integers; got {counts.dtype} {counts.shape}")
-            if counts.size and counts.min() < 0:
-                raise ConfigError("counts must be >= 0 (a Count-Min Sketch cannot subtract)")
-            counts = counts.astype(np.int64)
+            counts, added = _checked_counts(counts, hashes.size)
+        if added > _COUNT_MAX - self.total:
+            raise SketchOverflow(f"adding {added} to the total {self.total} passes 2**63 - 1")
         if hashes.size == 0:
             return
         columns = self._columns(hashes)
@@ -161,7 +192,7 @@ class CountMinSketch:
         else:
             for row in range(self.depth):
                 np.add.at(self.table[row], columns[row], counts)
-        self.total += int(counts.sum())
+        self.total += added
         if self.heavy_hitter_capacity:
             self._track_candidates(keys, hashes, columns)
 
@@ -217,8 +248,12 @@ class CountMinSketch:
         Raises
         ------
         SketchMismatch
+        SketchOverflow
+            If the merged total would pass ``2**63 - 1`` (nothing changes).
         """
         self._check_compatible(other)
+        if other.total > _COUNT_MAX - self.total:
+            raise SketchOverflow(f"merging totals {self.total} and {other.total} passes 2**63 - 1")
         self.table += other.table
         self.total += other.total
         for key in other._candidates:
@@ -226,33 +261,66 @@ class CountMinSketch:
         if self.heavy_hitter_capacity and len(self._candidates) > 2 * self.heavy_hitter_capacity:
             self._candidates = dict.fromkeys(k for k, _ in self.heavy_hitters(self.heavy_hitter_capacity))
 
-    def to_bytes(self) -> bytes:
-        """Serialize (checksummed, no pickle); see :meth:`from_bytes`."""
+    def to_bytes(self, *, key: bytes | None = None) -> bytes:
+        """Serialize (no pickle; SHA-256 checksummed, or HMAC-SHA256 signed with ``key``, see
+        :mod:`llmds_torch.retrieval.persist`); see :meth:`from_bytes`."""
         candidates = []
-        for key in self._candidates:
-            if isinstance(key, bytes):
-                candidates.append(["b", key.hex()])
+        for key_ in self._candidates:
+            if isinstance(key_, bytes):
+                candidates.append(["b", key_.hex()])
             else:
-                candidates.append(["s" if isinstance(key, str) else "i", key])
+                candidates.append(["s" if isinstance(key_, str) else "i", key_])
         meta = {"width": self.width, "depth": self.depth, "seed": self.seed, "conservative": self.conservative,
                 "heavy_hitter_capacity": self.heavy_hitter_capacity, "total": self.total, "candidates": candidates}
-        return persist.dumps(_FILE_KIND, _FILE_VERSION, {"table": self.table}, meta)
+        return persist.dumps(_FILE_KIND, _FILE_VERSION, {"table": self.table}, meta, key)
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "CountMinSketch":
-        """Inverse of :meth:`to_bytes`. Raises ``CorruptIndexFile`` on anything inconsistent."""
-        bundle = persist.loads(data, _FILE_KIND)
+    def from_bytes(cls, data: bytes, *, key: bytes | None = None) -> "CountMinSketch":
+        """Inverse of :meth:`to_bytes` (with the same ``key``, if any).
+
+        Checks before use: the table is int64 ``[depth, width]`` as the metadata says, every counter
+        and the total are >= 0, and no row sums past the total (every update adds its count to one
+        counter per row and to the total; halving and conservative updates keep rows below it), so
+        estimates can never fall below true counts because of the file. Candidate keys must be
+        int / str / bytes. Raises ``CorruptIndexFile`` naming the field.
+        """
+        bundle = persist.loads(data, _FILE_KIND, key)
         if bundle.kind_version != _FILE_VERSION:
             raise CorruptIndexFile(f"sketch layout version {bundle.kind_version}; this build reads {_FILE_VERSION}")
         meta = bundle.meta
-        try:
-            sketch = cls(meta["width"], meta["depth"], meta["seed"], meta["conservative"], meta["heavy_hitter_capacity"])
-            table = bundle.arrays["table"]
-            if table.shape != sketch.table.shape or table.dtype != np.int64:
-                raise ValueError(f"table is {table.dtype} {table.shape}")
-            sketch.table = table
-            sketch.total = int(meta["total"])
-            sketch._candidates = {(bytes.fromhex(v) if t == "b" else v): None for t, v in meta["candidates"]}
-        except (KeyError, TypeError, ValueError, ConfigError) as exc:
-            raise CorruptIndexFile(f"sketch contents are inconsistent: {exc}") from None
+        table = array(bundle.arrays, "table", np.int64, (None, None))
+        depth, width = table.shape
+        require(depth >= 1 and width >= 1, f"array 'table' has shape {[depth, width]}; it needs a row and a column")
+        for name, size in (("width", width), ("depth", depth)):
+            require(meta.get(name) == size and type(meta.get(name)) is int,
+                    f"field {name!r} is {meta.get(name)!r:.40}; the table says {size}")
+        seed = meta_int(meta, "seed", 0, 2**128)
+        capacity = meta_int(meta, "heavy_hitter_capacity", 0, 2**31 - 1)
+        conservative = meta_bool(meta, "conservative")
+        total = meta_int(meta, "total", 0, _COUNT_MAX)
+        require(int(table.min()) >= 0, "array 'table' holds negative counters")
+        row_sums = table.sum(axis=1, dtype=np.float64)
+        require(bool((row_sums <= total).all()), f"array 'table' has a row summing past the field 'total' {total}")
+        candidates = {}
+        for entry in meta_type(meta, "candidates", list):
+            candidates[_candidate_key(entry)] = None
+        sketch = cls(width, depth, seed, conservative, capacity)
+        sketch.table, sketch.total, sketch._candidates = table, total, candidates
         return sketch
+
+
+def _candidate_key(entry):
+    """One saved candidate ``[tag, value]``: ``["i", int]``, ``["s", str]`` or ``["b", hex str]``."""
+    if isinstance(entry, list) and len(entry) == 2:
+        tag, value = entry
+        if tag == "i" and type(value) is int and -(2**63) <= value < 2**64:
+            return value
+        if tag == "s" and isinstance(value, str):
+            return value
+        if tag == "b" and isinstance(value, str):
+            try:
+                return bytes.fromhex(value)
+            except ValueError:
+                pass
+    raise CorruptIndexFile(f"field 'candidates' holds {entry!r:.60}; expected [\"i\", int], [\"s\", str] or "
+                           f"[\"b\", hex]")

@@ -54,6 +54,10 @@ class SketchMismatch(LLMDSError, ValueError):
     """Two Count-Min sketches that differ in width, depth or seed cannot be merged."""
 
 
+class SketchOverflow(LLMDSError, OverflowError):
+    """An update or merge that would take a Count-Min sketch's total past ``2**63 - 1``."""
+
+
 __all__ = [
     "DimensionMismatch",
     "NonFiniteVectors",
@@ -67,4 +71,5 @@ __all__ = [
     "InvalidQuery",
     "InvalidFusionInput",
     "SketchMismatch",
+    "SketchOverflow",
 ]

@@ -94,6 +94,7 @@ from llmds_torch.retrieval.errors import (
     UnknownIds,
 )
 from llmds_torch.retrieval.hnsw_errors import InvalidIds
+from llmds_torch.retrieval.hnsw_file import check_hnsw_contents
 from llmds_torch.retrieval.hnsw_lockstep import lockstep_search
 from llmds_torch.retrieval import persist
 
@@ -400,8 +401,9 @@ class HNSW:
         Parameters
         ----------
         queries : ``[nq, dim]`` or ``[dim]`` (float; torch tensor or numpy array).
-        k : neighbours per query, ``1 <= k <= len(self)``.
-        ef : beam width, ``>= k``; default ``max(self.ef_search, k)``.
+        k : neighbours per query, ``1 <= k <= len(self)``; larger raises ``InvalidSearchParameter``.
+        ef : beam width, ``>= k``; default ``max(self.ef_search, k)``. Any larger value is served
+            (a beam wider than ``len(self)`` is narrowed to it, which changes no result).
         allow : optional allow-list of ids; only those are returned (unknown ids are ignored). When
             fewer than ``k`` are allowed the rows are padded with id -1 and distance inf.
         backend : ``"auto"`` (numba on CPU, torch elsewhere), ``"numba"`` or ``"torch"``.
@@ -413,7 +415,7 @@ class HNSW:
         """
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
             raise InvalidSearchParameter(f"k must be a positive int, got {k!r}")
-        if ef is not None and (not isinstance(ef, (int, np.integer)) or ef < k):
+        if ef is not None and (not isinstance(ef, (int, np.integer)) or isinstance(ef, bool) or ef < k):
             raise InvalidSearchParameter(f"ef must be an int >= k = {k}, got {ef!r}")
         if backend not in ("auto", "numba", "torch"):
             raise ConfigError(f"backend must be 'auto', 'numba' or 'torch', got {backend!r}")
@@ -423,7 +425,8 @@ class HNSW:
             raise EmptyIndex("the index holds no points; add vectors before searching")
         if k > n_live:
             raise InvalidSearchParameter(f"k = {k} is larger than the {n_live} points in the index")
-        ef = int(max(self.ef_search, k) if ef is None else ef)
+        # A beam wider than the live points finds the same results as one exactly that wide.
+        ef = min(int(max(self.ef_search, k) if ef is None else ef), n_live)
         if backend == "auto":
             backend = "numba" if self.device.type == "cpu" else "torch"
 
@@ -500,8 +503,9 @@ class HNSW:
         return torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(dists)
 
     # ------------------------------------------------------------------------------- persistence
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the index to ``path`` (versioned, SHA-256 checksummed, pickle-free)."""
+    def save(self, path: str | os.PathLike, *, key: bytes | None = None) -> None:
+        """Write the index to ``path`` (versioned, pickle-free; SHA-256 checksummed, or HMAC-SHA256
+        signed with ``key``, see :mod:`llmds_torch.retrieval.persist`)."""
         n, r = self._n_slots, self._n_upper_rows
         arrays = {
             "vectors": self._vectors[:n].numpy(), "links0": self._links0[:n].numpy(),
@@ -512,35 +516,33 @@ class HNSW:
         meta = {"dim": self._dim, "M": self.M, "ef_construction": self.ef_construction, "metric": self.metric,
                 "seed": self.seed, "ef_search": self.ef_search, "entry": self._entry, "max_level": self._max_level,
                 "next_id": self._next_id, "rng_state": self._rng.bit_generator.state}
-        persist.save(path, FILE_KIND, FILE_KIND_VERSION, arrays, meta)
+        persist.save(path, FILE_KIND, FILE_KIND_VERSION, arrays, meta, key)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> "HNSW":
-        """Read an index written by :meth:`save`; raises ``CorruptIndexFile`` on any damage."""
-        bundle = persist.load(path, FILE_KIND)
+    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu", *,
+             key: bytes | None = None) -> "HNSW":
+        """Read an index written by :meth:`save` (with the same ``key``, if any).
+
+        Every field is checked before use (see :mod:`llmds_torch.retrieval.hnsw_file`); the tensors
+        are allocated at exactly the sizes the file holds. Raises ``CorruptIndexFile`` naming what
+        is wrong.
+        """
+        bundle = persist.load(path, FILE_KIND, key)
         if bundle.kind_version != FILE_KIND_VERSION:
             raise CorruptIndexFile(f"{path}: hnsw layout version {bundle.kind_version}; this library reads "
                                    f"version {FILE_KIND_VERSION}")
-        meta, a = bundle.meta, bundle.arrays
-        try:
-            index = cls(meta["dim"], meta["M"], meta["ef_construction"], meta["metric"], meta["seed"], device)
-            n, r = a["vectors"].shape[0], a["upper_links"].shape[0]
-            shapes = {"vectors": (n, index._dim), "links0": (n, index.M0), "upper_links": (r, index.M),
-                      "upper_offset": (n,), "upper_rows": (n,), "levels": (n,), "ids": (n,), "live": (n,)}
-            for name, shape in shapes.items():
-                if a[name].shape != shape:
-                    raise ValueError(f"array {name} has shape {a[name].shape}, expected {shape}")
-            index._grow(n, r)
-            for name in shapes:
-                getattr(index, "_" + name)[: a[name].shape[0]] = torch.from_numpy(a[name])
-            index._n_slots, index._n_upper_rows = n, r
-            index.ef_search, index._entry, index._max_level = meta["ef_search"], meta["entry"], meta["max_level"]
-            index._next_id = meta["next_id"]
-            index._rng.bit_generator.state = meta["rng_state"]
-            live = a["live"]
-            index._slot_of = dict(zip(a["ids"][live].tolist(), np.flatnonzero(live).tolist()))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CorruptIndexFile(f"{path}: inconsistent hnsw contents: {exc}") from exc
+        meta, a = check_hnsw_contents(bundle.meta, bundle.arrays, METRICS), bundle.arrays
+        index = cls(meta["dim"], meta["M"], meta["ef_construction"], meta["metric"], meta["seed"], device)
+        n, r = a["vectors"].shape[0], a["upper_links"].shape[0]
+        index._allocate(n, r)
+        for name in ("vectors", "links0", "upper_links", "upper_offset", "upper_rows", "levels", "ids", "live"):
+            getattr(index, "_" + name).copy_(torch.from_numpy(a[name]))
+        index._n_slots, index._n_upper_rows = n, r
+        index.ef_search, index._entry, index._max_level = meta["ef_search"], meta["entry"], meta["max_level"]
+        index._next_id = meta["next_id"]
+        index._rng.bit_generator.state = meta["rng_state"]
+        live = a["live"]
+        index._slot_of = dict(zip(a["ids"][live].tolist(), np.flatnonzero(live).tolist()))
         return index
 
     # ------------------------------------------------------------------------------------- info

@@ -39,16 +39,18 @@ from .bm25 import BM25Params
 from .codec import (
     DEFAULT_BLOCK_SIZE,
     BlockedPostings,
+    block_max_impacts,
     decode_blocked_postings,
     encode_blocked_postings,
-    postings_from_arrays,
 )
+from .inverted_index_file import check_inverted_index_contents
 from .errors import CorruptIndexFile, DuplicateIds, InvalidDocument, InvalidQuery, InvalidSearchParameter, UnknownIds
 from .tokenizer import Tokenizer
 
 _FILE_KIND = "inverted_index"
-_FILE_VERSION = 2  # 2: tf folded into the doc gap, block metadata only for multi-block terms
+_FILE_VERSION = 3  # 2: tf folded into the doc gap, block metadata only for multi-block terms; 3: NFKC + casefold tokens
 DEFAULT_IMPACT_CACHE_BYTES = 16 * 2**20
+MAX_PADDED_RESULTS = 2**27
 
 
 class InvertedIndex:
@@ -88,8 +90,8 @@ class InvertedIndex:
         self._live = np.empty(0, dtype=bool)              # [n_slots]
         self._slot_of: dict[int, int] = {}
         self._next_id = 0
-        self._postings = encode_blocked_postings([], [], [], 0, block_size)
-        self._refresh_search_state()
+        self._commit({}, [], encode_blocked_postings([], [], [], 0, block_size), self._slot_ids, self._doc_lengths,
+                     self._live, {}, 0)
 
     # ----------------------------------------------------------------------------------- building
 
@@ -132,14 +134,10 @@ class InvertedIndex:
         live = np.concatenate([self._live, np.ones(len(token_lists), dtype=bool)])
         postings = self._encode(np.concatenate([old_terms, new_terms]), np.concatenate([old_docs, new_slots]),
                                 np.concatenate([old_tfs, counts]), doc_lengths, live, len(vocab))
-
-        self._vocab, self._terms, self._postings = vocab, terms, postings
-        self._doc_lengths = doc_lengths
-        self._slot_ids = np.concatenate([self._slot_ids, new_ids])
-        self._live = live
-        self._slot_of.update(zip(new_ids.tolist(), range(first_slot, first_slot + len(token_lists))))
-        self._next_id = max(self._next_id, int(new_ids.max()) + 1)
-        self._refresh_search_state()
+        slot_of = dict(self._slot_of)
+        slot_of.update(zip(new_ids.tolist(), range(first_slot, first_slot + len(token_lists))))
+        self._commit(vocab, terms, postings, np.concatenate([self._slot_ids, new_ids]), doc_lengths, live, slot_of,
+                     max(self._next_id, int(new_ids.max()) + 1))
         return new_ids
 
     def delete(self, ids) -> None:
@@ -163,28 +161,51 @@ class InvertedIndex:
         keep = ~np.isin(docs, slots)
         live = self._live.copy()
         live[slots] = False
-        self._postings = self._encode(terms[keep], docs[keep], tfs[keep], self._doc_lengths, live, len(self._vocab))
-        self._live = live
+        postings = self._encode(terms[keep], docs[keep], tfs[keep], self._doc_lengths, live, len(self._vocab))
+        slot_of = dict(self._slot_of)
         for i in ids.tolist():
-            self._slot_of.pop(int(i), None)
-        self._refresh_search_state()
+            slot_of.pop(int(i), None)
+        self._commit(self._vocab, self._terms, postings, self._slot_ids, self._doc_lengths, live, slot_of,
+                     self._next_id)
 
-    def _encode(self, terms, docs, tfs, doc_lengths, live, num_terms) -> BlockedPostings:
-        """Postings with block maxima of ``tfc - tfc(0)`` at the average length of the ``live`` documents."""
+    _STATE = ("_vocab", "_terms", "_postings", "_slot_ids", "_doc_lengths", "_live", "_slot_of", "_next_id",
+              "_avgdl", "_tfc_one", "_impact_cache")
+
+    def _commit(self, vocab, terms, postings, slot_ids, doc_lengths, live, slot_of, next_id) -> None:
+        """Replace the whole state in one step, after computing what search derives from it.
+
+        Nothing is assigned until everything is computed, so an error leaves the index unchanged.
+        The arrays and dicts given are owned by the index from here on (never modified in place).
+        """
         avgdl = _average_length(doc_lengths, live)
         p = self.params
         tfc_one = tfc_of_one(doc_lengths, avgdl, p.code, p.k1, p.b, p.delta)
-        impacts = posting_contributions(tfs, docs, tfc_one, doc_lengths, avgdl, p.code, p.k1, p.b, p.delta)
+        impact_cache = build_impact_cache(postings, self.impact_cache_bytes, tfc_one, doc_lengths, avgdl, p.code,
+                                          p.k1, p.b, p.delta)
+        self.restore((vocab, terms, postings, slot_ids, doc_lengths, live, slot_of, next_id, avgdl, tfc_one,
+                      impact_cache))
+
+    def snapshot(self) -> tuple:
+        """The index's state, for :meth:`restore` (O(1): the index never modifies its state in place)."""
+        return tuple(getattr(self, name) for name in self._STATE)
+
+    def restore(self, snapshot: tuple) -> None:
+        """Return to a state taken by :meth:`snapshot` of this index (undoes later adds and deletes)."""
+        for name, value in zip(self._STATE, snapshot):
+            setattr(self, name, value)
+        self._scratch = None  # allocated by the first single-query search
+
+    def _encode(self, terms, docs, tfs, doc_lengths, live, num_terms) -> BlockedPostings:
+        """Postings with block maxima of their impacts (see :meth:`_impacts`)."""
+        impacts = self._impacts(docs, tfs, doc_lengths, live)
         return encode_blocked_postings(terms, docs, tfs, num_terms, self.block_size, impacts)
 
-    def _refresh_search_state(self) -> None:
-        """Recompute what search reads besides the postings: avgdl, the tf = 1 contributions, the impact cache."""
-        self._avgdl = _average_length(self._doc_lengths, self._live)
+    def _impacts(self, docs, tfs, doc_lengths, live) -> np.ndarray:
+        """``tfc - tfc(0)`` of each posting at the average length of the ``live`` documents: float64 ``[n]``."""
+        avgdl = _average_length(doc_lengths, live)
         p = self.params
-        self._tfc_one = tfc_of_one(self._doc_lengths, self._avgdl, p.code, p.k1, p.b, p.delta)
-        self._impact_cache = build_impact_cache(self._postings, self.impact_cache_bytes, self._tfc_one,
-                                                self._doc_lengths, self._avgdl, p.code, p.k1, p.b, p.delta)
-        self._scratch = None  # allocated by the first single-query search
+        tfc_one = tfc_of_one(doc_lengths, avgdl, p.code, p.k1, p.b, p.delta)
+        return posting_contributions(tfs, docs, tfc_one, doc_lengths, avgdl, p.code, p.k1, p.b, p.delta)
 
     def _tokenize_documents(self, docs) -> list[list[str]]:
         if isinstance(docs, (str, bytes)) or not isinstance(docs, Sequence):
@@ -227,6 +248,7 @@ class InvertedIndex:
             Raw text (tokenized like documents) or tokens. Empty queries and queries of only
             unknown terms give empty results.
         k : int
+            Any k >= 1 (at most ``len(self)`` documents can come back).
         prune : bool
             Skip blocks that cannot reach the top k (default). Results are identical either way.
 
@@ -239,13 +261,14 @@ class InvertedIndex:
         terms, counts = self._query_terms(query, 0)
         if not terms:
             return np.empty(0, dtype=np.int64), np.empty(0)
+        k = self._heap_size(k)
         if self._scratch is None or self._scratch[5].size < k:
-            self._scratch = new_scratch(self._slot_ids.size, int(k))
+            self._scratch = new_scratch(self._slot_ids.size, k)
         out_slots = np.empty((1, k), dtype=np.int64)
         out_scores = np.empty((1, k))
         out_sizes = np.zeros(1, dtype=np.int64)
         search_range(0, 1, np.array([0, len(terms)], dtype=np.int64), np.array(terms, dtype=np.int64),
-                     np.array(counts, dtype=np.float64), int(k), bool(prune), *self._index_args(), *self._scratch,
+                     np.array(counts, dtype=np.float64), k, bool(prune), *self._index_args(), *self._scratch,
                      out_slots, out_scores, out_sizes)
         size = int(out_sizes[0])
         return self._slot_ids[out_slots[0, :size]], out_scores[0, :size]
@@ -258,6 +281,8 @@ class InvertedIndex:
         ----------
         queries : sequence of (str or list of str), ``[n_queries]``
         k : int
+            Columns of the result. Above the number of documents the rows are only padded; a padded
+            result of more than ``MAX_PADDED_RESULTS`` entries raises ``InvalidSearchParameter``.
         prune : bool
         parallel : bool
             Spread queries over numba's threads.
@@ -277,21 +302,30 @@ class InvertedIndex:
             all_counts += counts
             query_ptr.append(len(all_terms))
         num_queries = len(queries)
+        if k > self._heap_size(k) and num_queries * k > MAX_PADDED_RESULTS:
+            raise InvalidSearchParameter(
+                f"k = {k} for {num_queries} queries would pad the results to {num_queries * k} entries (the index "
+                f"holds {self._slot_ids.size} documents); at most {MAX_PADDED_RESULTS} are allowed")
         out_slots = np.full((num_queries, k), -1, dtype=np.int64)
         out_scores = np.full((num_queries, k), -np.inf)
         out_sizes = np.zeros(num_queries, dtype=np.int64)
         if all_terms:
+            heap = self._heap_size(k)
             query_args = (np.array(query_ptr, dtype=np.int64), np.array(all_terms, dtype=np.int64),
-                          np.array(all_counts, dtype=np.float64), int(k), bool(prune))
+                          np.array(all_counts, dtype=np.float64), heap, bool(prune))
             if parallel and num_queries > 1:
                 num_chunks = min(num_queries, numba.get_num_threads() * 4)
                 search_parallel(num_chunks, *query_args, *self._index_args(), out_slots, out_scores, out_sizes)
             else:
                 search_range(0, num_queries, *query_args, *self._index_args(),
-                             *new_scratch(self._slot_ids.size, int(k)), out_slots, out_scores, out_sizes)
+                             *new_scratch(self._slot_ids.size, heap), out_slots, out_scores, out_sizes)
         found = out_slots >= 0
         ids = np.where(found, self._slot_ids[np.where(found, out_slots, 0)] if self._slot_ids.size else -1, -1)
         return ids, out_scores
+
+    def _heap_size(self, k: int) -> int:
+        """Top-k heap size for ``k``: no query can match more documents than the index has slots."""
+        return min(int(k), max(self._slot_ids.size, 1))
 
     def _query_terms(self, query, position: int) -> tuple[list, list]:
         """Known query terms (vocabulary ids) and how often each occurs in the query."""
@@ -361,8 +395,9 @@ class InvertedIndex:
 
     # ----------------------------------------------------------------------------------- persistence
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the index to ``path`` (versioned, SHA-256 checksummed, no pickle)."""
+    def save(self, path: str | os.PathLike, *, key: bytes | None = None) -> None:
+        """Write the index to ``path`` (versioned, no pickle; SHA-256 checksummed, or HMAC-SHA256 signed
+        with ``key``, see :mod:`llmds_torch.retrieval.persist`)."""
         encoded = [term.encode("utf-8") for term in self._terms]
         offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
         np.cumsum([len(e) for e in encoded], out=offsets[1:])
@@ -377,42 +412,37 @@ class InvertedIndex:
             "tokenizer": {"lowercase": self.tokenizer.lowercase, "stopwords": sorted(self.tokenizer.stopwords),
                           "min_length": self.tokenizer.min_length},
         }
-        persist.save(path, _FILE_KIND, _FILE_VERSION, arrays, meta)
+        persist.save(path, _FILE_KIND, _FILE_VERSION, arrays, meta, key)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "InvertedIndex":
-        """Read an index written by :meth:`save`.
+    def load(cls, path: str | os.PathLike, *, key: bytes | None = None) -> "InvertedIndex":
+        """Read an index written by :meth:`save` (with the same ``key``, if any).
+
+        Every field is checked before use (see :mod:`llmds_torch.retrieval.inverted_index_file`), and
+        the stored block maxima must equal those recomputed from the decoded postings, so pruning is exact.
 
         Raises
         ------
         CorruptIndexFile
-            Bad magic, version, checksum, kind, or inconsistent contents.
+            Bad magic, version, checksum, kind, or any inconsistent content; the message names the field.
         """
-        bundle = persist.load(path, _FILE_KIND)
+        bundle = persist.load(path, _FILE_KIND, key)
         if bundle.kind_version != _FILE_VERSION:
             raise CorruptIndexFile(f"inverted index layout version {bundle.kind_version}; this build reads {_FILE_VERSION}")
-        meta, arrays = bundle.meta, bundle.arrays
-        try:
-            tok = meta["tokenizer"]
-            index = cls(meta["method"], meta["k1"], meta["b"], meta["delta"],
-                        Tokenizer(tok["lowercase"], frozenset(tok["stopwords"]), tok["min_length"]), meta["block_size"],
-                        meta.get("impact_cache_bytes", DEFAULT_IMPACT_CACHE_BYTES))
-            slot_ids, doc_lengths, live = arrays["slot_ids"], arrays["doc_lengths"], arrays["live"]
-            postings = postings_from_arrays(
-                {name.split(".", 1)[1]: a for name, a in arrays.items() if name.startswith("postings.")},
-                meta["block_size"], meta["num_postings"], slot_ids.size)
-            blob, offsets = arrays["vocab_bytes"].tobytes(), arrays["vocab_offsets"]
-            terms = [blob[offsets[i]:offsets[i + 1]].decode("utf-8") for i in range(offsets.size - 1)]
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
-            raise CorruptIndexFile(f"inverted index file has inconsistent contents: {exc}") from None
-        if not (slot_ids.size == doc_lengths.size == live.size) or len(terms) != postings.num_terms:
-            raise CorruptIndexFile("inverted index arrays disagree in size")
-        index._postings, index._terms = postings, terms
-        index._vocab = {term: i for i, term in enumerate(terms)}
-        index._slot_ids, index._doc_lengths, index._live = slot_ids, doc_lengths, live
-        index._slot_of = {int(slot_ids[s]): int(s) for s in np.flatnonzero(live)}
-        index._next_id = int(meta["next_id"])
-        index._refresh_search_state()
+        c = check_inverted_index_contents(bundle.meta, bundle.arrays)
+        p = c["params"]
+        index = cls(p.method, p.k1, p.b, p.delta, c["tokenizer"], c["block_size"], c["impact_cache_bytes"])
+        slot_ids, doc_lengths, live, postings = c["slot_ids"], c["doc_lengths"], c["live"], c["postings"]
+        terms_ids, docs, tfs = c["terms_docs_tfs"]
+        exact = block_max_impacts(terms_ids, index._impacts(docs, tfs, doc_lengths, live), postings.num_terms,
+                                  postings.block_size)
+        if not np.array_equal(postings.block_max_impact, exact):
+            raise CorruptIndexFile("array 'postings.block_max_impact' differs from the maxima of the postings' "
+                                   "contributions (pruning would be wrong)")
+        terms = c["terms"]
+        slot_of = {int(slot_ids[s]): int(s) for s in np.flatnonzero(live)}
+        index._commit({term: i for i, term in enumerate(terms)}, terms, postings, slot_ids, doc_lengths, live,
+                      slot_of, c["next_id"])
         return index
 
 

@@ -4,6 +4,10 @@ A query runs: cache lookup -> embed (when no vector is given) -> dense search ->
 fusion -> top-K, each stage timed into :meth:`RetrievalPipeline.stats`. Dense distances are turned
 into scores by negation (smaller distance, higher score) before fusion. Adding or deleting
 documents empties the result cache (cached results would be stale) but keeps its frequency sketch.
+
+Adding and deleting are all-or-nothing: the input is checked first, then the sparse index changes,
+then the dense one; if the dense index raises, the sparse index is restored to its exact previous
+state (``InvertedIndex.snapshot`` / ``restore``), so the two always hold the same documents.
 """
 
 from __future__ import annotations
@@ -20,7 +24,15 @@ import torch
 from llmds_torch.errors import ConfigError
 
 from .embedder import HashingEmbedder
-from .errors import DimensionMismatch, DuplicateIds, InvalidDocument, InvalidQuery, InvalidSearchParameter, UnknownIds
+from .errors import (
+    DimensionMismatch,
+    DuplicateIds,
+    InvalidDocument,
+    InvalidQuery,
+    InvalidSearchParameter,
+    NonFiniteVectors,
+    UnknownIds,
+)
 from .fusion import FUSION_METHODS, NORMALIZATIONS, fuse
 from .hot_cache import HotQueryCache
 from .inverted_index import InvertedIndex
@@ -99,7 +111,8 @@ class RetrievalPipeline:
         Embeds texts that come without vectors (default ``HashingEmbedder()``).
     dense_index : object with ``add(vectors, ids)``, ``search(queries, k) -> (ids, distances)``,
         ``delete(ids)`` and ``len``, optional (default: ``HNSW(embedder.dim, metric="cosine")``).
-    sparse_index : InvertedIndex, optional (default ``InvertedIndex()``)
+    sparse_index : InvertedIndex (or an object with its ``add``, ``delete``, ``search``, ``snapshot``
+        and ``restore``), optional (default ``InvertedIndex()``)
     config : PipelineConfig
     """
 
@@ -157,12 +170,15 @@ class RetrievalPipeline:
         shape = tuple(vectors.shape)
         if shape != (len(texts), self.embedder.dim):
             raise DimensionMismatch(f"vectors must be [{len(texts)}, {self.embedder.dim}]; got {list(shape)}")
+        if not np.isfinite(_to_numpy(vectors)).all():
+            raise NonFiniteVectors("vectors hold NaN or infinity; only finite values are allowed")
         new_ids = self._check_new_ids(ids, len(texts))
-        self.dense_index.add(vectors, ids=new_ids)  # validates the vectors its own way
+        before = self.sparse_index.snapshot()
+        self.sparse_index.add(list(texts), ids=new_ids)
         try:
-            self.sparse_index.add(list(texts), ids=new_ids)
-        except Exception:
-            self.dense_index.delete(new_ids)  # keep the two indexes in step: nothing half-done
+            self.dense_index.add(vectors, ids=new_ids)  # validates the vectors its own way, before any change
+        except BaseException:
+            self.sparse_index.restore(before)  # keep the two indexes in step: nothing half-done
             raise
         self._next_id = max(self._next_id, int(new_ids.max()) + 1) if new_ids.size else self._next_id
         self._texts.update(zip(new_ids.tolist(), texts))
@@ -185,13 +201,31 @@ class RetrievalPipeline:
         return array
 
     def delete(self, ids) -> None:
-        """Remove documents from both indexes (all ids must be present, else nothing changes)."""
-        ids = [int(i) for i in np.atleast_1d(_to_numpy(ids)).tolist()]
+        """Remove documents from both indexes.
+
+        The ids must be distinct integers, all in the pipeline; otherwise ``DuplicateIds`` or
+        ``UnknownIds`` is raised and nothing changes. Should the dense index fail, the sparse index
+        is restored, so the two never disagree.
+        """
+        array = np.atleast_1d(_to_numpy(ids)).reshape(-1)
+        if array.size and array.dtype.kind not in "iu":
+            raise UnknownIds(f"ids must be integers; got dtype {array.dtype}")
+        ids = [int(i) for i in array.tolist()]
+        if len(set(ids)) != len(ids):
+            values, counts = np.unique(array, return_counts=True)
+            raise DuplicateIds(f"ids repeat within this delete: {values[counts > 1][:10].tolist()}")
         missing = [i for i in ids if i not in self._texts]
         if missing:
             raise UnknownIds(f"ids not in the pipeline: {missing[:10]}")
+        if not ids:
+            return
+        before = self.sparse_index.snapshot()
         self.sparse_index.delete(ids)
-        self.dense_index.delete(np.asarray(ids, dtype=np.int64))
+        try:
+            self.dense_index.delete(np.asarray(ids, dtype=np.int64))
+        except BaseException:
+            self.sparse_index.restore(before)
+            raise
         for i in ids:
             self._texts.pop(i, None)
         if self.cache is not None:

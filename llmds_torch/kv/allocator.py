@@ -99,10 +99,6 @@ class PageAllocator:
                 self.state[page] = FREE
                 self.free_list.append(page)
 
-    def unpublish(self, page: int) -> None:
-        """The page no longer holds an indexed prefix (e.g. it was overwritten by its owner)."""
-        self.published[page] = False
-
     # -- pins -------------------------------------------------------------------------------
     def pin(self, page: int) -> None:
         if self.pins[page] == 0 and page in self.policy:

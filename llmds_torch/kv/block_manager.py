@@ -11,7 +11,8 @@ Terms: a *slot* is one token position in one page, ``slot = page * page_size + o
 once all its slots are written.
 """
 
-from collections.abc import Callable, Sequence as SequenceOf
+from collections.abc import Callable, Iterator, Sequence as SequenceOf
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -22,6 +23,7 @@ from llmds_torch.kv.eviction import make_policy
 from llmds_torch.kv.prefix_index import (HashFn, PrefixIndex, as_bytes, chain_prefix, new_cache_salt,
                                          page_keys, sha256)
 from llmds_torch.kv.sequence import Sequence, validate_token_ids
+from llmds_torch.kv.transaction import Snapshot, TransactionError
 
 NOT_OWNED = -1
 
@@ -76,7 +78,10 @@ class BlockManager:
         self.on_resize = on_resize
         self.cache_salt = new_cache_salt() if salt is None else as_bytes(salt, "salt")
         self.index = PrefixIndex()
-        self.allocator = PageAllocator(num_pages, make_policy(eviction_policy), self.index.forget)
+        self.allocator = PageAllocator(num_pages, make_policy(eviction_policy), self._evicted)
+        self.pending_keys: dict[bytes, int] = {}  # key -> full pages reserved under it, not yet published
+        self._keys_memo: tuple[bytes, bytes, list[bytes]] | None = None  # (token bytes, salt block, keys)
+        self._txn: Snapshot | None = None
         self.seqs: dict[int, Sequence] = {}
         self._next_seq_id = 0
         # Which layers wrote each slot: a bit per layer, in 64-bit words (8 bytes a slot up to 64 layers).
@@ -135,11 +140,17 @@ class BlockManager:
         self.counters["refusals"] += 1
         raise OutOfPages(message)
 
-    def _allocate(self, n: int) -> list[int]:
-        """Pages from the free list, then from growth, then by eviction; slot state reset."""
+    def _make_room(self, n: int) -> None:
+        """Grow the pool (at least doubling, up to ``max_num_pages``) when fewer than ``n`` pages are
+        free. Growth is the one step that may raise (the storage allocation), so callers make room
+        before they change anything."""
         shortfall = n - self.allocator.num_free
         if shortfall > 0 and self.num_pages < self.max_num_pages:
             self.grow(min(self.max_num_pages, max(self.num_pages + shortfall, 2 * self.num_pages)))
+
+    def _allocate(self, n: int) -> list[int]:
+        """Pages from the free list, then from growth, then by eviction; slot state reset."""
+        self._make_room(n)
         pages = self.allocator.allocate(n)
         if pages:
             rows = np.asarray(pages)
@@ -165,26 +176,108 @@ class BlockManager:
     def _salt_block(self, salt, extra_key) -> bytes:
         return chain_prefix(self.cache_salt, as_bytes(salt, "salt"), as_bytes(extra_key, "extra_key"))
 
+    def _prompt_keys(self, tokens: list[int], salt_block: bytes) -> tuple[bytes, list[bytes]]:
+        """``tokens`` as little-endian int32 bytes, and the keys of all its full pages. The last
+        answer is remembered, so ``can_attach`` then ``attach`` of one prompt hashes it once."""
+        token_bytes = np.asarray(tokens, dtype="<i4").tobytes()
+        memo = self._keys_memo
+        if memo is not None and memo[1] == salt_block and memo[0] == token_bytes:
+            return token_bytes, memo[2]
+        keys = page_keys(token_bytes, self.page_size, len(tokens) // self.page_size, salt_block, b"", self.hash_fn)
+        self._keys_memo = (token_bytes, salt_block, keys)
+        return token_bytes, keys
+
     def _match_prefix(self, tokens: list[int], salt_block: bytes) -> tuple[list[int], list[bytes], int]:
         """Published pages that hold the longest cached prefix of ``tokens`` (at most
-        ``len(tokens) - 1`` tokens, whole pages). Returns (pages, their keys, collisions caught)."""
+        ``len(tokens) - 1`` tokens, whole pages). Returns (pages, the keys of every full page of
+        ``tokens``, collisions caught)."""
+        token_bytes, keys = self._prompt_keys(tokens, salt_block)
         usable = (len(tokens) - 1) // self.page_size
-        if usable == 0 or not self.index.page_of:
-            return [], [], 0
-        token_bytes = np.asarray(tokens[:usable * self.page_size], dtype="<i4").tobytes()
-        step = 4 * self.page_size
-        pages, keys, collisions, previous = [], [], 0, b""
+        pages, collisions, step = [], 0, 4 * self.page_size
+        if not self.index.page_of:
+            return pages, keys, 0
         for i in range(usable):
-            chunk = token_bytes[i * step:(i + 1) * step]
-            key = self.hash_fn(previous + salt_block + chunk)
-            page, collided = self.index.lookup(key, chunk, self.verify_tokens)
+            page, collided = self.index.lookup(keys[i], token_bytes[i * step:(i + 1) * step], self.verify_tokens)
             collisions += collided
             if page is None:
                 break
             pages.append(page)
-            keys.append(key)
-            previous = key
         return pages, keys, collisions
+
+    def pending_prefix_tokens(self, token_ids, *, salt=None, extra_key=None) -> int:
+        """Leading tokens of this prompt, after its published (cached) prefix, that lie on full
+        pages some live sequence has reserved with exactly these tokens but not yet published: a
+        multiple of ``page_size``. Holding the prompt back until they are published turns them into
+        prefix hits."""
+        tokens = validate_token_ids(token_ids)
+        hits, keys, _ = self._match_prefix(tokens, self._salt_block(salt, extra_key))
+        usable = (len(tokens) - 1) // self.page_size
+        end = len(hits)
+        while end < usable and keys[end] in self.pending_keys:
+            end += 1
+        return (end - len(hits)) * self.page_size
+
+    def _add_pending(self, keys: list[bytes]) -> None:
+        pending = self.pending_keys
+        for key in keys:
+            pending[key] = pending.get(key, 0) + 1
+
+    def _drop_pending(self, keys: list[bytes]) -> None:
+        pending = self.pending_keys
+        for key in keys:
+            left = pending[key] - 1
+            if left:
+                pending[key] = left
+            else:
+                del pending[key]
+
+    def _rebuild_pending_keys(self) -> None:
+        self.pending_keys = {}
+        for seq in self.seqs.values():
+            self._add_pending(seq.keys[seq.num_published:])
+
+    def _extend_keys(self, seq: Sequence) -> None:
+        """Hash the pages of ``seq`` that became full since its last key."""
+        full, known, page_size = len(seq.tokens) // self.page_size, len(seq.keys), self.page_size
+        if full <= known:
+            return
+        token_bytes = np.asarray(seq.tokens[known * page_size:full * page_size], dtype="<i4").tobytes()
+        keys = page_keys(token_bytes, page_size, full - known, seq.salt_block,
+                         seq.keys[-1] if seq.keys else b"", self.hash_fn)
+        seq.keys.extend(keys)
+        self._add_pending(keys)
+
+    def _evicted(self, page: int) -> None:
+        self.index.forget(page)
+        if self._txn is not None:
+            self._txn.evicted.append(page)
+
+    # ------------------------------------------------------------------ transactions
+    @property
+    def in_transaction(self) -> bool:
+        return self._txn is not None
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Undo every ``attach``, ``append``, ``append_batch``, ``fork``, write and ``detach`` (of a
+        sequence created inside) of the block if it raises: sequences, pages, refcounts, block
+        tables, the prefix index and every counter but ``refusals`` return to their state at entry.
+        Cached pages evicted inside stay evicted. Raises ``TransactionError`` when nested."""
+        if self._txn is not None:
+            raise TransactionError("a transaction is already open; transactions do not nest")
+        self._txn = Snapshot.take(self)
+        try:
+            yield
+        except BaseException:
+            snapshot, self._txn = self._txn, None
+            snapshot.restore(self)
+            raise
+        finally:
+            self._txn = None
+
+    def _forbid_in_transaction(self, what: str) -> None:
+        if self._txn is not None:
+            raise TransactionError(f"{what} cannot run inside a transaction")
 
     def _attach_need(self, tokens: list[int], salt_block: bytes) -> tuple[list[int], list[bytes], int, int]:
         hit_pages, keys, collisions = self._match_prefix(tokens, salt_block)
@@ -221,26 +314,23 @@ class BlockManager:
             self._refuse(f"attach needs {needed} pages; {self.allocator.num_free} free, "
                          f"{self.allocator.num_evictable} evictable, {self.max_num_pages - self.num_pages} "
                          f"more may be grown")
+        num_new = self._pages_for(len(tokens)) - len(hit_pages)
+        self._make_room(num_new)  # may raise: before anything is taken
         for page in hit_pages:  # take them before allocation can evict them
             self.allocator.incref(page)
-        new_pages = self._allocate(self._pages_for(len(tokens)) - len(hit_pages))
+        new_pages = self._allocate(num_new)
         seq_id = self._next_seq_id
         self._next_seq_id += 1
         num_cached = len(hit_pages) * self.page_size
         seq = Sequence(seq_id, tokens, hit_pages + new_pages, salt_block, num_written=num_cached,
-                       num_cached=num_cached, keys=keys)
+                       num_cached=num_cached, keys=list(keys), num_published=len(hit_pages))
         self.seqs[seq_id] = seq
+        self._add_pending(seq.keys[seq.num_published:])
         self._reserve(seq, num_cached, len(tokens))
         self.counters["prefix_query_tokens"] += len(tokens)
         self.counters["prefix_hit_tokens"] += num_cached
         self.counters["hash_collisions"] += collisions
         return seq_id
-
-    def _append_need(self, seq: Sequence, n: int) -> tuple[bool, int]:
-        """(copy-on-write needed, pages needed) to append ``n`` tokens to ``seq``."""
-        offset = seq.num_tokens % self.page_size
-        cow = offset != 0 and self.allocator.refcount[seq.pages[-1]] > 1
-        return cow, self._pages_for(seq.num_tokens + n) - len(seq.pages) + cow
 
     def available_pages(self) -> int:
         """Pages an allocation could obtain now: free, evictable, and growth up to ``max_num_pages``."""
@@ -304,6 +394,9 @@ class BlockManager:
                          f"{self.allocator.num_evictable} evictable")
         self.pending_copies = []
         fresh = self._allocate(needed) if needed else []
+        if self._txn is not None:
+            for seq in seqs:
+                self._txn.touch(seq)
         i, unused, owned_pages, owners, fills = 0, [], [], [], []
         for seq, toks, cow, extra in zip(seqs, lists, cows, extras):
             if cow:
@@ -319,6 +412,8 @@ class BlockManager:
                 i += extra
             start = len(seq.tokens)
             seq.tokens.extend(toks)
+            if (start + len(toks)) // page_size > len(seq.keys):
+                self._extend_keys(seq)
             if len(toks) == 1:  # a decode step: collect, assign once below
                 owned_pages.append(seq.pages[-1])
                 owners.append(seq.seq_id)
@@ -366,14 +461,19 @@ class BlockManager:
         self._next_seq_id += 1
         for page in seq.pages:
             self.allocator.incref(page)
-        self.seqs[child_id] = Sequence(child_id, list(seq.tokens), list(seq.pages), seq.salt_block,
-                                       seq.num_written, seq.num_cached, list(seq.keys))
+        child = Sequence(child_id, list(seq.tokens), list(seq.pages), seq.salt_block, seq.num_written,
+                         seq.num_cached, list(seq.keys), seq.num_published)
+        self.seqs[child_id] = child
+        self._add_pending(child.keys[child.num_published:])
         return child_id
 
     def detach(self, seq_id: int) -> None:
         """Release the sequence's pages, tail first (so under LRU a prefix's tail is evicted
         before its head). Published pages become cached, the others free."""
         seq = self._seq(seq_id)
+        if self._txn is not None and seq_id < self._txn.first_new_seq_id:
+            raise TransactionError(f"sequence {seq_id} existed before the transaction; detach it outside")
+        self._drop_pending(seq.keys[seq.num_published:])
         owned = self.page_owner[seq.pages] == seq_id
         self.page_owner[np.asarray(seq.pages)[owned]] = NOT_OWNED
         self.allocator.release(reversed(seq.pages))
@@ -436,6 +536,8 @@ class BlockManager:
         ``checked``: the caller already ran ``check_write`` on exactly these arguments."""
         if not checked:
             self.check_write(layer, slots)
+        if self._txn is not None:
+            self._txn.log_slots(self.slot_layers, slots)
         self.slot_layers[slots, layer // 64] |= _bit(layer)
         done = slots[self._fully_written(slots)]
         if not done.size:
@@ -454,6 +556,8 @@ class BlockManager:
         seq = self._seq(seq_id)
         end = seq.num_tokens if num_tokens is None else min(seq.num_tokens, seq.num_written + num_tokens)
         slots = self._slots(seq, seq.num_written, end)
+        if self._txn is not None:
+            self._txn.log_slots(self.slot_layers, slots)
         self.slot_layers[slots] = self.all_layers
         self._advance(seq)
 
@@ -467,6 +571,8 @@ class BlockManager:
         end = start + (int(not_done[0]) if not_done.size else slots.size)
         if end == start:
             return
+        if self._txn is not None:
+            self._txn.touch(seq)
         seq.num_written = end
         page_size = self.page_size
         first, last = start // page_size, (end - 1) // page_size
@@ -477,26 +583,31 @@ class BlockManager:
 
     def _complete(self, seq: Sequence) -> None:
         """All reserved tokens of ``seq`` are written: release its pages from writing, publish."""
+        if self._txn is not None:
+            self._txn.touch(seq)
         page_size, owner = self.page_size, self.page_owner
         for i in range(seq.num_written // page_size, (len(seq.tokens) - 1) // page_size + 1):
             owner[seq.pages[i]] = NOT_OWNED
         seq.num_written = len(seq.tokens)
-        if len(seq.keys) < seq.num_written // page_size:
+        if seq.num_published < seq.num_written // page_size:
             self._publish(seq)
 
     def _publish(self, seq: Sequence) -> None:
-        full = seq.num_written // self.page_size
-        if len(seq.keys) >= full:
+        """Index the full, fully written pages of ``seq`` under their (already computed) keys."""
+        page_size = self.page_size
+        start, full = seq.num_published, seq.num_written // page_size
+        if start >= full:
             return
-        token_bytes = np.asarray(seq.tokens[len(seq.keys) * self.page_size:full * self.page_size], dtype="<i4").tobytes()
-        previous = seq.keys[-1] if seq.keys else b""
-        keys = page_keys(token_bytes, self.page_size, full - len(seq.keys), seq.salt_block, previous, self.hash_fn)
-        step = 4 * self.page_size
-        for j, key in enumerate(keys):
-            page = seq.pages[len(seq.keys) + j]
+        token_bytes = np.asarray(seq.tokens[start * page_size:full * page_size], dtype="<i4").tobytes()
+        step, txn = 4 * page_size, self._txn
+        for j, key in enumerate(seq.keys[start:full]):
+            page = seq.pages[start + j]
             if self.index.publish(key, page, token_bytes[j * step:(j + 1) * step]):
                 self.allocator.published[page] = True
-        seq.keys.extend(keys)
+                if txn is not None:
+                    txn.published_pages.append(page)
+        self._drop_pending(seq.keys[start:full])
+        seq.num_published = full
 
     # ------------------------------------------------------------------ pins
     def _published_chain(self, token_ids, salt, extra_key) -> list[int]:
@@ -577,6 +688,7 @@ class BlockManager:
     def apply_compaction(self, old_to_new: np.ndarray, new_num_pages: int | None = None) -> int:
         """Renumber every structure after the moves of ``plan_compaction`` were carried out, and
         optionally drop the (free) pages at ids ``>= new_num_pages``. Returns pages moved."""
+        self._forbid_in_transaction("compaction")
         moved = int(np.count_nonzero((old_to_new >= 0) & (old_to_new != np.arange(self.num_pages))))
         n = self.num_pages if new_num_pages is None else new_num_pages
         for seq in self.seqs.values():
@@ -599,6 +711,7 @@ class BlockManager:
     def shrink_target(self, target: int | None) -> int:
         """Check that the pool can shrink to ``target`` pages (default: the non-free pages) after
         evicting cached pages LRU first; evict what is needed; return the page count to keep."""
+        self._forbid_in_transaction("shrinking")
         used = self.allocator.count(USED)
         cached = self.allocator.count(CACHED)
         if target is None:
@@ -652,6 +765,13 @@ class BlockManager:
                 for page in pending_pages:
                     if a.refcount[page] != 1 or self.page_owner[page] != seq.seq_id:
                         fail(f"page {page} with pending slots of sequence {seq.seq_id} is shared or unowned")
+            if len(seq.keys) != seq.num_tokens // self.page_size or seq.num_published != seq.num_written // self.page_size:
+                fail(f"sequence {seq.seq_id} has {len(seq.keys)} page keys, {seq.num_published} published, for "
+                     f"{seq.num_tokens} tokens ({seq.num_written} written)")
+        pending = self.pending_keys
+        self._rebuild_pending_keys()
+        if pending != self.pending_keys:
+            fail("pending page keys differ from the sequences' unpublished full pages")
         if not np.array_equal(refs, a.refcount):
             bad = np.flatnonzero(refs != a.refcount)[:5]
             fail(f"refcount differs from block-table references at pages {bad.tolist()}")

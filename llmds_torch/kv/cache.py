@@ -13,6 +13,8 @@ every live page below the new size) copies the kept prefix into a smaller tensor
 one, which really returns its memory. Both briefly hold the old and the new pool.
 """
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +26,7 @@ from llmds_torch.kernels.page_copy import page_copy
 from llmds_torch.kernels.page_move import page_move
 from llmds_torch.kv.block_manager import BlockManager
 from llmds_torch.kv.config import KVCacheConfig
+from llmds_torch.kv.transaction import TransactionError
 
 BLOCK_TABLE_PAD = -1
 """Value of ``block_table`` entries past a sequence's pages; kernels never read them."""
@@ -86,6 +89,16 @@ class PagedKVCache:
         return self.manager.num_pages
 
     @property
+    def max_num_pages(self) -> int:
+        """The most pages the pool may ever hold."""
+        return self.config.max_num_pages or self.config.num_pages
+
+    @property
+    def max_context_len(self) -> int | None:
+        """The longest sequence the cache accepts (None: no limit but the pool)."""
+        return self.config.max_context_len
+
+    @property
     def pool_bytes(self) -> int:
         """Bytes of device memory the pool occupies."""
         return self.pool.untyped_storage().nbytes()
@@ -105,6 +118,38 @@ class PagedKVCache:
         """A new sequence for prompt ``token_ids``; reuses cached full pages of its prefix and
         reserves slots for the rest. Returns the sequence id."""
         return self.manager.attach(token_ids, salt=salt, extra_key=extra_key)
+
+    def pending_prefix_tokens(self, token_ids, *, salt=None, extra_key=None) -> int:
+        """Leading tokens of this prompt, beyond its cached prefix, on full pages that a live
+        sequence reserved with the same tokens but has not written yet (a multiple of
+        ``page_size``): a scheduler may hold the prompt back until they are published, then hit them."""
+        return self.manager.pending_prefix_tokens(token_ids, salt=salt, extra_key=extra_key)
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """All or nothing for a block of ``attach`` / ``append`` / ``append_batch`` / ``fork`` /
+        ``write`` calls (and ``detach`` of sequences created inside).
+
+        If the block raises, every change made inside is undone: sequences attached or forked
+        inside are gone, appended tokens removed, copy-on-write copies released with the original
+        pages back in the block tables, the pool back to its size, every counter but ``refusals``
+        restored, and ``check_invariants()`` holds. Cached pages evicted on the way stay evicted
+        (``stats()`` may show fewer cached pages and more evictions). A pool grown inside keeps its
+        previous tensor alive until the block ends, so the rollback never allocates.
+
+        Raises ``TransactionError`` when nested, when a sequence that existed before is detached
+        inside, or on ``defragment`` inside.
+        """
+        if self.manager.in_transaction:
+            raise TransactionError("a transaction is already open; transactions do not nest")
+        pool, cow_bytes = self.pool, self.cow_bytes
+        try:
+            with self.manager.transaction():
+                yield
+        except BaseException:
+            self.pool, self.cow_bytes, self._last_slots = pool, cow_bytes, None
+            raise
+        self._defragment_if_fragmented()
 
     def num_cached_tokens(self, seq_id: int) -> int:
         """Prompt tokens whose KV was found in the cache (a multiple of ``page_size``)."""
@@ -158,6 +203,10 @@ class PagedKVCache:
     def detach(self, seq_id: int) -> None:
         """Release a sequence: published pages become cached, the others free."""
         self.manager.detach(seq_id)
+        if not self.manager.in_transaction:
+            self._defragment_if_fragmented()
+
+    def _defragment_if_fragmented(self) -> None:
         threshold = self.config.defrag_threshold
         if threshold is not None and self.manager.fragmentation() > threshold:
             self.defragment(order="lowest")
@@ -269,6 +318,8 @@ class PagedKVCache:
         if shrink is not True and shrink is not False and shrink > self.num_pages:
             raise ValueError(f"shrink to {shrink} pages is larger than the pool ({self.num_pages}); use grow()")
         manager = self.manager
+        if manager.in_transaction:
+            raise TransactionError("defragment cannot run inside a transaction")
         self._last_slots = None  # slot mappings issued before a compaction name old page ids
         before = (manager.num_pages, manager.fragmentation(), self.pool_bytes, manager.allocator.evictions)
         target = None

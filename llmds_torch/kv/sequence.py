@@ -15,7 +15,9 @@ class Sequence:
 
     ``pages[i]`` holds positions ``[i * page_size, (i + 1) * page_size)``. Positions below
     ``num_written`` have KV in every layer; ``[num_written, len(tokens))`` are reserved, pending.
-    ``keys[i]`` is the prefix key of full page ``i``, known for the first ``len(keys)`` pages.
+    ``keys[i]`` is the prefix key of full page ``i``, known for every full page of the reserved
+    tokens (hashed once, when the page fills); the first ``num_published`` are in the prefix index
+    (or were offered to it while another page already held the key).
     """
 
     seq_id: int
@@ -25,6 +27,7 @@ class Sequence:
     num_written: int = 0
     num_cached: int = 0
     keys: list[bytes] = field(default_factory=list)
+    num_published: int = 0
 
     @property
     def num_tokens(self) -> int:

@@ -187,14 +187,20 @@ class RequestState:
     def prefill_done(self) -> bool:
         if self.status is not RequestStatus.RUNNING:
             return False
-        prompt_len = self.request.prompt_len
-        return all(m.num_computed >= m.prefill_len(prompt_len) for m in self.members)
+        prompt_len = len(self.request.prompt)
+        for m in self.members:
+            if m.num_computed < prompt_len + len(m.output) - (1 if m.output else 0):
+                return False
+        return True
 
     @property
     def remaining_prefill(self) -> int:
         """Prefill tokens still to compute, summed over the members."""
-        prompt_len = self.request.prompt_len
-        return sum(m.prefill_len(prompt_len) - m.num_computed for m in self.members)
+        prompt_len = len(self.request.prompt)
+        total = 0
+        for m in self.members:
+            total += prompt_len + len(m.output) - (1 if m.output else 0) - m.num_computed
+        return total
 
     @property
     def remaining_tokens(self) -> int:

@@ -1,30 +1,42 @@
 """The request scheduler: continuous batching with chunked prefill over a paged KV cache.
 
-One loop thread calls ``get_batch(now)`` -> runs the batch -> ``complete_batch(results, now)``;
-any number of threads may call ``submit`` meanwhile. See :mod:`llmds_torch.sched.batch` for what
-a batch asks an engine to compute.
+It schedules sequence groups: a request with ``num_seqs > 1`` (parallel samples, beams) starts
+as one sequence and branches through ``fork`` as the engine's results say; budgets, admission,
+preemption and policies see the whole group (it decodes whole, is preempted whole, and counts
+``num_seqs`` full copies against the cache when checked at submit).
+
+One loop thread calls ``get_batch(now)`` -> runs the batch -> ``complete_batch(results, now)``
+(or ``abort_batch()`` when running it failed); any number of threads may call ``submit``
+meanwhile. See :mod:`llmds_torch.sched.batch` for what a batch asks an engine to compute, and
+:mod:`llmds_torch.models.runner` for the runner that computes it with a model.
 
 One step (``get_batch``) in order:
 
 1. New submissions move from the thread-safe inbox into the waiting queue (an
    :class:`IndexedHeap` keyed by request id, scored by the policy; see
    :mod:`llmds_torch.sched.policies`).
-2. Running requests that decode get one token each, highest score first, within
+2. Running groups that decode get one token per member, highest score first, within
    ``max_batch_size`` and ``max_batch_tokens``. The cache's ``can_append`` is asked first; when
-   pages run out the running request with the lowest score is preempted (detached; it will
-   recompute prompt + outputs), unless it already reached ``max_preemptions``.
-3. Running requests in the middle of a chunked prefill get their next chunk from what is left
-   of the token budget (their pages were reserved at attach).
-4. Waiting requests are admitted highest score first while the budget and batch size allow:
-   ``can_attach`` is asked first; if it fails, admission stops (the queue head is never skipped,
-   so order is kept) -- unless ``displace_margin`` is finite: then running requests whose score
-   is lower than the candidate's by more than the margin are preempted one at a time until it fits.
-5. If running requests exist but nothing could be scheduled (every one needs a page and every
+   pages run out the running request with the lowest score is preempted (detached; every member
+   will recompute prompt + its outputs), unless it already reached ``max_preemptions``.
+3. Then, inside one ``cache.transaction()``: the decode tokens are appended; running members
+   in the middle of a chunked prefill get their next chunk from what is left of the token budget
+   (their pages were reserved at attach); waiting requests are admitted highest score first while
+   the budget and batch size allow. ``can_attach`` is asked first; if it fails, admission stops
+   (the queue head is never skipped, so order is kept) -- unless ``displace_margin`` is finite:
+   then a running request whose score is lower than the candidate's by more than the margin is
+   preempted and the step built again. A waiting prompt whose leading full pages another live
+   sequence is still writing (``cache.pending_prefix_tokens``) is held back until they are
+   published, so prompts admitted together compute a shared prefix once.
+4. If running requests exist but nothing could be scheduled (every one needs a page and every
    one is protected by ``max_preemptions``), the lowest-score one is preempted anyway and
    counted as a *forced* preemption; without it the loop would deadlock.
 
-Every cache reservation is made inside ``get_batch``; if the batch is returned, the engine can run
-it without ever seeing ``OutOfPages``.
+The transaction stays open while the engine computes the batch. ``complete_batch`` forks the
+members its results branch (still inside), commits, and then applies the results;
+``abort_batch`` rolls every reservation back. If building the batch raises (pool growth failing,
+say), the reservations are rolled back the same way and the queues are as before; only
+preemptions made before the failure (each a completed step of its own) remain.
 """
 
 from __future__ import annotations
@@ -379,12 +391,13 @@ class Scheduler:
             return Batch((), now, wake_time=wake)
         preempted: list[int] = []
         while True:
-            decodes = self._choose_decodes(preempted)
+            by_score = self._running_by_score()
+            decodes = self._choose_decodes(by_score, preempted)
             plan = _StepPlan(self.config.max_batch_tokens)
             transaction = self.cache.transaction()
             transaction.__enter__()
             try:
-                self._build(plan, decodes, preempted)
+                self._build(plan, by_score, decodes, preempted)
             except _Preempt as need:
                 self._undo(plan, transaction)
                 self._preempt(need.victim)
@@ -418,14 +431,15 @@ class Scheduler:
                 self._waiting.push(request_id, score)
             plan.popped.clear()
 
-    def _build(self, plan: _StepPlan, decodes: list[RequestState], preempted: list[int]) -> None:
+    def _build(self, plan: _StepPlan, by_score: list[RequestState], decodes: list[RequestState],
+               preempted: list[int]) -> None:
         """Inside the step's transaction: reserve the decodes, then prefill chunks, then admit."""
         if decodes:
             self.cache.append_batch([seq for s in decodes for seq in s.seq_ids],
                                     [m.output[-1] for s in decodes for m in s.members])
             for s in decodes:
                 self._add_decodes(plan, s)
-        self._schedule_prefill_chunks(plan, self._running_by_score())
+        self._schedule_prefill_chunks(plan, by_score)
         self._admit_waiting(plan, preempted)
 
     def _hold_for_company(self, now: float) -> float | None:
@@ -448,13 +462,13 @@ class Scheduler:
             plan.add(ScheduledSeq(state.request_id, member.seq_id, "decode", position, position + 1,
                                   (member.output[-1],), True, index))
 
-    def _choose_decodes(self, preempted: list[int]) -> list[RequestState]:
+    def _choose_decodes(self, by_score: list[RequestState], preempted: list[int]) -> list[RequestState]:
         """The decoding groups of this step, highest score first, whole groups within the batch
         caps. Before any reservation: when pages are short, the lowest-score running request is
         preempted (detached) until the next group's appends fit, or no victim is left."""
         room = min(self.config.max_batch_size, self.config.max_batch_tokens)
         chosen, seq_ids = [], []
-        for s in self._running_by_score():
+        for s in by_score:
             if not s.prefill_done:
                 continue
             if len(seq_ids) + len(s.members) > room:
@@ -744,11 +758,19 @@ class Scheduler:
             if member.seq_id not in kept:
                 self.cache.detach(member.seq_id)
         num_output = len(old[0].output) + 1
-        computed = state.request.prompt_len + num_output - 1  # all but the new token, which is not in the cache
-        state.members = [SequenceState(seq_id, old[parent].output + [token], computed)
-                         for (parent, token), seq_id in zip(pairs, seq_ids)]
-        if not state.members:  # every member ended: keep the first one's tokens, no sequence
-            state.members = [SequenceState(None, old[0].output, old[0].num_computed)]
+        computed = state.request.prompt_len + num_output - 1  # all but the new token, not in the cache yet
+        members, used = [], set()
+        for (parent, token), seq_id in zip(pairs, seq_ids):
+            source = old[parent]
+            if parent in used:  # a fork: a copy of the parent's tokens (taken before it grows)
+                member = SequenceState(seq_id, source.output[:num_output - 1] + [token], computed)
+            else:  # the parent's first child goes on in place
+                used.add(parent)
+                member = source
+                member.output.append(token)
+                member.num_computed = computed
+            members.append(member)
+        state.members = members or [SequenceState(None, old[0].output, old[0].num_computed)]
         if state.first_token_time is None:
             state.first_token_time = now
         if finished or not state.members or num_output >= state.request.max_new_tokens:

@@ -371,3 +371,10 @@ def test_tiny_temperature_samples_like_greedy(model):
     engine = GenerationEngine(model, _cache())
     (res,) = engine.generate([prompt], SamplingParams(temperature=1e-40, max_new_tokens=5, seed=1))
     assert res.outputs[0].token_ids == _greedy_no_cache(model, prompt, 5)
+
+
+def test_the_built_in_model_implements_the_model_interface(model):
+    from llmds_torch.models.interface import CausalLM
+    assert isinstance(model, CausalLM)
+    assert (model.num_layers, model.num_kv_heads, model.head_dim) == (CFG.num_layers, CFG.num_kv_heads, CFG.head_dim)
+    assert (model.vocab_size, model.max_context_len) == (CFG.vocab_size, CFG.max_position)

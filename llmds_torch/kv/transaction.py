@@ -2,8 +2,9 @@
 
 ``BlockManager.transaction()`` takes a ``Snapshot`` when the block starts; the manager reports to it
 what it is about to change (sequences it modifies, slots a write marks, pages it evicts or
-publishes); ``restore`` puts everything back. Sequences are saved only when first touched, so a
-transaction costs O(pages) array copies at start plus O(1) per touched sequence.
+publishes); ``restore`` puts everything back. Sequences are saved only when first touched, the free
+list and eviction order only as far as they change (``allocator.Journal``), so a transaction costs a
+few page-array copies (memcpy) at start plus O(1) per touched sequence and per page taken.
 
 Pages evicted inside the transaction stay evicted: their storage may have been reused (a
 copy-on-write copy, a write), so their prefix is no longer there to restore.
@@ -49,8 +50,6 @@ class Snapshot:
     refcount: np.ndarray
     published: np.ndarray
     pins: np.ndarray
-    free_list: list[int]
-    policy_order: list[int]
     evictions: int
     page_owner: np.ndarray
     page_fill: np.ndarray
@@ -62,9 +61,10 @@ class Snapshot:
     @classmethod
     def take(cls, manager) -> Snapshot:
         a = manager.allocator
+        a.start_journal()  # the free list and eviction order, saved only as they change
         return cls(manager._next_seq_id, dict(manager.counters), a.num_pages, manager.max_num_pages,
-                   a.state.copy(), a.refcount.copy(), a.published.copy(), a.pins.copy(), list(a.free_list),
-                   list(a.policy), a.evictions, manager.page_owner.copy(), manager.page_fill.copy())
+                   a.state.copy(), a.refcount.copy(), a.published.copy(), a.pins.copy(), a.evictions,
+                   manager.page_owner.copy(), manager.page_fill.copy())
 
     def touch(self, seq) -> None:
         """Save ``seq`` before its first change inside the transaction (new sequences need nothing)."""
@@ -81,17 +81,19 @@ class Snapshot:
         """Put ``manager`` back as it was at ``take``, except ``refusals`` and the pages cached before
         that were evicted (free now, and counted in ``evictions``)."""
         for seq_id in [s for s in manager.seqs if s >= self.first_new_seq_id]:
-            del manager.seqs[seq_id]
+            manager.tables.release(manager.seqs.pop(seq_id).row)
         for seq_id, saved in self.sequences.items():
             seq = manager.seqs[seq_id]
             del seq.tokens[saved.num_tokens:]
+            manager.tables.num_tokens[seq.row] = saved.num_tokens
             del seq.pages[saved.num_pages:]
             seq.pages[-1] = saved.last_page
+            manager.tables.set(seq.row, seq.pages)
             del seq.keys[saved.num_keys:]
             seq.num_written, seq.num_cached, seq.num_published = (saved.num_written, saved.num_cached,
                                                                   saved.num_published)
         for slots, rows in reversed(self.slot_log):
-            manager.slot_layers[slots] = rows
+            manager.writes.slot_layers[slots] = rows
         for page in self.published_pages:
             manager.index.forget(page)
         a = manager.allocator
@@ -99,22 +101,24 @@ class Snapshot:
         evicted = [p for p in dict.fromkeys(self.evicted) if p < self.num_pages and state[p] == CACHED]
         state[evicted] = FREE
         published[evicted] = False
+        free_list, policy_order = a.end_journal()
         a.state, a.refcount, a.published, a.pins = state, self.refcount, published, self.pins
         a.num_pages = self.num_pages
-        a.free_list = self.free_list + evicted
+        a.free_list = free_list + evicted
         a.evictions = self.evictions + len(evicted)  # pages cached inside and evicted are free again anyway
-        gone = set(evicted)
-        while len(a.policy):
-            a.policy.victim()
-        for page in self.policy_order:
-            if page not in gone:
-                a.policy.insert(page)
-        manager.slot_layers = manager.slot_layers[:self.num_pages * manager.page_size]
+        if policy_order is not None:
+            gone = set(evicted)
+            while len(a.policy):
+                a.policy.victim()
+            for page in policy_order:
+                if page not in gone:
+                    a.policy.insert(page)
+        manager.writes.slot_layers = manager.writes.slot_layers[:self.num_pages * manager.page_size]
         manager.page_owner, manager.page_fill = self.page_owner, self.page_fill
         manager.max_num_pages = self.max_num_pages
         refusals = manager.counters["refusals"]
         manager.counters.clear()
         manager.counters.update(self.counters, refusals=refusals)
-        manager._next_seq_id = self.first_new_seq_id
+        manager._epoch += 1
         manager.pending_copies = []
-        manager._rebuild_pending_keys()
+        manager.prefix.rebuild_pending(manager.seqs.values())

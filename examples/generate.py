@@ -62,9 +62,10 @@ def main(argv=None) -> dict:
     cache = build_cache(model, args, total_tokens)
     engine = GenerationEngine(model, cache, EngineConfig(max_prefill_tokens=4 * len(prompts[0])))
 
-    # The first request publishes the system prompt's pages; the rest reuse them.
+    # Submitted together: the scheduler lets the first prompt write the system prompt's pages and
+    # holds the others until they are published, so the rest reuse them.
     params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=0.0)
-    results = engine.generate(prompts[:1], params) + engine.generate(prompts[1:], params, progress=True)
+    results = engine.generate(prompts, params, progress=True)
 
     stats = engine.stats()
     token_bytes = cache.config.page_bytes // cache.page_size

@@ -7,8 +7,7 @@ import math
 import pytest
 import torch
 
-from llmds_torch.errors import (BudgetExceeded, ConfigError, ContextWindowExceeded, InvalidTokenIds,
-                                OutOfPages)
+from llmds_torch.errors import BudgetExceeded, ConfigError, ContextWindowExceeded, InvalidTokenIds
 from llmds_torch.kv import KVCacheConfig, PagedKVCache
 from llmds_torch.models.config import LlamaConfig
 from llmds_torch.models.engine import EngineConfig, EngineError, GenerationEngine, RequestTooLarge
@@ -184,15 +183,16 @@ def test_preemption_recomputes_exactly(model):
 
 # ---------------------------------------------------------------------------- beams and samples
 
-@pytest.mark.parametrize("width,use_stop,length_penalty", [(2, False, 1.0), (3, False, 0.0), (4, True, 1.0)])
-def test_beam_search_matches_no_cache_beam_search(model, width, use_stop, length_penalty):
+@pytest.mark.parametrize("width,use_stop,length_penalty,policy", [(2, False, 1.0, "fcfs"), (3, False, 0.0, "srpt"),
+                                                                   (4, True, 1.0, "slo")])
+def test_beam_search_matches_no_cache_beam_search(model, width, use_stop, length_penalty, policy):
     prompt = _tokens(6, seed=50)
     stops = ()
     if use_stop:  # a token that the unstopped search uses early, so some hypotheses end on it
         stops = (_beam_no_cache(model, prompt, width, 6)[1][0][2],)
     expect = _beam_no_cache(model, prompt, width, 6, stops, length_penalty)
     cache = _cache(num_pages=48, page_size=2)
-    engine = GenerationEngine(model, cache, EngineConfig(record_logits=True))
+    engine = GenerationEngine(model, cache, EngineConfig(record_logits=True, policy=policy))
     other = engine.submit(_tokens(5, seed=51), SamplingParams(max_new_tokens=4))  # shares the batches
     (res,) = engine.generate([prompt], SamplingParams(beam_width=width, max_new_tokens=6, stop_token_ids=stops,
                                                       length_penalty=length_penalty))
@@ -217,20 +217,21 @@ def _check_logits_only(model, prompt, output):
     torch.testing.assert_close(output.logits, full, rtol=0, atol=1e-4)
 
 
-def _run_sampling(model, params, prompt, extra_prompts=()):
-    engine = GenerationEngine(model, _cache(num_pages=96), EngineConfig(record_logits=True))
+def _run_sampling(model, params, prompt, extra_prompts=(), policy="fcfs"):
+    engine = GenerationEngine(model, _cache(num_pages=96), EngineConfig(record_logits=True, policy=policy))
     for i, p in enumerate(extra_prompts):
         engine.submit(p, SamplingParams(max_new_tokens=3 + i, temperature=0.8, seed=i))
     (res,) = engine.generate([prompt], params)
     return res, engine
 
 
-def test_parallel_sampling_is_reproducible_and_equals_recompute(model):
+@pytest.mark.parametrize("policy", ["fcfs", "srpt", "slo"])
+def test_parallel_sampling_is_reproducible_and_equals_recompute(model, policy):
     prompt = _tokens(9, seed=60)
     params = SamplingParams(n=4, temperature=1.0, top_p=0.95, top_k=100, max_new_tokens=8, seed=1234)
-    first, engine = _run_sampling(model, params, prompt)
-    again, _ = _run_sampling(model, params, prompt)
-    crowded, _ = _run_sampling(model, params, prompt, extra_prompts=[_tokens(5, seed=61), prompt[:6]])
+    first, engine = _run_sampling(model, params, prompt, policy=policy)
+    again, _ = _run_sampling(model, params, prompt, policy=policy)
+    crowded, _ = _run_sampling(model, params, prompt, extra_prompts=[_tokens(5, seed=61), prompt[:6]], policy=policy)
     samples = [o.token_ids for o in first.outputs]
     assert samples == [o.token_ids for o in again.outputs] == [o.token_ids for o in crowded.outputs]
     assert len({tuple(s) for s in samples}) > 1  # the samples differ from each other
@@ -283,30 +284,13 @@ def test_bad_requests_are_named_and_change_nothing(model):
     assert engine.stats()["waiting_requests"] == 0 and engine.stats()["prompt_tokens"] == 0
 
 
-def test_run_step_seam_rejects_bad_plans(model):
-    cache = _cache(num_pages=6, page_size=4)
-    engine = GenerationEngine(model, cache)
+def test_preempting_what_is_not_running_is_named(model):
+    engine = GenerationEngine(model, _cache(num_pages=16, page_size=4))
     a = engine.submit(_tokens(10, seed=3), SamplingParams(max_new_tokens=4))
-    b = engine.submit(_tokens(10, seed=4), SamplingParams(max_new_tokens=4))
     with pytest.raises(EngineError):
-        engine.run_step(decode=[a])  # still waiting
+        engine.preempt(a)  # still waiting
     with pytest.raises(EngineError):
-        engine.run_step(prefill=[(a, 4), (a, 4)])
-    with pytest.raises(EngineError):
-        engine.run_step(prefill=[(99, 4)])
-    with pytest.raises(EngineError):
-        engine.run_step(prefill=[(a, 0)])
-    # 10 + 10 prompt tokens need 6 pages; with a third prompt the cache runs out
-    c = engine.submit(_tokens(5, seed=5), SamplingParams(max_new_tokens=1))
-    before = cache.stats()["pages_used"]
-    with pytest.raises(OutOfPages):
-        engine.run_step(prefill=[(a, 10), (b, 10), (c, 5)])
-    assert cache.stats()["pages_used"] == before == 0
-    assert engine.stats()["waiting_requests"] == 3
-    step = engine.run_step(prefill=[(a, 6), (b, 10)])
-    assert step.prefilled == {a: 6, b: 10} and list(step.new_tokens) == [b]
-    with pytest.raises(EngineError):
-        engine.run_step(prefill=[(b, 3)])  # b already decodes
+        engine.preempt(99)
 
 
 def test_mismatched_cache_is_rejected(model):
@@ -333,18 +317,64 @@ def test_stats_report_throughput_and_hits(model):
     assert stats["cache_prefix_hit_tokens"] >= 2 * 12 - 2 * (12 % 4)
 
 
-def test_refused_step_leaves_the_cache_counters_as_they_were(model):
-    """A step refused for pages after its attaches ran must not count their prefix queries or hits."""
-    cache = _cache(num_pages=4, page_size=4)
-    engine = GenerationEngine(model, cache)
-    a = engine.submit(list(range(1, 8)), SamplingParams(max_new_tokens=8))  # 2 pages
-    engine.run_step(prefill=[(a, 100)])
-    engine.run_step(decode=[a])                                              # a: 8 tokens, 2 full pages
-    b = engine.submit(list(range(1, 10)), SamplingParams(max_new_tokens=3))  # shares a's first page
-    keys = ("prefix_query_tokens", "prefix_hit_tokens", "hash_collisions", "pages_free", "pages_used")
-    before = {k: cache.stats()[k] for k in keys}
-    with pytest.raises(OutOfPages):
-        engine.run_step(prefill=[(b, 100)], decode=[a])
-    assert {k: cache.stats()[k] for k in keys} == before
-    assert cache.stats()["refusals"] == 1
-    cache.check_invariants()
+def test_prompts_submitted_together_compute_their_shared_pages_once(model):
+    """Four prompts with a 40-token system prompt: the first computes it, the other three wait
+    for its pages to be written and then hit them."""
+    cache = _cache(num_pages=96, page_size=4)
+    engine = GenerationEngine(model, cache, EngineConfig(record_logits=True))
+    system = _tokens(40, seed=90)
+    prompts = [system + _tokens(5 + i, seed=91 + i) for i in range(4)]
+    results = engine.generate(prompts, SamplingParams(max_new_tokens=4))
+    assert [r.num_cached_prompt_tokens for r in results] == [0, 40, 40, 40]
+    assert engine.stats()["prefill_tokens_computed"] == sum(len(p) for p in prompts) - 3 * 40
+    for prompt, res in zip(prompts, results):
+        _check_against_recompute(model, prompt, res.outputs[0])
+    assert cache.stats()["pages_used"] == 0
+
+
+@pytest.mark.parametrize("policy", ["fcfs", "srpt", "slo"])
+def test_preempted_beams_and_samples_recompute_exactly(model, policy):
+    """A group (beams, samples) preempted mid-flight recomputes every member and goes on with
+    exactly the tokens an undisturbed run produces."""
+    prompt = _tokens(7, seed=95)
+    beam = SamplingParams(beam_width=3, max_new_tokens=6)
+    samples = SamplingParams(n=3, temperature=1.0, max_new_tokens=6, seed=9)
+
+    def run(preempt_at):
+        engine = GenerationEngine(model, _cache(num_pages=64, page_size=2),
+                                  EngineConfig(record_logits=True, policy=policy))
+        ids = [engine.submit(prompt, beam), engine.submit(prompt[:5], samples)]
+        results, steps = {}, 0
+        while engine.has_unfinished():
+            results.update({r.request_id: r for r in engine.step().finished})
+            steps += 1
+            if steps == preempt_at:
+                for rid in ids:
+                    engine.preempt(rid)
+        return [results[i] for i in ids], engine.stats()
+
+    (beams, sampled), stats = run(preempt_at=3)
+    (beams_ref, sampled_ref), _ = run(preempt_at=None)
+    assert stats["preemptions"] == 2
+    assert [o.token_ids for o in beams.outputs] == [o.token_ids for o in beams_ref.outputs]
+    assert [o.token_ids for o in sampled.outputs] == [o.token_ids for o in sampled_ref.outputs]
+    assert [o.token_ids for o in beams.outputs] == [t for t, _ in _beam_no_cache(model, prompt, 3, 6)]
+    assert sorted(o.token_ids for o in sampled.outputs) == sorted(_sample_no_cache(model, prompt[:5], samples))
+    for out in beams.outputs:
+        _check_logits_only(model, prompt, out)
+    for out in sampled.outputs:
+        _check_logits_only(model, prompt[:5], out)
+
+
+def test_tiny_temperature_samples_like_greedy(model):
+    prompt = _tokens(9, seed=96)
+    engine = GenerationEngine(model, _cache())
+    (res,) = engine.generate([prompt], SamplingParams(temperature=1e-40, max_new_tokens=5, seed=1))
+    assert res.outputs[0].token_ids == _greedy_no_cache(model, prompt, 5)
+
+
+def test_the_built_in_model_implements_the_model_interface(model):
+    from llmds_torch.models.interface import CausalLM
+    assert isinstance(model, CausalLM)
+    assert (model.num_layers, model.num_kv_heads, model.head_dim) == (CFG.num_layers, CFG.num_kv_heads, CFG.head_dim)
+    assert (model.vocab_size, model.max_context_len) == (CFG.vocab_size, CFG.max_position)

@@ -106,3 +106,15 @@ def test_stop_tokens_become_a_tuple():
 def test_bad_sampling_params(kwargs):
     with pytest.raises(ConfigError):
         SamplingParams(**kwargs)
+
+
+@pytest.mark.parametrize("temperature", [1e-40, 5e-324, 1e-300, 1e300])
+def test_extreme_temperatures_sample_finite_distributions(temperature):
+    """Shifted by the row maximum before dividing, no temperature overflows; tiny ones are greedy."""
+    logits = _logits(batch=4, vocab=30, seed=7)
+    params = SamplingParams(temperature=temperature, top_p=0.9)
+    filtered = filter_logits(logits, params)
+    assert not filtered.isnan().any() and (filtered.amax(-1) == 0).all()
+    tokens = sample_tokens(logits, params, torch.Generator().manual_seed(0))
+    if temperature < 1e-30:
+        assert torch.equal(tokens, logits.argmax(-1))

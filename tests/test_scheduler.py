@@ -46,7 +46,7 @@ def check_batch_is_runnable(batch, manager, scheduler, config):
             assert manager.num_tokens(item.seq_id) == item.end  # exactly this token is pending
         else:
             assert list(item.token_ids) == state.prefill_tokens[item.start:item.end]
-            assert item.samples == (item.end == len(state.prefill_tokens))
+            assert item.samples == (item.end == len(state.prefill_tokens) and not state.output)
         full = manager.token_ids(item.seq_id)
         assert full[item.start:item.end] == list(item.token_ids)
 

@@ -108,3 +108,26 @@ def test_forward_refuses_tokens_other_than_the_reserved_ones(model):
     assert cache.num_written(seq) == 0 and not cache.manager.slot_layers.any()
     model.forward(cache, [seq], [list(range(9))])
     assert cache.num_written(seq) == 9
+
+
+def test_out_of_vocabulary_and_too_long_prompts_are_refused_at_the_door(model):
+    """Checked against the model before anything is reserved; the others are served exactly."""
+    scheduler = Scheduler(make_cache(128), SchedulerConfig(max_batch_tokens=64))
+    ps = prompts(2)
+    oov = Request([1, 2, CFG.vocab_size], max_new_tokens=3)
+    too_long = Request(list(range(100)) * 3, max_new_tokens=4)  # 304 positions; the model has 256
+    result = ServingLoop(model, scheduler).run([Request(ps[0], 4), oov, too_long, Request(ps[1], 4)])
+    assert sorted(result.refused) == [1, 2]
+    assert "vocab_size" in result.refused[1] and "max_position" in result.refused[2]
+    assert result.outputs[0] == greedy_no_cache(model, ps[0], 4)
+    assert result.outputs[3] == greedy_no_cache(model, ps[1], 4)
+    assert not scheduler.has_work() and scheduler.cache.stats()["pages_used"] == 0
+
+
+def test_tiny_temperature_serves_like_greedy(model):
+    ps = prompts(2, seed=8)
+    scheduler = Scheduler(make_cache(64), SchedulerConfig(max_batch_tokens=64))
+    result = ServingLoop(model, scheduler, SamplingParams(temperature=1e-40, seed=3)).run(
+        [Request(p, max_new_tokens=5) for p in ps])
+    for p, out in zip(ps, result.outputs):
+        assert out == greedy_no_cache(model, p, 5)

@@ -1,7 +1,9 @@
 """How a request wants its tokens chosen (:class:`SamplingParams`) and the pure functions that choose
 them: greedy, temperature, top-k and top-p, driven by a seeded ``torch.Generator``.
 
-Sampling always runs on the CPU in fp32, so a seed gives the same tokens on every device.
+Sampling always runs on the CPU, so a seed gives the same tokens on every device. Logits are
+shifted by their row maximum and divided by the temperature in fp64, so no temperature > 0 (down
+to the smallest float) overflows: as the temperature falls, sampling turns into greedy.
 """
 
 import math
@@ -110,15 +112,17 @@ def filter_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
 
     Parameters
     ----------
-    logits : Tensor fp32 ``[batch, vocab]``
+    logits : Tensor float ``[batch, vocab]``, finite
     params : SamplingParams
         With ``temperature > 0``.
 
     Returns
     -------
-    Tensor fp32 ``[batch, vocab]``
+    Tensor fp64 ``[batch, vocab]``: each row's maximum is 0, every other entry <= 0 or ``-inf``.
     """
-    logits = logits / params.temperature
+    logits = logits.double()
+    # shifted first: (x - max) / T is <= 0 for every T > 0, so it cannot overflow to +inf
+    logits = (logits - logits.amax(dim=-1, keepdim=True)) / params.temperature
     vocab = logits.shape[-1]
     if 0 < params.top_k < vocab:
         kth = torch.topk(logits, params.top_k, dim=-1).values[:, -1:]  # [B, 1]
@@ -150,6 +154,8 @@ def sample_tokens(logits: torch.Tensor, params: SamplingParams,
     logits = logits.detach().float().cpu()
     if params.greedy:
         return logits.argmax(dim=-1)
+    if not torch.isfinite(logits).all():
+        raise ValueError("logits to sample from must be finite")
     probs = filter_logits(logits, params).softmax(dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 

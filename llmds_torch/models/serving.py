@@ -1,12 +1,10 @@
-"""A scheduler-driven serving loop: ``llmds_torch.sched.Scheduler`` decides every step, the model
-computes it on the paged cache.
+"""A scheduler-driven serving loop over timed arrivals, on the same path as the engine: the
+:class:`~llmds_torch.sched.Scheduler` decides every step, the
+:class:`~llmds_torch.models.runner.ModelRunner` computes it with the model and samples.
 
-Each step: requests whose arrival time has come are submitted; ``get_batch(now)`` reserves the
-step's cache slots and returns prefill chunks and decodes; ``model.forward`` computes exactly those
-positions (writing their KV); the rows that sample produce the next tokens; ``complete_batch`` hands
-them back. The scheduler owns admission, chunked prefill, preemption and metrics; this loop owns
-the model and sampling. (``GenerationEngine`` is the self-contained alternative with its own
-first-come-first-served admission, beam search and parallel sampling.)
+Each step: requests whose arrival time has come are validated against the model (vocabulary,
+context window) and submitted; the runner runs one scheduler step. A request the model or the
+scheduler cannot take is refused at the door with the reason, before anything is reserved.
 """
 
 import time
@@ -15,9 +13,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from llmds_torch.models.llama import LlamaModel
-from llmds_torch.models.sampling import SamplingParams, sample_tokens
-from llmds_torch.sched import Request, RequestRefused, RequestTooLarge, Scheduler, StepResult
+from llmds_torch.errors import ContextWindowExceeded, InvalidTokenIds
+from llmds_torch.models.interface import CausalLM
+from llmds_torch.models.runner import ModelRunner
+from llmds_torch.models.sampling import SamplingParams
+from llmds_torch.sched import Request, RequestRefused, RequestTooLarge, Scheduler
 
 
 @dataclass(slots=True)
@@ -51,24 +51,39 @@ class ServingLoop:
 
     Parameters
     ----------
-    model : LlamaModel
+    model : CausalLM
     scheduler : Scheduler
         Built on the ``PagedKVCache`` the model writes to.
     params : SamplingParams
         Temperature / top-k / top-p / stop tokens / seed shared by all requests (``n`` and
-        ``beam_width`` must be 1: the scheduler runs one sequence per request).
+        ``beam_width`` must be 1: outputs are one token list per request; use
+        ``GenerationEngine`` for samples and beams).
     clock : callable() -> float
     """
 
-    def __init__(self, model: LlamaModel, scheduler: Scheduler, params: SamplingParams | None = None, *,
+    def __init__(self, model: CausalLM, scheduler: Scheduler, params: SamplingParams | None = None, *,
                  clock: Callable[[], float] = time.perf_counter):
         self.model = model
         self.scheduler = scheduler
         self.cache = scheduler.cache
         self.params = params or SamplingParams()
         if self.params.n != 1 or self.params.beam_width != 1:
-            raise ValueError("ServingLoop runs one sequence per request: use GenerationEngine for n > 1 or beams")
+            raise ValueError("ServingLoop returns one token list per request: use GenerationEngine for n > 1 or beams")
+        self.runner = ModelRunner(model, self.cache)
         self.clock = clock
+
+    def _generator(self, index: int) -> torch.Generator | None:
+        if self.params.greedy:
+            return None
+        return torch.Generator().manual_seed((self.params.seed or 0) * 1_000_003 + index)
+
+    def _submit(self, request: Request, now: float, index: int) -> int:
+        """Validate ``request`` against the model, then hand it to the scheduler."""
+        params = SamplingParams(**{**_params_fields(self.params), "max_new_tokens": request.max_new_tokens})
+        self.runner.check_request(list(request.prompt), params)
+        rid = self.scheduler.submit(request, now=now)
+        self.runner.add_request(rid, request.prompt, params, self._generator(index))
+        return rid
 
     def run(self, requests: Sequence[Request], arrivals: Sequence[float] | None = None, *,
             on_step: Callable[[StepInfo], None] | None = None) -> ServeResult:
@@ -84,8 +99,6 @@ class ServingLoop:
         budget: dict[int, int] = {}
         active: dict[int, int] = {}
         refused: dict[int, str] = {}
-        generators: dict[int, torch.Generator] = {}
-        stop = set(self.params.stop_token_ids)
         start = self.clock()
         steps, next_arrival = 0, 0
         scheduler = self.scheduler
@@ -95,16 +108,14 @@ class ServingLoop:
                 i = order[next_arrival]
                 next_arrival += 1
                 try:
-                    rid = scheduler.submit(requests[i], now=now)
-                except (RequestRefused, RequestTooLarge) as exc:
+                    rid = self._submit(requests[i], now, i)
+                except (RequestRefused, RequestTooLarge, InvalidTokenIds, ContextWindowExceeded) as exc:
                     refused[i] = str(exc)
                     continue
                 request_ids[i], index_of[rid] = rid, i
                 budget[rid] = requests[i].max_total_tokens
-                if not self.params.greedy:
-                    seed = (self.params.seed or 0) * 1_000_003 + i
-                    generators[rid] = torch.Generator().manual_seed(seed)
-            batch = scheduler.get_batch(now)
+            step = self.runner.step(scheduler, lambda: max(now, self.clock() - start))
+            batch = step.batch
             if not batch:
                 wake = batch.wake_time if batch.wake_time is not None else now + 1e-3
                 if next_arrival < len(order):
@@ -115,18 +126,17 @@ class ServingLoop:
                 active[item.request_id] = budget[item.request_id]
             for rid in batch.preempted:
                 active.pop(rid, None)
-            logits = self.model.forward(self.cache, batch.seq_ids, [list(item.token_ids) for item in batch.items])
-            results = []
-            for row, item in enumerate(batch.items):
-                if not item.samples:
-                    continue
-                token = int(sample_tokens(logits[row:row + 1], self.params, generators.get(item.request_id))[0])
-                outputs[index_of[item.request_id]].append(token)
-                results.append(StepResult(item.request_id, token, finished=token in stop))
-            finished = scheduler.complete_batch(results, self.clock() - start)
+            finished = []
+            for res in step.finished:
+                outputs[index_of[res.request_id]] = list(res.outputs[0].token_ids)
+                finished.append(res.request_id)
             steps += 1
             if on_step is not None:
                 on_step(StepInfo(self.clock() - start, len(batch), batch.num_tokens, dict(active), finished))
             for rid in finished:
                 active.pop(rid, None)
         return ServeResult(outputs, request_ids, refused, steps, self.clock() - start)
+
+
+def _params_fields(params: SamplingParams) -> dict:
+    return {name: getattr(params, name) for name in SamplingParams.__dataclass_fields__}

@@ -2,7 +2,7 @@
 
 :class:`IndexedHeap` (the waiting queue), :class:`AdmissionController` (rate limits and queue
 caps at the door), :class:`Scheduler` (continuous batching, chunked prefill, preemption by
-recompute), and a trace :func:`simulate` that replays arrivals against the real block manager.
+recompute; sequence groups for samples and beams), and a trace :func:`simulate` that replays arrivals against the real block manager.
 """
 
 from llmds_torch.sched.admission import AdmissionConfig, AdmissionController, RateLimits
@@ -25,7 +25,7 @@ from llmds_torch.sched.errors import (
 from llmds_torch.sched.indexed_heap import IndexedHeap
 from llmds_torch.sched.metrics import RequestRecord, SchedulerMetrics, percentiles
 from llmds_torch.sched.policies import POLICIES
-from llmds_torch.sched.request import Request, RequestState, RequestStatus
+from llmds_torch.sched.request import Request, RequestState, RequestStatus, SequenceState
 from llmds_torch.sched.scheduler import Scheduler, SchedulerConfig
 
 __all__ = [
@@ -44,6 +44,7 @@ __all__ = [
     "Request",
     "RequestState",
     "RequestStatus",
+    "SequenceState",
     "Scheduler",
     "SchedulerConfig",
     "InvalidPriority",

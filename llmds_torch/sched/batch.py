@@ -14,15 +14,21 @@ computes. For each :class:`ScheduledSeq` ``item`` in ``batch.items`` (batch orde
   ``cache.slot_mapping([item.seq_id])[:item.num_tokens]`` (for a decode, or the last prefill
   chunk, that is all of them).
 - ``item.kind == "prefill"``: a chunk of the prompt (or, after a preemption, of prompt + the
-  outputs so far, recomputed). Attention is causal over positions ``[0, item.end)``; positions
+  outputs so far but the last, recomputed; the last is then fed as a decode). Attention is causal over positions ``[0, item.end)``; positions
   ``[0, item.start)`` are already in the cache (a prefix hit or earlier chunks).
 - ``item.kind == "decode"``: one token, ``item.token_ids[0]`` (the previous output) at position
   ``item.start``.
 - ``item.samples``: whether the logits at position ``item.end - 1`` are to be sampled. True for
-  every decode and for the last chunk of a prefill; then the engine must report the sampled
-  token in a :class:`StepResult`. Non-final prefill chunks produce no result.
+  every decode and for the last chunk of a fresh prompt. Non-final prefill chunks (and the
+  recompute after a preemption) produce no result.
 
-Then call ``Scheduler.complete_batch(results, now)`` with one ``StepResult`` per sampling item.
+A request with several sequences (parallel samples, beams) is one group: its sampling items
+(``item.member`` = 0, 1, ...) all sample in the same step, and the engine answers with one
+:class:`StepResult` for the group, naming for each continuing member its parent and new token.
+
+Then call ``Scheduler.complete_batch(results, now)`` with one ``StepResult`` per sampling
+request, or ``Scheduler.abort_batch()`` when the step failed: the batch's reservations are
+rolled back and the next ``get_batch`` schedules the same work again.
 """
 
 from __future__ import annotations
@@ -47,6 +53,8 @@ class ScheduledSeq(NamedTuple):
         Input tokens of those positions, ``[end - start]``.
     samples : bool
         True when this step yields the request's next output token.
+    member : int
+        The sequence's index in its request's group (0 for a single-sequence request).
     """
 
     request_id: int
@@ -56,6 +64,7 @@ class ScheduledSeq(NamedTuple):
     end: int
     token_ids: tuple[int, ...]
     samples: bool
+    member: int = 0
 
     @property
     def num_tokens(self) -> int:
@@ -69,7 +78,8 @@ class Batch:
     Attributes
     ----------
     items : tuple[ScheduledSeq, ...]
-        Decodes first (highest score first), then prefill chunks; each request at most once.
+        Decodes first (highest score first), then prefill chunks; each sequence at most once,
+        the members of a group next to each other in member order.
     now : float
         The ``now`` given to ``get_batch``.
     preempted : tuple[int, ...]
@@ -116,18 +126,31 @@ class Batch:
 
 @dataclass(frozen=True, slots=True)
 class StepResult:
-    """The engine's answer for one sampling item.
+    """The engine's answer for one sampling request.
 
     Attributes
     ----------
     request_id : int
-    token_id : int
-        The sampled output token.
+    token_id : int | None
+        The sampled output token of a single-sequence request (shorthand for
+        ``branches=((0, token_id),)``).
     finished : bool
-        True when the engine saw a stop condition (e.g. EOS). The scheduler also finishes a
-        request on its own when it reaches ``max_new_tokens``.
+        True when the engine saw a stop condition (e.g. EOS, or every beam ended). The scheduler
+        also finishes a request on its own when it reaches ``max_new_tokens``.
+    branches : tuple[tuple[int, int], ...] | None
+        For a group: the members that go on, as ``(parent, token_id)`` pairs in the new member
+        order. ``parent`` indexes the members that sampled this step; a parent named several
+        times is forked, a parent named by none is released. At most ``request.num_seqs``
+        pairs; none (or ``finished``) ends the request.
     """
 
     request_id: int
-    token_id: int
+    token_id: int | None = None
     finished: bool = False
+    branches: tuple[tuple[int, int], ...] | None = None
+
+    def continuing(self) -> tuple[tuple[int, int], ...]:
+        """The ``(parent, token_id)`` pairs, the shorthand expanded."""
+        if self.branches is not None:
+            return tuple(self.branches)
+        return ((0, self.token_id),)

@@ -54,6 +54,10 @@ class Request:
         Tenant name for per-tenant admission limits.
     salt : bytes | str | None
         Per-request prefix-cache salt (tenant isolation), passed to the cache's ``attach``.
+    num_seqs : int
+        Most sequences the request runs at once: its parallel samples ``n`` or its beam width.
+        They form one group that shares the prompt's pages through ``fork``; admission,
+        budgets and preemption treat the group as one.
     """
 
     prompt: tuple[int, ...]
@@ -64,6 +68,7 @@ class Request:
     priority: float = 0.0
     tenant: str | None = None
     salt: bytes | str | None = None
+    num_seqs: int = 1
 
     def __post_init__(self):
         object.__setattr__(self, "prompt", _as_token_tuple(self.prompt))
@@ -84,6 +89,10 @@ class Request:
             raise InvalidRequest(f"tenant must be a str or None, got {type(self.tenant).__name__}")
         if self.salt is not None and not isinstance(self.salt, (bytes, str)):
             raise InvalidRequest(f"salt must be bytes, str or None, got {type(self.salt).__name__}")
+        w = self.num_seqs
+        if isinstance(w, bool) or not isinstance(w, (int, np.integer)) or w < 1:
+            raise InvalidRequest(f"num_seqs must be an integer >= 1, got {w!r}")
+        object.__setattr__(self, "num_seqs", int(w))
 
     @property
     def prompt_len(self) -> int:
@@ -96,30 +105,47 @@ class Request:
 
 
 class RequestStatus(enum.Enum):
+    """The one set of states a request (a sequence group) passes through."""
+
     WAITING = "waiting"     # in the queue, holds no pages (new, or preempted)
     RUNNING = "running"     # attached to the cache: prefilling in chunks, or decoding
     FINISHED = "finished"   # detached, metrics recorded
 
 
 @dataclass(slots=True, eq=False)
-class RequestState:
-    """The scheduler's mutable record of one request.
+class SequenceState:
+    """One member of a request's sequence group: a sample or a beam.
 
-    ``prefill_tokens`` is what the next attach sends to the cache: the prompt, plus every output
-    token so far when the request was preempted (recompute). ``num_computed`` counts the positions
-    of ``prefill_tokens`` whose KV is computed in the current attachment (starts at the cache's
-    prefix hit). Once ``num_computed == len(prefill_tokens)`` the request decodes: each step feeds
-    ``output[-1]`` at position ``len(prompt) + len(output) - 1``.
+    ``output`` is what this member generated; its last token is not in the cache yet (the next
+    decode appends it). While the member is attached, ``num_computed`` counts the positions of
+    its prefill tokens (the prompt, or prompt + ``output[:-1]`` when recomputing after a
+    preemption) whose KV is computed, starting at the cache's prefix hit.
+    """
+
+    seq_id: int | None = None
+    output: list[int] = field(default_factory=list)
+    num_computed: int = 0
+
+    def prefill_len(self, prompt_len: int) -> int:
+        return prompt_len + max(0, len(self.output) - 1)
+
+
+@dataclass(slots=True, eq=False)
+class RequestState:
+    """The scheduler's mutable record of one request: a group of ``request.num_seqs`` sequences
+    at most, which starts as one sequence (the prompt) and branches through ``fork``.
+
+    Every live member holds the same number of output tokens. A member whose prefill is done
+    decodes: each step feeds ``output[-1]`` at position ``len(prompt) + len(output) - 1``. After a
+    preemption every member recomputes prompt + ``output[:-1]`` and then decodes its last token,
+    so the group samples again only when all members are back.
     """
 
     request_id: int
     request: Request
     arrival_time: float
     status: RequestStatus = RequestStatus.WAITING
-    seq_id: int | None = None
-    prefill_tokens: list[int] = field(default_factory=list)
-    num_computed: int = 0
-    output: list[int] = field(default_factory=list)
+    members: list[SequenceState] = field(default_factory=lambda: [SequenceState()])
     num_preemptions: int = 0
     computed_before_preemption: int = 0
     wasted_recompute_tokens: int = 0
@@ -128,23 +154,70 @@ class RequestState:
     finish_time: float | None = None
 
     @property
+    def seq_id(self) -> int | None:
+        """The first member's sequence id (the only one for a single-sequence request)."""
+        return self.members[0].seq_id
+
+    @property
+    def seq_ids(self) -> list[int]:
+        return [m.seq_id for m in self.members]
+
+    @property
+    def output(self) -> list[int]:
+        """The first member's output tokens (every member holds as many)."""
+        return self.members[0].output
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.members[0].output)
+
+    @property
+    def prefill_tokens(self) -> list[int]:
+        """What the first member's attach sends to the cache: the prompt, plus its outputs but
+        the last when it recomputes after a preemption."""
+        member = self.members[0]
+        return list(self.request.prompt) + member.output[:-1]
+
+    @property
+    def num_computed(self) -> int:
+        """Prefill positions computed, of the member furthest behind."""
+        return min(m.num_computed for m in self.members)
+
+    @property
     def prefill_done(self) -> bool:
-        return self.status is RequestStatus.RUNNING and self.num_computed >= len(self.prefill_tokens)
+        if self.status is not RequestStatus.RUNNING:
+            return False
+        prompt_len = len(self.request.prompt)
+        for m in self.members:
+            if m.num_computed < prompt_len + len(m.output) - (1 if m.output else 0):
+                return False
+        return True
 
     @property
     def remaining_prefill(self) -> int:
-        return len(self.prefill_tokens) - self.num_computed
+        """Prefill tokens still to compute, summed over the members."""
+        prompt_len = len(self.request.prompt)
+        total = 0
+        for m in self.members:
+            total += prompt_len + len(m.output) - (1 if m.output else 0) - m.num_computed
+        return total
 
     @property
     def remaining_tokens(self) -> int:
         """Prefill tokens still to compute plus output tokens still allowed (SRPT's key)."""
-        return self.remaining_prefill + self.request.max_new_tokens - len(self.output)
+        return self.remaining_prefill + self.request.max_new_tokens - self.num_output_tokens
 
     @property
     def positions_computed(self) -> int:
-        """Positions whose KV the current attachment holds computed (0 while waiting)."""
+        """Positions whose KV the current attachment holds computed, summed over the members
+        (0 while waiting)."""
         if self.status is not RequestStatus.RUNNING:
             return 0
-        if self.num_computed < len(self.prefill_tokens):
-            return self.num_computed
-        return len(self.request.prompt) + len(self.output) - 1
+        prompt_len = self.request.prompt_len
+        total = 0
+        for m in self.members:
+            if m.num_computed < m.prefill_len(prompt_len):
+                total += m.num_computed
+            else:
+                total += prompt_len + len(m.output) - 1
+        return total

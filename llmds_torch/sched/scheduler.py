@@ -1,30 +1,42 @@
 """The request scheduler: continuous batching with chunked prefill over a paged KV cache.
 
-One loop thread calls ``get_batch(now)`` -> runs the batch -> ``complete_batch(results, now)``;
-any number of threads may call ``submit`` meanwhile. See :mod:`llmds_torch.sched.batch` for what
-a batch asks an engine to compute.
+It schedules sequence groups: a request with ``num_seqs > 1`` (parallel samples, beams) starts
+as one sequence and branches through ``fork`` as the engine's results say; budgets, admission,
+preemption and policies see the whole group (it decodes whole, is preempted whole, and counts
+``num_seqs`` full copies against the cache when checked at submit).
+
+One loop thread calls ``get_batch(now)`` -> runs the batch -> ``complete_batch(results, now)``
+(or ``abort_batch()`` when running it failed); any number of threads may call ``submit``
+meanwhile. See :mod:`llmds_torch.sched.batch` for what a batch asks an engine to compute, and
+:mod:`llmds_torch.models.runner` for the runner that computes it with a model.
 
 One step (``get_batch``) in order:
 
 1. New submissions move from the thread-safe inbox into the waiting queue (an
    :class:`IndexedHeap` keyed by request id, scored by the policy; see
    :mod:`llmds_torch.sched.policies`).
-2. Running requests that decode get one token each, highest score first, within
+2. Running groups that decode get one token per member, highest score first, within
    ``max_batch_size`` and ``max_batch_tokens``. The cache's ``can_append`` is asked first; when
-   pages run out the running request with the lowest score is preempted (detached; it will
-   recompute prompt + outputs), unless it already reached ``max_preemptions``.
-3. Running requests in the middle of a chunked prefill get their next chunk from what is left
-   of the token budget (their pages were reserved at attach).
-4. Waiting requests are admitted highest score first while the budget and batch size allow:
-   ``can_attach`` is asked first; if it fails, admission stops (the queue head is never skipped,
-   so order is kept) -- unless ``displace_margin`` is finite: then running requests whose score
-   is lower than the candidate's by more than the margin are preempted one at a time until it fits.
-5. If running requests exist but nothing could be scheduled (every one needs a page and every
+   pages run out the running request with the lowest score is preempted (detached; every member
+   will recompute prompt + its outputs), unless it already reached ``max_preemptions``.
+3. Then, inside one ``cache.transaction()``: the decode tokens are appended; running members
+   in the middle of a chunked prefill get their next chunk from what is left of the token budget
+   (their pages were reserved at attach); waiting requests are admitted highest score first while
+   the budget and batch size allow. ``can_attach`` is asked first; if it fails, admission stops
+   (the queue head is never skipped, so order is kept) -- unless ``displace_margin`` is finite:
+   then a running request whose score is lower than the candidate's by more than the margin is
+   preempted and the step built again. A waiting prompt whose leading full pages another live
+   sequence is still writing (``cache.pending_prefix_tokens``) is held back until they are
+   published, so prompts admitted together compute a shared prefix once.
+4. If running requests exist but nothing could be scheduled (every one needs a page and every
    one is protected by ``max_preemptions``), the lowest-score one is preempted anyway and
    counted as a *forced* preemption; without it the loop would deadlock.
 
-Every cache reservation is made inside ``get_batch``; if the batch is returned, the engine can run
-it without ever seeing ``OutOfPages``.
+The transaction stays open while the engine computes the batch. ``complete_batch`` forks the
+members its results branch (still inside), commits, and then applies the results;
+``abort_batch`` rolls every reservation back. If building the batch raises (pool growth failing,
+say), the reservations are rolled back the same way and the queues are as before; only
+preemptions made before the failure (each a completed step of its own) remain.
 """
 
 from __future__ import annotations
@@ -61,7 +73,7 @@ from llmds_torch.sched.policies import (
     tpot_slo_of,
     ttft_slo_of,
 )
-from llmds_torch.sched.request import Request, RequestState, RequestStatus
+from llmds_torch.sched.request import Request, RequestState, RequestStatus, SequenceState
 
 _INT32_MAX = 2**31 - 1
 
@@ -173,24 +185,52 @@ def _cache_setting(cache, name: str):
     return None
 
 
-class _StepPlan:
-    """The batch being built: items by request id, tokens left, preemptions so far."""
+class _Preempt(Exception):
+    """Raised inside a batch build that needs ``victim`` preempted first; the build is rolled back,
+    the victim preempted outside the cache transaction, and the build tried again."""
 
-    __slots__ = ("items", "tokens_left", "preempted")
+    def __init__(self, victim: RequestState):
+        super().__init__(victim.request_id)
+        self.victim = victim
+
+
+class _Rollback(Exception):
+    """Handed to a cache transaction's ``__exit__`` to undo it."""
+
+
+@dataclass(slots=True, eq=False)
+class _Admission:
+    """A waiting request attached in the batch being built: its members' sequences and hits."""
+
+    state: RequestState
+    seq_ids: list[int]
+    cached: list[int]
+
+
+class _StepPlan:
+    """The batch being built: items by (request id, member), tokens left, sequences, admissions,
+    and the waiting-queue entries popped on the way (pushed back if the batch is undone)."""
+
+    __slots__ = ("items", "tokens_left", "admitted", "popped")
 
     def __init__(self, max_batch_tokens: int):
-        self.items: dict[int, ScheduledSeq] = {}
+        self.items: dict[tuple[int, int], ScheduledSeq] = {}
         self.tokens_left = max_batch_tokens
-        self.preempted: list[int] = []
+        self.admitted: dict[int, _Admission] = {}
+        self.popped: list[tuple[int, float]] = []
 
     def add(self, item: ScheduledSeq) -> None:
-        self.items[item.request_id] = item
+        self.items[item.request_id, item.member] = item
         self.tokens_left -= item.end - item.start
 
-    def drop(self, request_id: int) -> None:
-        item = self.items.pop(request_id, None)
-        if item is not None:
-            self.tokens_left += item.end - item.start
+
+@dataclass(slots=True, eq=False)
+class _Outstanding:
+    """A returned batch whose cache reservations are still inside an open transaction."""
+
+    batch: Batch
+    plan: _StepPlan
+    transaction: object
 
 
 class Scheduler:
@@ -242,6 +282,10 @@ class Scheduler:
         reason = self._budget.why_never_fits(request.prompt_len, request.max_new_tokens)
         if reason is not None:
             raise RequestTooLarge(reason)
+        pages = request.num_seqs * -(-request.max_total_tokens // self._page_size)
+        if pages > self._cache_pages:
+            raise RequestTooLarge(f"{request.num_seqs} sequences of up to {request.max_total_tokens} tokens need "
+                                  f"up to {pages} pages; the cache holds {self._cache_pages}")
 
     def submit(self, request: Request, now: float | None = None) -> int:
         """Queue ``request``; returns its request id.
@@ -276,7 +320,7 @@ class Scheduler:
                     self.metrics.record_refusal(refusal.reason)
                     raise
             self._next_id += 1
-            self._inbox.append(RequestState(request_id, request, arrival, prefill_tokens=list(request.prompt)))
+            self._inbox.append(RequestState(request_id, request, arrival))
         return request_id
 
     # ------------------------------------------------------------------ introspection
@@ -301,6 +345,11 @@ class Scheduler:
         except KeyError:
             raise UnknownRequest(f"request {request_id} is not waiting or running") from None
 
+    @property
+    def outstanding(self) -> Batch | None:
+        """The batch returned by ``get_batch`` and not yet completed or aborted."""
+        return self._outstanding.batch if self._outstanding is not None else None
+
     def score(self, state: RequestState) -> float:
         return self._score_fn(state, self._params)
 
@@ -324,8 +373,13 @@ class Scheduler:
         """Build the next step's batch at time ``now`` and make its cache reservations.
 
         Returns an empty batch when there is nothing to run (or ``max_wait`` holds a small one;
-        then ``batch.wake_time`` says when to ask again). The batch must be completed with
-        :meth:`complete_batch` before the next ``get_batch``.
+        then ``batch.wake_time`` says when to ask again). A non-empty batch must be ended with
+        :meth:`complete_batch` (or :meth:`abort_batch`) before the next ``get_batch``.
+
+        The reservations are made inside one ``cache.transaction()`` that stays open until the
+        batch is completed or aborted. If anything raises while the batch is built (pool growth,
+        say), the transaction undoes every reservation and the queues are as before; requests
+        preempted on the way (each a completed step of its own) stay queued to recompute.
         """
         now = self._check_now(now)
         if self._outstanding is not None:
@@ -335,22 +389,58 @@ class Scheduler:
         wake = self._hold_for_company(now)
         if wake is not None:
             return Batch((), now, wake_time=wake)
-        plan = _StepPlan(self.config.max_batch_tokens)
+        preempted: list[int] = []
         while True:
             by_score = self._running_by_score()
-            self._schedule_decodes(plan, by_score)
-            self._schedule_prefill_chunks(plan, by_score)
-            self._admit_waiting(plan, now)
-            if plan.items or not self._running:
+            decodes = self._choose_decodes(by_score, preempted)
+            plan = _StepPlan(self.config.max_batch_tokens)
+            transaction = self.cache.transaction()
+            transaction.__enter__()
+            try:
+                self._build(plan, by_score, decodes, preempted)
+            except _Preempt as need:
+                self._undo(plan, transaction)
+                self._preempt(need.victim)
+                preempted.append(need.victim.request_id)
+                continue
+            except BaseException:
+                self._undo(plan, transaction)
+                raise
+            if plan.items or plan.admitted or not self._running:
                 break
+            self._undo(plan, transaction)
             victim = self._pick_victim(honour_cap=False)  # deadlock breaker (step 5)
             self.metrics.forced_preemptions += 1
-            self._preempt(victim, plan)
+            self._preempt(victim)
+            preempted.append(victim.request_id)
         items = tuple(plan.items.values())  # decodes were added first, prefill chunks after
-        batch = Batch(items, now, preempted=tuple(plan.preempted))
+        batch = Batch(items, now, preempted=tuple(preempted))
         if items:
-            self._outstanding = batch
+            self._outstanding = _Outstanding(batch, plan, transaction)
+        else:  # at most recomputed sequences found whole in the prefix cache: nothing to compute
+            transaction.__exit__(None, None, None)
+            self._apply_admissions(plan, now)
         return batch
+
+    def _undo(self, plan: _StepPlan, transaction) -> None:
+        """Roll the cache transaction back and return popped requests to the waiting queue."""
+        try:
+            transaction.__exit__(_Rollback, _Rollback(), None)
+        finally:
+            for request_id, score in plan.popped:
+                self._waiting.push(request_id, score)
+            plan.popped.clear()
+
+    def _build(self, plan: _StepPlan, by_score: list[RequestState], decodes: list[RequestState],
+               preempted: list[int]) -> None:
+        """Inside the step's transaction: reserve the decodes, then prefill chunks, then admit."""
+        if decodes:
+            self.cache.append_batch([seq for s in decodes for seq in s.seq_ids],
+                                    [m.output[-1] for s in decodes for m in s.members])
+            for s in decodes:
+                self._add_decodes(plan, s)
+        self._schedule_prefill_chunks(plan, by_score)
+        self._admit_waiting(plan, preempted)
 
     def _hold_for_company(self, now: float) -> float | None:
         max_wait = self.config.max_wait
@@ -366,86 +456,109 @@ class Scheduler:
     def _running_by_score(self) -> list[RequestState]:
         return sorted(self._running.values(), key=partial(self._score_fn, params=self._params), reverse=True)
 
-    def _decode_item(self, state: RequestState) -> ScheduledSeq:
-        position = len(state.request.prompt) + len(state.output) - 1
-        return ScheduledSeq(state.request_id, state.seq_id, "decode", position, position + 1,
-                            (state.output[-1],), True)
+    def _add_decodes(self, plan: _StepPlan, state: RequestState) -> None:
+        position = state.request.prompt_len + state.num_output_tokens - 1
+        for index, member in enumerate(state.members):
+            plan.add(ScheduledSeq(state.request_id, member.seq_id, "decode", position, position + 1,
+                                  (member.output[-1],), True, index))
 
-    def _schedule_decodes(self, plan: _StepPlan, by_score: list[RequestState]) -> None:
-        room = min(self.config.max_batch_size - len(plan.items), plan.tokens_left)
-        if room <= 0:
-            return
-        chosen = [s for s in by_score if s.prefill_done][:room]
-        if not chosen:
-            return
-        seq_ids = [s.seq_id for s in chosen]
-        if self.cache.can_append(seq_ids, 1):
-            last_tokens = [s.output[-1] for s in chosen]
-            self.cache.append_batch(seq_ids, last_tokens)
-            items = plan.items
-            for s, seq_id, token in zip(chosen, seq_ids, last_tokens):
-                position = len(s.request.prompt) + len(s.output) - 1
-                items[s.request_id] = ScheduledSeq(s.request_id, seq_id, "decode", position, position + 1,
-                                                   (token,), True)
-            plan.tokens_left -= len(chosen)
-            return
-        for s in chosen:  # pages are short: one at a time, preempting the lowest score
-            fits = False
-            while s.status is RequestStatus.RUNNING:
-                if self.cache.can_append(s.seq_id, 1):
-                    fits = True
-                    break
+    def _choose_decodes(self, by_score: list[RequestState], preempted: list[int]) -> list[RequestState]:
+        """The decoding groups of this step, highest score first, whole groups within the batch
+        caps. Before any reservation: when pages are short, the lowest-score running request is
+        preempted (detached) until the next group's appends fit, or no victim is left."""
+        room = min(self.config.max_batch_size, self.config.max_batch_tokens)
+        chosen, seq_ids = [], []
+        for s in by_score:
+            if not s.prefill_done:
+                continue
+            if len(seq_ids) + len(s.members) > room:
+                break  # a group decodes whole or not at all
+            chosen.append(s)
+            seq_ids.extend(s.seq_ids)
+        if not chosen or self.cache.can_append(seq_ids, 1):
+            return chosen
+        fits, seq_ids = [], []
+        for s in chosen:  # pages are short: one group at a time
+            while s.status is RequestStatus.RUNNING and not self.cache.can_append(seq_ids + s.seq_ids, 1):
                 victim = self._pick_victim()
                 if victim is None:
                     break
-                self._preempt(victim, plan)
-            if fits:
-                self.cache.append(s.seq_id, [s.output[-1]])
-                plan.add(self._decode_item(s))
+                self._preempt(victim)
+                preempted.append(victim.request_id)
+                if victim in fits:
+                    fits.remove(victim)
+                    seq_ids = [seq for f in fits for seq in f.seq_ids]
+            if s.status is RequestStatus.RUNNING and self.cache.can_append(seq_ids + s.seq_ids, 1):
+                fits.append(s)
+                seq_ids.extend(s.seq_ids)
+        return fits
 
     def _schedule_prefill_chunks(self, plan: _StepPlan, by_score: list[RequestState]) -> None:
         for s in by_score:
-            if plan.tokens_left <= 0 or len(plan.items) >= self.config.max_batch_size:
-                return
-            if s.status is not RequestStatus.RUNNING or s.prefill_done or s.request_id in plan.items:
+            if s.status is not RequestStatus.RUNNING or s.prefill_done:
                 continue
-            plan.add(self._prefill_item(s, plan.tokens_left))
-
-    def _prefill_item(self, state: RequestState, budget: int) -> ScheduledSeq:
-        start = state.num_computed
-        end = min(len(state.prefill_tokens), start + budget)
-        return ScheduledSeq(state.request_id, state.seq_id, "prefill", start, end,
-                            tuple(state.prefill_tokens[start:end]), end == len(state.prefill_tokens))
-
-    def _admit_waiting(self, plan: _StepPlan, now: float) -> None:
-        waiting, cache = self._waiting, self.cache
-        while waiting and plan.tokens_left > 0 and len(plan.items) < self.config.max_batch_size:
-            request_id, score = waiting.peek()
-            if request_id in plan.preempted:
-                return  # do not re-admit a victim in the step that preempted it
-            state = self._states[request_id]
-            salt = state.request.salt
-            if not cache.can_attach(state.prefill_tokens, salt=salt):
-                victim = self._pick_victim(below=score - self.config.effective_displace_margin)
-                if victim is None:
+            for index, member in enumerate(s.members):
+                if plan.tokens_left <= 0 or len(plan.items) >= self.config.max_batch_size:
                     return
-                self._preempt(victim, plan)
-                continue
-            waiting.pop()
-            seq_id = cache.attach(state.prefill_tokens, salt=salt)
-            cached = cache.num_cached_tokens(seq_id)
-            if state.num_preemptions:
-                wasted = max(0, state.computed_before_preemption - cached)
-                state.wasted_recompute_tokens += wasted
-                self.metrics.wasted_recompute_tokens += wasted
-                state.computed_before_preemption = 0
-            state.seq_id = seq_id
-            state.status = RequestStatus.RUNNING
-            state.num_computed = cached
-            if state.first_scheduled_time is None:
-                state.first_scheduled_time = now
-            self._running[request_id] = state
-            plan.add(self._prefill_item(state, plan.tokens_left))
+                if member.num_computed < member.prefill_len(s.request.prompt_len):
+                    plan.add(self._prefill_item(s, index, member.seq_id, member.num_computed, plan.tokens_left))
+
+    def _prefill_item(self, state: RequestState, index: int, seq_id: int, start: int, budget: int) -> ScheduledSeq:
+        member = state.members[index]
+        tokens = list(state.request.prompt) + member.output[:-1]
+        end = min(len(tokens), start + budget)
+        samples = end == len(tokens) and not member.output
+        return ScheduledSeq(state.request_id, seq_id, "prefill", start, end, tuple(tokens[start:end]), samples, index)
+
+    def _admit_waiting(self, plan: _StepPlan, preempted: list[int]) -> None:
+        waiting, cache = self._waiting, self.cache
+        held: list[tuple[int, float]] = []
+        try:
+            while waiting and plan.tokens_left > 0 and len(plan.items) < self.config.max_batch_size:
+                request_id, score = waiting.peek()
+                if request_id in preempted:
+                    return  # do not re-admit a victim in the step that preempted it
+                state = self._states[request_id]
+                width = len(state.members)
+                if width > self.config.max_batch_size - len(plan.items) or width > plan.tokens_left:
+                    return
+                first = state.prefill_tokens
+                salt = state.request.salt
+                if cache.pending_prefix_tokens(first, salt=salt) > 0:
+                    held.append(waiting.pop())  # another sequence is writing its prefix: wait for it
+                    continue
+                admission = self._attach_group(state)
+                if admission is None:
+                    victim = self._pick_victim(below=score - self.config.effective_displace_margin)
+                    if victim is None:
+                        return
+                    raise _Preempt(victim)
+                plan.popped.append(waiting.pop())
+                plan.admitted[request_id] = admission
+                for index, (seq_id, cached) in enumerate(zip(admission.seq_ids, admission.cached)):
+                    if plan.tokens_left <= 0:
+                        break
+                    if cached < state.members[index].prefill_len(state.request.prompt_len):
+                        plan.add(self._prefill_item(state, index, seq_id, cached, plan.tokens_left))
+        finally:
+            for request_id, score in held:
+                waiting.push(request_id, score)
+
+    def _attach_group(self, state: RequestState) -> _Admission | None:
+        """Attach every member of ``state`` (all or none); None when the pages do not suffice."""
+        cache, salt = self.cache, state.request.salt
+        prompt = list(state.request.prompt)
+        admission = _Admission(state, [], [])
+        for member in state.members:
+            tokens = prompt + member.output[:-1]
+            if not cache.can_attach(tokens, salt=salt):
+                for seq_id in admission.seq_ids:
+                    cache.detach(seq_id)
+                return None
+            seq_id = cache.attach(tokens, salt=salt)
+            admission.seq_ids.append(seq_id)
+            admission.cached.append(cache.num_cached_tokens(seq_id))
+        return admission
 
     def _pick_victim(self, *, below: float | None = None, honour_cap: bool = True) -> RequestState | None:
         """The running request with the lowest score (strictly below ``below`` when given),
@@ -462,57 +575,88 @@ class Scheduler:
             return None
         return victim
 
-    def _preempt(self, state: RequestState, plan: _StepPlan) -> None:
-        """Detach ``state``'s sequence and queue it to recompute prompt + outputs."""
+    def preempt(self, request_id: int) -> None:
+        """Release a running request's pages between steps and queue it to recompute (every
+        member of its group recomputes prompt + its outputs; prefix hits still apply).
+
+        Raises :class:`SchedulerStateError` while a batch is outstanding and
+        :class:`UnknownRequest` for a request that is not running; nothing changes then.
+        """
+        if self._outstanding is not None:
+            raise SchedulerStateError("a batch is outstanding; preempt between steps")
+        state = self._running.get(request_id)
+        if state is None:
+            raise UnknownRequest(f"request {request_id!r} is not running")
+        self._preempt(state)
+
+    def _preempt(self, state: RequestState) -> None:
+        """Detach every sequence of ``state`` and queue it to recompute prompt + outputs."""
         state.computed_before_preemption = max(state.computed_before_preemption, state.positions_computed)
-        self.cache.detach(state.seq_id)
-        plan.drop(state.request_id)
+        for member in state.members:
+            self.cache.detach(member.seq_id)
+            member.seq_id = None
+            member.num_computed = 0
         del self._running[state.request_id]
         state.status = RequestStatus.WAITING
-        state.seq_id = None
-        state.num_computed = 0
-        state.prefill_tokens = list(state.request.prompt) + state.output
         state.num_preemptions += 1
         self.metrics.preemptions += 1
-        plan.preempted.append(state.request_id)
         self._waiting.push(state.request_id, self.score(state))
 
     # ------------------------------------------------------------------ completion
-    def _parse_results(self, results) -> dict[int, tuple[int, bool]]:
-        parsed: dict[int, tuple[int, bool]] = {}
+    def _parse_results(self, results) -> dict[int, StepResult]:
         if isinstance(results, Mapping):
-            pairs = []
+            parsed_list = []
             for rid, value in results.items():
                 if isinstance(value, tuple):
                     if len(value) != 2:
                         raise InvalidStepResult(f"result for request {rid} must be token or (token, finished)")
-                    pairs.append((rid, value[0], value[1]))
+                    parsed_list.append(StepResult(rid, value[0], bool(value[1])))
                 else:
-                    pairs.append((rid, value, False))
+                    parsed_list.append(StepResult(rid, value))
         elif isinstance(results, Sequence):
-            pairs = []
-            for r in results:
+            parsed_list = list(results)
+            for r in parsed_list:
                 if not isinstance(r, StepResult):
                     raise InvalidStepResult(f"results must be StepResult objects, got {type(r).__name__}")
-                pairs.append((r.request_id, r.token_id, r.finished))
         else:
             raise InvalidStepResult("results must be a sequence of StepResult or a mapping request_id -> token")
-        for rid, token, finished in pairs:
-            if rid in parsed:
-                raise InvalidStepResult(f"two results for request {rid}")
-            if isinstance(token, bool) or not isinstance(token, (int, np.integer)) or not 0 <= token <= _INT32_MAX:
-                raise InvalidStepResult(f"token for request {rid} must be an int in [0, {_INT32_MAX}], got {token!r}")
-            token = int(token)
-            parsed[rid] = (token, bool(finished))
+        parsed: dict[int, StepResult] = {}
+        for r in parsed_list:
+            if r.request_id in parsed:
+                raise InvalidStepResult(f"two results for request {r.request_id}")
+            parsed[r.request_id] = r
         return parsed
 
+    def _check_result(self, result: StepResult, num_sampled: int, width: int) -> list[tuple[int, int]]:
+        rid = result.request_id
+        if result.branches is None:
+            if num_sampled != 1:
+                raise InvalidStepResult(f"request {rid} sampled {num_sampled} sequences; give branches, not token_id")
+            pairs = [(0, result.token_id)]
+        else:
+            if result.token_id is not None:
+                raise InvalidStepResult(f"result for request {rid} gives both token_id and branches")
+            try:
+                pairs = [(p, t) for p, t in result.branches]
+            except (TypeError, ValueError):
+                raise InvalidStepResult(f"branches of request {rid} must be (parent, token_id) pairs") from None
+            if len(pairs) > width:
+                raise InvalidStepResult(f"request {rid} runs at most {width} sequences, got {len(pairs)} branches")
+        for parent, token in pairs:
+            if isinstance(parent, bool) or not isinstance(parent, (int, np.integer)) or not 0 <= parent < num_sampled:
+                raise InvalidStepResult(f"parent of request {rid} must be a member index in [0, {num_sampled}), "
+                                        f"got {parent!r}")
+            if isinstance(token, bool) or not isinstance(token, (int, np.integer)) or not 0 <= token <= _INT32_MAX:
+                raise InvalidStepResult(f"token for request {rid} must be an int in [0, {_INT32_MAX}], got {token!r}")
+        return [(int(p), int(t)) for p, t in pairs]
+
     def complete_batch(self, results, now: float) -> list[int]:
-        """Record the outputs of the outstanding batch at time ``now``.
+        """Record the outputs of the outstanding batch at time ``now`` and commit its reservations.
 
         Parameters
         ----------
         results : sequence of StepResult, or mapping request_id -> token | (token, finished)
-            Exactly one entry per item of the batch with ``samples=True``.
+            Exactly one entry per request of the batch whose items sample.
         now : float
             When the step ended (its outputs' timestamps).
 
@@ -522,56 +666,142 @@ class Scheduler:
             The request ids that finished in this step (their sequences are detached).
 
         Raises :class:`UnknownRequest` for a request id not in the batch,
-        :class:`InvalidStepResult` for a missing/duplicate/malformed result; nothing changes then.
+        :class:`InvalidStepResult` for a missing/duplicate/malformed result; nothing changes then
+        (the batch stays outstanding). If a ``fork`` raises, the whole step is rolled back as by
+        :meth:`abort_batch` and the error propagates.
         """
-        batch = self._outstanding
-        if batch is None:
+        outstanding = self._outstanding
+        if outstanding is None:
             raise SchedulerStateError("no batch is outstanding; call get_batch first")
+        batch, plan = outstanding.batch, outstanding.plan
         now = self._check_now(now)
         parsed = self._parse_results(results)
-        sampling = {item.request_id for item in batch.items if item.samples}
-        in_batch = {item.request_id for item in batch.items}
+        sampled: dict[int, int] = {}
+        in_batch = set()
+        for item in batch.items:
+            in_batch.add(item.request_id)
+            if item.samples:
+                sampled[item.request_id] = sampled.get(item.request_id, 0) + 1
         for rid in parsed:
             if rid not in in_batch:
                 raise UnknownRequest(f"request {rid!r} is not in the batch being completed")
-            if rid not in sampling:
+            if rid not in sampled:
                 raise InvalidStepResult(f"request {rid} computed a non-final prefill chunk; it samples no token")
-        missing = sampling - parsed.keys()
+        missing = sampled.keys() - parsed.keys()
         if missing:
             raise InvalidStepResult(f"no result for sampling requests {sorted(missing)}")
+        branches = {rid: self._check_result(parsed[rid], sampled[rid], self._states[rid].request.num_seqs)
+                    for rid in sampled}
+        try:
+            forked = self._fork_branches(plan, branches)
+        except BaseException:
+            self.abort_batch()
+            raise
+        outstanding.transaction.__exit__(None, None, None)
+        self._outstanding = None
         self._last_now = now
-        finished = []
+        self._apply_admissions(plan, batch.now)
         for item in batch.items:
-            state = self._states[item.request_id]
             if item.kind == "prefill":
-                state.num_computed = item.end
-            if not item.samples:
-                continue
-            token, done = parsed[item.request_id]
-            state.output.append(token)
-            if state.first_token_time is None:
-                state.first_token_time = now
-            if done or len(state.output) >= state.request.max_new_tokens:
-                self._finish(state, now)
-                finished.append(item.request_id)
+                self._states[item.request_id].members[item.member].num_computed = item.end
+        finished = []
+        for rid, pairs in branches.items():
+            state = self._states[rid]
+            if self._apply_branches(state, pairs, forked[rid], parsed[rid].finished, now):
+                finished.append(rid)
         self.metrics.steps += 1
         self.metrics.batched_tokens += batch.num_tokens
-        self._outstanding = None
         return finished
 
-    def _finish(self, state: RequestState, now: float) -> None:
-        self.cache.detach(state.seq_id)
+    def _sequence_ids(self, plan: _StepPlan, state: RequestState) -> list[int]:
+        admission = plan.admitted.get(state.request_id)
+        return list(admission.seq_ids) if admission is not None else state.seq_ids
+
+    def _fork_branches(self, plan: _StepPlan, branches: dict[int, list[tuple[int, int]]]) -> dict[int, list[int]]:
+        """Inside the step's transaction: the sequence id of every new member (a parent's first
+        child keeps the parent's sequence, later children fork it)."""
+        out = {}
+        for rid, pairs in branches.items():
+            parents = self._sequence_ids(plan, self._states[rid])
+            used, seq_ids = set(), []
+            for parent, _ in pairs:
+                if parent in used:
+                    seq_ids.append(self.cache.fork(parents[parent]))
+                else:
+                    used.add(parent)
+                    seq_ids.append(parents[parent])
+            out[rid] = seq_ids
+        return out
+
+    def _apply_admissions(self, plan: _StepPlan, now: float) -> None:
+        for request_id, admission in plan.admitted.items():
+            state = admission.state
+            if state.num_preemptions:
+                wasted = max(0, state.computed_before_preemption - sum(admission.cached))
+                state.wasted_recompute_tokens += wasted
+                self.metrics.wasted_recompute_tokens += wasted
+                state.computed_before_preemption = 0
+            for member, seq_id, cached in zip(state.members, admission.seq_ids, admission.cached):
+                member.seq_id = seq_id
+                member.num_computed = cached
+            state.status = RequestStatus.RUNNING
+            if state.first_scheduled_time is None:
+                state.first_scheduled_time = now
+            self._running[request_id] = state
+
+    def _apply_branches(self, state: RequestState, pairs: list[tuple[int, int]], seq_ids: list[int],
+                        finished: bool, now: float) -> bool:
+        """Replace ``state``'s members by the branches; True when the request finished."""
+        old = state.members
+        kept = set(seq_ids)
+        for member in old:
+            if member.seq_id not in kept:
+                self.cache.detach(member.seq_id)
+        num_output = len(old[0].output) + 1
+        computed = state.request.prompt_len + num_output - 1  # all but the new token, not in the cache yet
+        members, used = [], set()
+        for (parent, token), seq_id in zip(pairs, seq_ids):
+            source = old[parent]
+            if parent in used:  # a fork: a copy of the parent's tokens (taken before it grows)
+                member = SequenceState(seq_id, source.output[:num_output - 1] + [token], computed)
+            else:  # the parent's first child goes on in place
+                used.add(parent)
+                member = source
+                member.output.append(token)
+                member.num_computed = computed
+            members.append(member)
+        state.members = members or [SequenceState(None, old[0].output, old[0].num_computed)]
+        if state.first_token_time is None:
+            state.first_token_time = now
+        if finished or not state.members or num_output >= state.request.max_new_tokens:
+            self._finish(state, now, num_output)
+            return True
+        return False
+
+    def abort_batch(self) -> None:
+        """Undo the outstanding batch (its step failed): every reservation it made is rolled back
+        and the same work is scheduled again by the next ``get_batch``."""
+        outstanding = self._outstanding
+        if outstanding is None:
+            raise SchedulerStateError("no batch is outstanding")
+        self._outstanding = None
+        self._undo(outstanding.plan, outstanding.transaction)
+
+    def _finish(self, state: RequestState, now: float, output_len: int) -> None:
+        for member in state.members:
+            if member.seq_id is not None:
+                self.cache.detach(member.seq_id)
+                member.seq_id = None
         del self._running[state.request_id]
         del self._states[state.request_id]
         state.status = RequestStatus.FINISHED
-        state.seq_id = None
         state.finish_time = now
         self.metrics.record_finish(RequestRecord(
             request_id=state.request_id, arrival_time=state.arrival_time,
             first_scheduled_time=state.first_scheduled_time, first_token_time=state.first_token_time,
-            finish_time=now, prompt_len=state.request.prompt_len, output_len=len(state.output),
+            finish_time=now, prompt_len=state.request.prompt_len, output_len=output_len,
             num_preemptions=state.num_preemptions, wasted_recompute_tokens=state.wasted_recompute_tokens,
             ttft_slo=ttft_slo_of(state, self._params), tpot_slo=tpot_slo_of(state, self._params)))
         if self.admission is not None:
             with self._lock:
-                self.admission.complete(state.request_id, generated_tokens=len(state.output), now=now)
+                self.admission.complete(state.request_id, generated_tokens=output_len, now=now)

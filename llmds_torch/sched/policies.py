@@ -126,27 +126,27 @@ def min_seconds(prefill_tokens: int, decode_tokens: int, params: PolicyParams) -
             + params.service_seconds_per_token * (prefill_tokens + decode_tokens))
 
 
-def remaining_seconds(state: RequestState, params: PolicyParams) -> float:
-    """:func:`min_seconds` of everything the request still has to compute (the ``slo`` size).
-    The last prefill step samples a token, so one output token is not a separate step."""
-    prefill = state.remaining_prefill
-    decodes = state.request.max_new_tokens - len(state.output) - (1 if prefill > 0 else 0)
-    return min_seconds(prefill, max(decodes, 0), params)
-
-
 def late_at(state: RequestState, params: PolicyParams) -> float:
     """The latest time the request can (re)start and still meet its SLOs; ``-inf`` when they
-    are already lost. See the module docstring for the formula."""
-    ttft_slo, tpot_slo = ttft_slo_of(state, params), tpot_slo_of(state, params)
-    max_new = state.request.max_new_tokens
-    if max_new > 1 and tpot_slo < params.step_seconds + params.service_seconds_per_token:
+    are already lost. See the module docstring for the formula (written out inline here: the
+    scheduler sorts every running request by it each step)."""
+    request = state.request
+    step, per_token = params.step_seconds, params.service_seconds_per_token
+    tpot_slo = params.default_tpot_slo if request.tpot_slo is None else request.tpot_slo
+    max_new = request.max_new_tokens
+    if max_new > 1 and tpot_slo < step + per_token:
         return -math.inf  # no step is that fast
-    if state.first_token_time is None:
-        return state.arrival_time + ttft_slo - min_seconds(state.remaining_prefill, 0, params)
-    if state.first_token_time - state.arrival_time > ttft_slo:
+    ttft_slo = params.default_ttft_slo if request.ttft_slo is None else request.ttft_slo
+    prefill = len(state.prefill_tokens) - state.num_computed
+    prefill_seconds = step * -(-prefill // params.max_batch_tokens) + per_token * prefill
+    first_token_time = state.first_token_time
+    if first_token_time is None:
+        return state.arrival_time + ttft_slo - prefill_seconds
+    if first_token_time - state.arrival_time > ttft_slo:
         return -math.inf
-    finish_deadline = state.first_token_time + tpot_slo * (max_new - 1)
-    return finish_deadline - remaining_seconds(state, params)
+    decodes = max_new - len(state.output) - (1 if prefill > 0 else 0)
+    finish_deadline = first_token_time + tpot_slo * (max_new - 1)
+    return finish_deadline - prefill_seconds - (step + per_token) * max(decodes, 0)
 
 
 def is_late(state: RequestState, params: PolicyParams, now: float) -> bool:
@@ -164,7 +164,8 @@ def srpt_score(state: RequestState, params: PolicyParams, now: float) -> float:
 
 def slo_score(state: RequestState, params: PolicyParams, now: float) -> float:
     deadline = late_at(state, params)
-    key = -state.remaining_tokens - params.slack_weight * (deadline if deadline > -math.inf else state.arrival_time)
+    remaining = len(state.prefill_tokens) - state.num_computed + state.request.max_new_tokens - len(state.output)
+    key = -remaining - params.slack_weight * (deadline if deadline > -math.inf else state.arrival_time)
     if now > deadline:
         key -= params.late_penalty
     elif now > deadline - params.urgent_window:

@@ -8,7 +8,8 @@ One step (``get_batch``) in order:
 
 1. New submissions move from the thread-safe inbox into the waiting queue (an
    :class:`IndexedHeap` keyed by request id, scored by the policy; see
-   :mod:`llmds_torch.sched.policies`).
+   :mod:`llmds_torch.sched.policies`). Waiting requests whose score changed since the last
+   step (``slo``: turned urgent or late) are re-keyed, or dropped when ``shed_late`` says so.
 2. Running requests that decode get one token each, highest score first, within
    ``max_batch_size`` and ``max_batch_tokens``. The cache's ``can_append`` is asked first; when
    pages run out the running request with the lowest score is preempted (detached; it will

@@ -61,7 +61,8 @@ def _simulate(args) -> int:
     setup = {"trace": args.trace, "requests": len(trace), "time_scale": args.time_scale,
              "pages": args.pages, "page_size": args.page_size, "max_batch_size": args.max_batch_size,
              "max_batch_tokens": args.max_batch_tokens, "ttft_slo": args.ttft_slo, "tpot_slo": args.tpot_slo,
-             "step_cost": {"base_seconds": cost.base_seconds, "seconds_per_batched_token": cost.seconds_per_batched_token,
+             "step_cost": {"base_seconds": cost.base_seconds,
+                           "seconds_per_batched_token": cost.seconds_per_batched_token,
                            "seconds_per_kv_token_read": cost.seconds_per_kv_token_read},
              "shed_late": args.shed_late}
     if args.json:

@@ -344,7 +344,7 @@ class Scheduler:
         self._policy.watch(state, self._last_now)
 
     def _rekey_waiting(self) -> None:
-        """Re-score the waiting requests whose policy score changed (``slo``: turned late),
+        """Re-score the waiting requests whose policy score changed (``slo``: turned urgent or late),
         or shed them when the config says so."""
         now = self._last_now
         for request_id in self._policy.due(now):

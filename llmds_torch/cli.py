@@ -93,27 +93,58 @@ def _bench(args) -> int:
 
 
 def _simulate(args) -> int:
+    from tqdm import tqdm
+
     from llmds_torch.sched import SchedulerConfig
-    from llmds_torch.sched.simulator import simulate
+    from llmds_torch.sched.simulator import StepCostModel, simulate
     from llmds_torch.sched.traces import read_azure_trace
 
-    trace = read_azure_trace(args.trace, limit=args.limit, ttft_slo=args.ttft_slo, tpot_slo=args.tpot_slo)
+    trace = read_azure_trace(args.trace, limit=args.limit, time_scale=args.time_scale)
+    cost = StepCostModel(args.step_base, args.step_per_token, args.step_per_kv_token)
     rows = {}
     for policy in args.policy:
-        result = simulate(trace, config=SchedulerConfig(policy=policy), num_pages=args.pages, page_size=args.page_size)
+        config = SchedulerConfig(policy=policy, max_batch_size=args.max_batch_size,
+                                 max_batch_tokens=args.max_batch_tokens, default_ttft_slo=args.ttft_slo,
+                                 default_tpot_slo=args.tpot_slo, step_seconds=cost.base_seconds,
+                                 service_seconds_per_token=cost.seconds_per_batched_token,
+                                 shed_late=args.shed_late and policy == "slo")
+        show = not args.no_progress and len(trace) >= 500
+        with tqdm(total=len(trace), desc=policy, unit="req", file=sys.stderr, disable=not show, leave=False) as bar:
+            result = simulate(trace, config=config, num_pages=args.pages, page_size=args.page_size, cost=cost,
+                              progress=lambda done: bar.update(done - bar.n))
         rows[policy] = result.summary
+    setup = {"trace": args.trace, "requests": len(trace), "time_scale": args.time_scale,
+             "pages": args.pages, "page_size": args.page_size, "max_batch_size": args.max_batch_size,
+             "max_batch_tokens": args.max_batch_tokens, "ttft_slo": args.ttft_slo, "tpot_slo": args.tpot_slo,
+             "step_cost": {"base_seconds": cost.base_seconds,
+                           "seconds_per_batched_token": cost.seconds_per_batched_token,
+                           "seconds_per_kv_token_read": cost.seconds_per_kv_token_read},
+             "shed_late": args.shed_late}
     if args.json:
-        print(json.dumps(rows, indent=2, default=float))
+        print(json.dumps({policy: {**summary, "setup": setup} for policy, summary in rows.items()},
+                         indent=2, default=float))
         return 0
-    print(f"{len(trace)} requests from {args.trace}, {args.pages} pages x {args.page_size} tokens")
-    print(f"{'policy':>8} {'SLO met':>8} {'TTFT p50':>9} {'TTFT p99':>9} {'TPOT p50':>9} {'preempt':>8}")
+    print(f"{len(trace)} requests from {args.trace} (time scale {args.time_scale:g}), "
+          f"{args.pages} pages x {args.page_size} tokens, batches <= {args.max_batch_size} seqs / "
+          f"{args.max_batch_tokens} tokens")
+    print(f"step cost: {cost.base_seconds:g} s + {cost.seconds_per_batched_token:g} s x tokens computed + "
+          f"{cost.seconds_per_kv_token_read:g} s x KV tokens read")
+    print(f"SLOs: TTFT <= {args.ttft_slo:g} s, TPOT <= {args.tpot_slo:g} s; "
+          "attainment counts every request (refused or shed = missed)")
+    print(f"{'policy':>8} {'SLO met':>8} {'goodput':>9} {'TTFT p50':>9} {'TTFT p99':>9} {'TPOT p50':>9} "
+          f"{'preempt':>8} {'shed':>6}  refused")
     for policy, s in rows.items():
-        print(f"{policy:>8} {s['slo_attainment']:>8.1%} {s['ttft']['p50']:>8.2f}s {s['ttft']['p99']:>8.2f}s "
-              f"{s['tpot']['p50'] * 1e3:>7.1f}ms {s['preemptions']:>8}")
+        refused = ", ".join(f"{reason} {n}" for reason, n in sorted(s["refused_by_reason"].items())) or "0"
+        print(f"{policy:>8} {s['slo_attainment']:>8.1%} {s['goodput']:>7.2f}/s {s['ttft']['p50']:>8.2f}s "
+              f"{s['ttft']['p99']:>8.2f}s {s['tpot']['p50'] * 1e3:>7.1f}ms {s['preemptions']:>8} {s['shed']:>6}  "
+              f"{refused}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from llmds_torch.sched.simulator import StepCostModel
+
+    cost = StepCostModel()
     parser = argparse.ArgumentParser(prog="llmds", description="llmds_torch: paged KV cache, scheduler, retrieval")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="end-to-end RAG + scheduling + paged generation on an embedded corpus",
@@ -149,15 +180,33 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("extra", nargs=argparse.REMAINDER,
                        help="arguments passed to the benchmark (see llmds bench NAME --help)")
     bench.set_defaults(run=_bench)
-    sim = sub.add_parser("simulate", help="replay an Azure LLM inference trace CSV through the scheduler")
-    sim.add_argument("trace")
-    sim.add_argument("--policy", nargs="+", default=["fcfs", "srpt", "slo"], choices=["fcfs", "srpt", "slo"])
-    sim.add_argument("--pages", type=int, default=4096)
-    sim.add_argument("--page-size", type=int, default=16)
+    sim = sub.add_parser("simulate", help="replay an Azure LLM inference trace CSV through the scheduler",
+                         description="Replay an Azure LLM inference trace (CSV with TIMESTAMP, ContextTokens, "
+                                     "GeneratedTokens) through the real scheduler and block manager, with a "
+                                     "step-cost model for time. Deterministic.",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    sim.add_argument("trace", help="the trace CSV (UTF-8)")
+    sim.add_argument("--policy", nargs="+", default=["fcfs", "srpt", "slo"], choices=["fcfs", "srpt", "slo"],
+                     help="scheduling policies to compare")
+    sim.add_argument("--pages", type=int, default=4096, help="KV pages in the block manager")
+    sim.add_argument("--page-size", type=int, default=16, help="tokens per KV page")
+    sim.add_argument("--max-batch-size", type=int, default=256, help="most sequences per step")
+    sim.add_argument("--max-batch-tokens", type=int, default=2048, help="most tokens computed per step")
     sim.add_argument("--limit", type=int, default=None, help="read only the first N rows")
-    sim.add_argument("--ttft-slo", type=float, default=None)
-    sim.add_argument("--tpot-slo", type=float, default=None)
-    sim.add_argument("--json", action="store_true")
+    sim.add_argument("--time-scale", type=float, default=1.0,
+                     help="divide arrival times by this (2 replays the trace twice as fast)")
+    sim.add_argument("--ttft-slo", type=float, default=2.0, help="time-to-first-token SLO (s) of every request")
+    sim.add_argument("--tpot-slo", type=float, default=0.2, help="time-per-output-token SLO (s) of every request")
+    sim.add_argument("--step-base", type=float, default=cost.base_seconds,
+                     help="step-cost model: fixed seconds per step")
+    sim.add_argument("--step-per-token", type=float, default=cost.seconds_per_batched_token,
+                     help="step-cost model: seconds per token computed")
+    sim.add_argument("--step-per-kv-token", type=float, default=cost.seconds_per_kv_token_read,
+                     help="step-cost model: seconds per KV token attention reads")
+    sim.add_argument("--shed-late", action="store_true",
+                     help="slo: drop requests that can no longer meet their SLOs (counted as missed)")
+    sim.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    sim.add_argument("--json", action="store_true", help="print setup and summaries as one JSON object")
     sim.set_defaults(run=_simulate)
     return parser
 

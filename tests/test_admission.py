@@ -137,9 +137,88 @@ def test_bad_input():
         RateLimits(tokens_per_second=float("nan"))
     with pytest.raises(ConfigError):
         RateLimits(burst=2.0)  # burst without a rate
+    with pytest.raises(ConfigError):
+        AdmissionConfig(clock_tolerance=-1.0)
     controller = AdmissionController()
     controller.admit(0, prompt_len=1, max_new_tokens=1, now=5.0)
-    with pytest.raises(NonMonotonicTime):
-        controller.admit(1, prompt_len=1, max_new_tokens=1, now=4.0)
+    for bad in (float("nan"), float("inf"), -float("inf"), None, True):
+        with pytest.raises(NonMonotonicTime):
+            controller.admit(1, prompt_len=1, max_new_tokens=1, now=bad)
+        with pytest.raises(NonMonotonicTime):
+            controller.complete(0, generated_tokens=1, now=bad)
+    assert controller.queued_requests == 1  # the refused calls changed nothing
     with pytest.raises(UnknownRequest):
         controller.complete(42, generated_tokens=1, now=6.0)
+
+
+def test_small_clock_skew_counts_as_the_latest_time():
+    limits = RateLimits(requests_per_second=1.0, burst=2.0, tokens_per_second=10.0, window_seconds=1.0)
+    controller = AdmissionController(AdmissionConfig(limits, clock_tolerance=0.01))
+    controller.admit(0, prompt_len=1, max_new_tokens=1, now=10.0)
+    controller.admit(1, prompt_len=1, max_new_tokens=1, now=9.995)  # a thread that read the clock earlier
+    assert controller.clock_resets == 0
+    with pytest.raises(RequestRefused) as info:  # the bucket did not refill for the skewed time
+        controller.admit(2, prompt_len=1, max_new_tokens=1, now=10.001)
+    assert info.value.reason == "request_rate"
+    # Both charges sit at t=10.0 (in order), so both leave the window at 11.0.
+    assert controller.window_tokens(10.999) == pytest.approx(4.0)
+    assert controller.window_tokens(11.0) == 0.0
+
+
+@pytest.mark.parametrize("absurd", [1e12, -1e12])
+def test_one_absurd_time_does_not_wedge_other_tenants(absurd):
+    limits = RateLimits(requests_per_second=10.0, burst=2.0, tokens_per_second=100.0, window_seconds=1.0)
+    config = AdmissionConfig(limits, tenant_limits={"a": RateLimits(requests_per_second=10.0),
+                                                    "b": RateLimits(requests_per_second=10.0)})
+    controller = AdmissionController(config)
+    controller.admit(0, prompt_len=5, max_new_tokens=5, now=100.0, tenant="a")
+    controller.admit(1, prompt_len=5, max_new_tokens=5, now=absurd, tenant="a")
+    admitted, now = [], 100.0
+    for ticket in range(2, 60):  # tenant b, then a again, at an honest clock: 5 per second
+        now += 0.2
+        controller.admit(ticket, prompt_len=5, max_new_tokens=5, now=now, tenant="b" if ticket % 2 else "a")
+        admitted.append(ticket)
+        controller.complete(ticket, generated_tokens=5, now=now)
+    assert len(admitted) == 58
+    assert controller.clock_resets >= 1
+    # The limits still hold on the honest clock: a burst at one instant is cut at the bucket.
+    refused = 0
+    for ticket in range(100, 110):
+        try:
+            controller.admit(ticket, prompt_len=1, max_new_tokens=1, now=now + 1.0, tenant="b")
+        except RequestRefused:
+            refused += 1
+    assert refused >= 7
+
+
+def test_scheduler_refuses_non_finite_times_and_an_absurd_arrival_wedges_nobody():
+    from llmds_torch.kv import BlockManager
+    from llmds_torch.sched import Request, Scheduler, SchedulerConfig, StepResult
+
+    manager = BlockManager(num_pages=32, page_size=4)
+    admission = AdmissionController(AdmissionConfig(RateLimits(requests_per_second=100.0, burst=5.0)))
+    scheduler = Scheduler(manager, SchedulerConfig(), admission=admission)
+    scheduler.submit(Request([1, 2, 3], 2), now=1.0)
+    for bad in (math.inf, math.nan):
+        with pytest.raises(NonMonotonicTime):
+            scheduler.get_batch(bad)
+        with pytest.raises(NonMonotonicTime):
+            scheduler.submit(Request([1, 2, 3], 2), now=bad)
+    assert scheduler.metrics.refused == {"invalid_time": 2}
+    scheduler.submit(Request([4, 5, 6], 2, arrival_time=1e12, tenant="x"))  # one absurd stamp
+    now = 1.0
+    for i in range(20):  # everyone else keeps being admitted on the honest clock
+        now += 0.05
+        scheduler.submit(Request([7, 8, i], 1, tenant="y"), now=now)
+        batch = scheduler.get_batch(now)
+        for item in batch:
+            manager.mark_written(item.seq_id, item.num_tokens)
+        scheduler.complete_batch([StepResult(item.request_id, 9) for item in batch if item.samples], now)
+    assert admission.refusals == {}
+    while scheduler.has_work():
+        now += 0.05
+        batch = scheduler.get_batch(now)
+        for item in batch:
+            manager.mark_written(item.seq_id, item.num_tokens)
+        scheduler.complete_batch([StepResult(item.request_id, 9) for item in batch if item.samples], now)
+    assert len(scheduler.metrics.records) == 22 and admission.queued_requests == 0

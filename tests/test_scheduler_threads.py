@@ -72,3 +72,35 @@ def test_concurrent_submission_loses_nothing_and_schedules_nothing_twice():
     assert sorted(finished) == sorted(all_accepted), "a request was lost or finished twice"
     assert not scheduled_after_finish
     assert admission.queued_requests == 0 and manager.stats()["pages_used"] == 0
+
+
+def test_threads_stamping_their_own_clock_reads_are_never_refused_for_time():
+    """Each thread reads the clock before the submit lock, so stamps reach admission slightly out
+    of order; admission must take that skew, not refuse it."""
+    manager = BlockManager(num_pages=64, page_size=4)
+    admission = AdmissionController(AdmissionConfig(RateLimits(requests_per_second=1e9, tokens_per_second=1e12)))
+    scheduler = Scheduler(manager, SchedulerConfig(), admission=admission)
+    errors: list[BaseException] = []
+    go = threading.Barrier(NUM_THREADS)
+
+    def submitter(index):
+        rng = random.Random(index)
+        go.wait()
+        for _ in range(PER_THREAD * 5):
+            stamp = time.monotonic()
+            if rng.random() < 0.5:
+                time.sleep(0)  # another thread may stamp and submit in between
+            try:
+                scheduler.submit(Request([rng.randrange(1, 5000)], 1), now=stamp)
+            except Exception as exc:  # noqa: BLE001 - any refusal is the failure under test
+                errors.append(exc)
+
+    threads = [threading.Thread(target=submitter, args=(i,), daemon=True) for i in range(NUM_THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors, f"{len(errors)} refusals, first: {errors[0]!r}"
+    assert scheduler.num_waiting == NUM_THREADS * PER_THREAD * 5
+    assert admission.queued_requests == NUM_THREADS * PER_THREAD * 5
+    assert scheduler.metrics.refused == {}

@@ -1,7 +1,13 @@
 """Admission control at the door: rate limits, a token reservation, and caps on queued work.
 
-Every check takes an explicit ``now`` (seconds on the caller's clock, never decreasing), so the
-logic has no hidden wall clock and tests are deterministic.
+Every check takes an explicit ``now`` (seconds on the caller's clock), so the logic has no hidden
+wall clock and tests are deterministic. Times must be finite; they need not arrive in order:
+
+- a time at most ``clock_tolerance`` earlier than the latest one a limiter has seen (threads that
+  read the clock before taking a lock) counts as that latest time;
+- a time earlier by more is taken as the clock's correction: that limiter's clock restarts there,
+  and charges stamped later are re-stamped to it (``clock_resets`` counts these). So one absurd
+  time (``1e12``) refills at most one bucket once and never holds later requests back.
 
 Limits (each optional, globally and per tenant):
 
@@ -94,12 +100,14 @@ class RateLimits:
 
 @dataclass(frozen=True, slots=True)
 class AdmissionConfig:
-    """Global limits, per-tenant limits (tenant name -> :class:`RateLimits`), and the retry hint
-    given when a queue cap refuses."""
+    """Global limits, per-tenant limits (tenant name -> :class:`RateLimits`), the retry hint
+    given when a queue cap refuses, and how far back (seconds) a time may lie behind the latest
+    one and still count as that latest time (``clock_tolerance``)."""
 
     limits: RateLimits = field(default_factory=RateLimits)
     tenant_limits: Mapping[str, RateLimits] = field(default_factory=dict)
     queue_retry_after: float = 1.0
+    clock_tolerance: float = 1.0
 
     def __post_init__(self):
         if not isinstance(self.limits, RateLimits):
@@ -108,22 +116,44 @@ class AdmissionConfig:
             if not isinstance(name, str) or not isinstance(lim, RateLimits):
                 raise ConfigError("tenant_limits must map tenant names (str) to RateLimits")
         _check_positive_or_none("queue_retry_after", self.queue_retry_after)
+        tol = self.clock_tolerance
+        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 <= tol < math.inf:
+            raise ConfigError(f"clock_tolerance must be a finite number >= 0, got {tol!r}")
         object.__setattr__(self, "tenant_limits", dict(self.tenant_limits))
 
 
 class _Limiter:
     """The live state of one :class:`RateLimits`: bucket level, window entries, queue totals."""
 
-    __slots__ = ("limits", "bucket", "bucket_time", "window", "window_sum", "queued_requests", "queued_tokens")
+    __slots__ = ("limits", "time", "clock_resets", "bucket", "bucket_time", "window", "window_sum",
+                 "queued_requests", "queued_tokens")
 
     def __init__(self, limits: RateLimits):
         self.limits = limits
+        self.time = -math.inf  # the latest time seen (after restarts)
+        self.clock_resets = 0
         self.bucket = limits.bucket_capacity
         self.bucket_time: float | None = None
         self.window: deque[list] = deque()  # entries [time, ticket, charged tokens]
         self.window_sum = 0.0
         self.queued_requests = 0
         self.queued_tokens = 0
+
+    def sync(self, now: float, tolerance: float) -> float:
+        """Move this limiter's clock to ``now`` and return the time to account ``now`` at
+        (see the module docstring for times out of order)."""
+        if now >= self.time:
+            self.time = now
+        elif now >= self.time - tolerance:
+            return self.time
+        else:
+            for entry in self.window:
+                entry[0] = min(entry[0], now)
+            if self.bucket_time is not None:
+                self.bucket_time = min(self.bucket_time, now)
+            self.time = now
+            self.clock_resets += 1
+        return now
 
     def _bucket_level(self, now: float) -> float:
         lim = self.limits
@@ -229,16 +259,18 @@ class AdmissionController:
         self._global = _Limiter(self.config.limits)
         self._tenants = {name: _Limiter(lim) for name, lim in self.config.tenant_limits.items()}
         self._tickets: dict[int, _Ticket] = {}
-        self._last_now = -math.inf
         self.refusals: dict[str, int] = {}
 
-    def _check_time(self, now: float) -> float:
-        now = float(now)
-        if math.isnan(now):
-            raise NonMonotonicTime("now is NaN")
-        if now < self._last_now:
-            raise NonMonotonicTime(f"now={now} is earlier than a time already seen ({self._last_now})")
-        return now
+    @staticmethod
+    def _check_time(now) -> float:
+        if isinstance(now, bool) or not isinstance(now, (int, float)) or not math.isfinite(now):
+            raise NonMonotonicTime(f"now must be a finite number of seconds, got {now!r}")
+        return float(now)
+
+    @property
+    def clock_resets(self) -> int:
+        """Times a limiter's clock restarted because a time lay far behind the latest one."""
+        return self._global.clock_resets + sum(t.clock_resets for t in self._tenants.values())
 
     def admit(self, ticket: int, *, prompt_len: int, max_new_tokens: int, now: float,
               tenant: str | None = None) -> None:
@@ -253,24 +285,21 @@ class AdmissionController:
         limiters = [(self._global, "")]
         if tenant is not None and tenant in self._tenants:
             limiters.append((self._tenants[tenant], "tenant_"))
+        tolerance = self.config.clock_tolerance
+        times = [limiter.sync(now, tolerance) for limiter, _ in limiters]
         try:
-            for limiter, prefix in limiters:
-                limiter.check(tokens, now, prefix, self.config.queue_retry_after)
+            for (limiter, prefix), t in zip(limiters, times):
+                limiter.check(tokens, t, prefix, self.config.queue_retry_after)
         except RequestRefused as refusal:
             self.refusals[refusal.reason] = self.refusals.get(refusal.reason, 0) + 1
-            self._last_now = now
             raise
-        entries = [limiter.commit(ticket, tokens, now) for limiter, _ in limiters]
+        entries = [limiter.commit(ticket, tokens, t) for (limiter, _), t in zip(limiters, times)]
         self._tickets[ticket] = _Ticket(tenant, tokens, int(max_new_tokens), entries)
-        self._last_now = now
 
     def complete(self, ticket: int, *, generated_tokens: int, now: float) -> None:
         """Release ``ticket``'s reservation; refund ``max_new_tokens - generated_tokens`` to the
         token window if its charge is still inside it."""
-        now = float(now)
-        if math.isnan(now):
-            raise NonMonotonicTime("now is NaN")
-        now = max(now, self._last_now)  # a loop clock may trail the submitters' by a hair
+        now = self._check_time(now)
         info = self._tickets.get(ticket)
         if info is None:
             raise UnknownRequest(f"ticket {ticket} was never admitted or is already complete")
@@ -282,8 +311,7 @@ class AdmissionController:
         if info.tenant is not None and info.tenant in self._tenants:
             limiters.append(self._tenants[info.tenant])
         for limiter, entry in zip(limiters, info.entries):
-            limiter.release(entry, info.reserved, refund, now)
-        self._last_now = now
+            limiter.release(entry, info.reserved, refund, limiter.sync(now, self.config.clock_tolerance))
 
     @property
     def queued_requests(self) -> int:

@@ -209,13 +209,6 @@ class IndexedHeap:
         _update(self._prio, self._ints, self._size, slot, value, self._next_seq)
         self._next_seq += 1
 
-    def push_or_update(self, key: Hashable, priority: float) -> None:
-        """``update`` when ``key`` is held, else ``push``."""
-        if key in self._slot_of:
-            self.update(key, priority)
-        else:
-            self.push(key, priority)
-
     def pop(self) -> tuple[Hashable, float]:
         """Remove and return ``(key, priority)`` of the highest priority (earliest among ties)."""
         if self._size == 0:

@@ -8,13 +8,15 @@ Definitions (seconds on the scheduler's clock):
 - TPOT (time per output token) = (finish - first token) / (output tokens - 1); absent for
   single-token outputs
 - SLO met = TTFT <= ttft_slo and (TPOT <= tpot_slo or a single output token)
+- SLO attainment = requests that met their SLOs / (finished + shed + refused at submit): a
+  request refused or shed is a missed SLO
 - wasted recompute tokens = positions computed, lost to preemption, and computed again
   (after subtracting the prefix-cache hit of the re-admission)
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -76,29 +78,38 @@ class SchedulerMetrics:
         self.forced_preemptions = 0
         self.wasted_recompute_tokens = 0
         self.refused: dict[str, int] = {}
+        self.shed: list[int] = []
         self.steps = 0
         self.batched_tokens = 0
 
     def record_finish(self, record: RequestRecord) -> None:
         self.records.append(record)
 
+    def record_shed(self, request_id: int) -> None:
+        self.shed.append(request_id)
+
     def record_refusal(self, reason: str) -> None:
         self.refused[reason] = self.refused.get(reason, 0) + 1
 
     def summary(self) -> dict:
-        """Aggregates over finished requests: percentiles of TTFT / TPOT / queueing delay /
-        latency (seconds), SLO attainment (fraction in [0, 1]), counters."""
+        """Percentiles of TTFT / TPOT / queueing delay / latency (seconds) over finished
+        requests, SLO attainment (fraction in [0, 1]) over every settled request, counters."""
         recs = self.records
         tpots = [r.tpot for r in recs if r.tpot is not None]
+        refused = sum(self.refused.values())
+        met = sum(r.slo_met for r in recs)
+        settled = len(recs) + len(self.shed) + refused
         return {
             "finished": len(recs),
-            "refused": sum(self.refused.values()),
+            "refused": refused,
             "refused_by_reason": dict(self.refused),
+            "shed": len(self.shed),
             "ttft": percentiles(r.ttft for r in recs),
             "tpot": percentiles(tpots),
             "queueing_delay": percentiles(r.queueing_delay for r in recs),
             "latency": percentiles(r.latency for r in recs),
-            "slo_attainment": (sum(r.slo_met for r in recs) / len(recs)) if recs else float("nan"),
+            "slo_met": met,
+            "slo_attainment": met / settled if settled else float("nan"),
             "preemptions": self.preemptions,
             "forced_preemptions": self.forced_preemptions,
             "wasted_recompute_tokens": self.wasted_recompute_tokens,
@@ -106,6 +117,3 @@ class SchedulerMetrics:
             "steps": self.steps,
             "batched_tokens": self.batched_tokens,
         }
-
-    def records_as_dicts(self) -> list[dict]:
-        return [asdict(r) for r in self.records]

@@ -14,7 +14,8 @@ One step (``get_batch``) in order:
 
 1. New submissions move from the thread-safe inbox into the waiting queue (an
    :class:`IndexedHeap` keyed by request id, scored by the policy; see
-   :mod:`llmds_torch.sched.policies`).
+   :mod:`llmds_torch.sched.policies`). Waiting requests whose score changed since the last
+   step (``slo``: turned urgent or late) are re-keyed, or dropped when ``shed_late`` says so.
 2. Running groups that decode get one token per member, highest score first, within
    ``max_batch_size`` and ``max_batch_tokens``. The cache's ``can_append`` is asked first; when
    pages run out the running request with the lowest score is preempted (detached; every member
@@ -46,7 +47,6 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import partial
 
 import numpy as np
 
@@ -65,14 +65,7 @@ from llmds_torch.sched.errors import (
 )
 from llmds_torch.sched.indexed_heap import IndexedHeap
 from llmds_torch.sched.metrics import RequestRecord, SchedulerMetrics
-from llmds_torch.sched.policies import (
-    DEFAULT_AGING_RATE,
-    POLICIES,
-    PolicyParams,
-    score_function,
-    tpot_slo_of,
-    ttft_slo_of,
-)
+from llmds_torch.sched.policies import DEFAULT_AGING_RATE, POLICIES, Policy, PolicyParams, tpot_slo_of, ttft_slo_of
 from llmds_torch.sched.request import Request, RequestState, RequestStatus, SequenceState
 
 _INT32_MAX = 2**31 - 1
@@ -115,8 +108,17 @@ class SchedulerConfig:
         has one, else unlimited.
     default_ttft_slo, default_tpot_slo : float
         Seconds assumed for requests without SLOs of their own (for ``slo`` and the metrics).
-    service_seconds_per_token : float
-        The ``slo`` policy's estimate of prefill seconds per token, used in the slack.
+    service_seconds_per_token, step_seconds : float
+        The ``slo`` policy's step-cost estimate: a step computing ``t`` tokens takes
+        ``step_seconds + service_seconds_per_token * t``; it decides which requests can still
+        meet their SLOs, and its size order. The defaults are the simulator's
+        :class:`~llmds_torch.sched.simulator.StepCostModel`; measure your model's and set them
+        (0, 0: only requests already past a deadline count as late).
+    slack_weight, late_penalty, urgent_window : float
+        The ``slo`` policy's ordering knobs (see :mod:`~llmds_torch.sched.policies`).
+    shed_late : bool
+        ``slo`` only: drop a waiting request that can no longer meet its SLOs before it produced
+        a token, instead of running it late (it counts as missed; see ``metrics.shed``).
     displace_margin : float | None
         A waiting request whose attach does not fit preempts a running one only when its score
         beats the victim's by more than this (policy units; ``inf``: never). Preempting to admit
@@ -133,7 +135,12 @@ class SchedulerConfig:
     max_context_len: int | None = None
     default_ttft_slo: float = 2.0
     default_tpot_slo: float = 0.2
-    service_seconds_per_token: float = 0.0
+    service_seconds_per_token: float = 5e-5
+    step_seconds: float = 0.005
+    slack_weight: float = 10.0
+    late_penalty: float = 100_000.0
+    urgent_window: float = 1.0
+    shed_late: bool = False
     displace_margin: float | None = None
 
     def __post_init__(self):
@@ -150,7 +157,10 @@ class SchedulerConfig:
             _positive_int("max_context_len", self.max_context_len)
         _non_negative("default_ttft_slo", self.default_ttft_slo)
         _non_negative("default_tpot_slo", self.default_tpot_slo)
-        _non_negative("service_seconds_per_token", self.service_seconds_per_token)
+        for name in ("service_seconds_per_token", "step_seconds", "slack_weight", "late_penalty", "urgent_window"):
+            _non_negative(name, getattr(self, name))
+        if self.shed_late and self.policy != "slo":
+            raise ConfigError("shed_late needs policy='slo' (only it knows which requests are late)")
         if self.displace_margin is not None and (isinstance(self.displace_margin, bool) or not isinstance(
                 self.displace_margin, (int, float)) or not (self.displace_margin >= 0)):
             raise ConfigError(f"displace_margin must be a number >= 0 (inf: never), got {self.displace_margin!r}")
@@ -165,7 +175,10 @@ class SchedulerConfig:
         aging = DEFAULT_AGING_RATE[self.policy] if self.aging_rate is None else float(self.aging_rate)
         return PolicyParams(aging_rate=aging, default_ttft_slo=self.default_ttft_slo,
                             default_tpot_slo=self.default_tpot_slo,
-                            service_seconds_per_token=self.service_seconds_per_token)
+                            service_seconds_per_token=self.service_seconds_per_token,
+                            step_seconds=self.step_seconds, max_batch_tokens=self.max_batch_tokens,
+                            slack_weight=self.slack_weight, late_penalty=self.late_penalty,
+                            urgent_window=self.urgent_window)
 
 
 # Off by default for every policy: in the simulator (benchmarks/sched.py), letting waiting requests
@@ -259,8 +272,8 @@ class Scheduler:
             raise ConfigError("config must be a SchedulerConfig")
         self.admission = admission
         self.clock = clock
-        self._score_fn = score_function(self.config.policy)
-        self._params = self.config.policy_params()
+        self._policy = Policy(self.config.policy, self.config.policy_params())
+        self._params = self._policy.params
         self.metrics = SchedulerMetrics()
         self._page_size = int(cache.page_size)
         self._cache_pages = int(_cache_setting(cache, "max_num_pages") or cache.num_pages)
@@ -297,6 +310,8 @@ class Scheduler:
         if not isinstance(request, Request):
             raise TypeError(f"submit takes a Request, got {type(request).__name__}")
         if now is not None and (isinstance(now, bool) or not isinstance(now, (int, float)) or not math.isfinite(now)):
+            with self._lock:
+                self.metrics.record_refusal("invalid_time")
             raise NonMonotonicTime(f"now must be a finite number of seconds, got {now!r}")
         try:
             self.check_fits(request)
@@ -311,6 +326,9 @@ class Scheduler:
                 arrival = float(request.arrival_time)
             else:
                 arrival = float(self.clock())
+                if not math.isfinite(arrival):
+                    self.metrics.record_refusal("invalid_time")
+                    raise NonMonotonicTime(f"the scheduler's clock returned {arrival!r}")
             request_id = self._next_id
             if self.admission is not None:
                 try:
@@ -350,13 +368,14 @@ class Scheduler:
         """The batch returned by ``get_batch`` and not yet completed or aborted."""
         return self._outstanding.batch if self._outstanding is not None else None
 
-    def score(self, state: RequestState) -> float:
-        return self._score_fn(state, self._params)
+    def score(self, state: RequestState, now: float | None = None) -> float:
+        """The policy's score of ``state`` at ``now`` (default: the latest step's time)."""
+        return self._policy.score(state, self._last_now if now is None else now)
 
     # ------------------------------------------------------------------ the loop (one thread)
     def _check_now(self, now) -> float:
-        if isinstance(now, bool) or not isinstance(now, (int, float)) or math.isnan(now):
-            raise NonMonotonicTime(f"now must be a number of seconds, got {now!r}")
+        if isinstance(now, bool) or not isinstance(now, (int, float)) or not math.isfinite(now):
+            raise NonMonotonicTime(f"now must be a finite number of seconds, got {now!r}")
         now = float(now)
         if now < self._last_now:
             raise NonMonotonicTime(f"now={now} is earlier than a time already given ({self._last_now})")
@@ -367,7 +386,34 @@ class Scheduler:
             arrived, self._inbox = self._inbox, []
         for state in arrived:
             self._states[state.request_id] = state
-            self._waiting.push(state.request_id, self.score(state))
+            self._queue(state)
+
+    def _queue(self, state: RequestState) -> None:
+        self._waiting.push(state.request_id, self.score(state))
+        self._policy.watch(state, self._last_now)
+
+    def _rekey_waiting(self) -> None:
+        """Re-score the waiting requests whose policy score changed (``slo``: turned urgent or late),
+        or shed them when the config says so."""
+        now = self._last_now
+        for request_id in self._policy.due(now):
+            if request_id not in self._waiting:
+                continue
+            state = self._states[request_id]
+            if self.config.shed_late and not state.output and self._policy.is_late(state, now):
+                self._shed(state)
+            else:
+                self._waiting.update(request_id, self.score(state))
+
+    def _shed(self, state: RequestState) -> None:
+        self._waiting.remove(state.request_id)
+        del self._states[state.request_id]
+        state.status = RequestStatus.FINISHED
+        state.finish_time = self._last_now
+        self.metrics.record_shed(state.request_id)
+        if self.admission is not None:
+            with self._lock:
+                self.admission.complete(state.request_id, generated_tokens=0, now=self._last_now)
 
     def get_batch(self, now: float) -> Batch:
         """Build the next step's batch at time ``now`` and make its cache reservations.
@@ -386,6 +432,7 @@ class Scheduler:
             raise SchedulerStateError("the previous batch is not completed; call complete_batch first")
         self._last_now = now
         self._drain_inbox()
+        self._rekey_waiting()
         wake = self._hold_for_company(now)
         if wake is not None:
             return Batch((), now, wake_time=wake)
@@ -454,7 +501,7 @@ class Scheduler:
         return wake if now < wake else None
 
     def _running_by_score(self) -> list[RequestState]:
-        return sorted(self._running.values(), key=partial(self._score_fn, params=self._params), reverse=True)
+        return sorted(self._running.values(), key=self.score, reverse=True)
 
     def _add_decodes(self, plan: _StepPlan, state: RequestState) -> None:
         position = state.request.prompt_len + state.num_output_tokens - 1
@@ -600,7 +647,7 @@ class Scheduler:
         state.status = RequestStatus.WAITING
         state.num_preemptions += 1
         self.metrics.preemptions += 1
-        self._waiting.push(state.request_id, self.score(state))
+        self._queue(state)
 
     # ------------------------------------------------------------------ completion
     def _parse_results(self, results) -> dict[int, StepResult]:

@@ -8,12 +8,16 @@ batch's KV is written (``mark_written``, which publishes full pages for prefix s
 sampling item gets a deterministic pseudo-token. A request generates exactly its trace
 ``output_len`` tokens (passed as ``max_new_tokens``, so ``srpt`` knows true lengths). Nothing
 reads the wall clock: the same trace, config and seed give the same result.
+
+Every request of the trace counts: SLO attainment is over all of them, a request refused at
+submit or shed by the scheduler counting as missed, and goodput is the number that met their
+SLOs per simulated second.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -66,7 +70,9 @@ class SimulationResult:
     Attributes
     ----------
     summary : dict
-        ``SchedulerMetrics.summary()`` plus ``sim_seconds``, ``submitted``, ``refused_at_submit``,
+        ``SchedulerMetrics.summary()`` (its ``slo_attainment`` counts refused and shed requests
+        as missed) plus ``sim_seconds``, ``requests`` (the trace's), ``submitted`` (admitted),
+        ``refused_at_submit``, ``goodput`` (requests meeting their SLOs per simulated second),
         ``prefix_hit_rate`` (of the block manager) and ``max_batch_tokens_seen``.
     records : list[RequestRecord]
         One per finished request.
@@ -89,7 +95,7 @@ def prompt_tokens(record: TraceRecord, index: int, system_prompt: np.ndarray, vo
 def simulate(trace: Sequence[TraceRecord], *, config: SchedulerConfig, num_pages: int, page_size: int = 16,
              cost: StepCostModel | None = None, admission: AdmissionController | None = None, seed: int = 0,
              vocab_size: int = 32000, max_steps: int = 10_000_000, keep_batches: bool = False,
-             check_invariants_every: int = 0) -> SimulationResult:
+             check_invariants_every: int = 0, progress: Callable[[int], None] | None = None) -> SimulationResult:
     """Replay ``trace`` and return the scheduler's metrics.
 
     Parameters
@@ -105,11 +111,15 @@ def simulate(trace: Sequence[TraceRecord], *, config: SchedulerConfig, num_pages
         Seeds the system prompt's token ids (request token ids derive from their index).
     vocab_size : int
     max_steps : int
-        Safety stop; exceeding it raises RuntimeError (a scheduler that stops making progress).
+        Safety stop on loop iterations, empty steps included; exceeding it raises RuntimeError
+        (so does an empty step after which simulated time would not advance).
     keep_batches : bool
         Keep ``(num_items, num_tokens)`` of every step in the result.
     check_invariants_every : int
         When > 0, run ``BlockManager.check_invariants`` every that many steps (tests).
+    progress : callable(int) | None
+        Called with the number of trace requests settled (finished, refused or shed) each time
+        it grows, e.g. to advance a progress bar.
     """
     cost = cost or StepCostModel()
     manager = BlockManager(num_pages=num_pages, page_size=page_size, salt=f"simulator-{seed}")
@@ -117,10 +127,14 @@ def simulate(trace: Sequence[TraceRecord], *, config: SchedulerConfig, num_pages
     order = sorted(range(len(trace)), key=lambda i: trace[i].arrival_time)
     longest_prefix = max((r.shared_prefix_len for r in trace), default=0)
     system_prompt = np.random.default_rng(seed).integers(0, vocab_size, size=longest_prefix)
-    now, next_index, refused, submitted, steps = 0.0, 0, 0, 0, 0
+    now, next_index, refused, submitted, steps, iterations, settled = 0.0, 0, 0, 0, 0, 0, 0
     batches: list[tuple[int, int]] = []
     max_tokens_seen = 0
+    metrics = scheduler.metrics
     while next_index < len(order) or scheduler.has_work():
+        iterations += 1
+        if iterations > max_steps:
+            raise RuntimeError(f"simulation exceeded max_steps={max_steps}")
         while next_index < len(order) and trace[order[next_index]].arrival_time <= now:
             index = order[next_index]
             record = trace[index]
@@ -133,12 +147,15 @@ def simulate(trace: Sequence[TraceRecord], *, config: SchedulerConfig, num_pages
             except (RequestRefused, RequestTooLarge):
                 refused += 1
         batch = scheduler.get_batch(now)
+        if progress is not None and refused + len(metrics.records) + len(metrics.shed) > settled:
+            settled = refused + len(metrics.records) + len(metrics.shed)
+            progress(settled)
         if not batch:
-            now = _next_event(now, batch, trace, order, next_index, scheduler)
+            if next_index >= len(order) and not scheduler.has_work():
+                break  # the last arrivals were refused
+            now = _next_event(now, batch, trace, order, next_index)
             continue
         steps += 1
-        if steps > max_steps:
-            raise RuntimeError(f"simulation exceeded max_steps={max_steps}")
         kv_read = sum(item.end for item in batch.items)
         now += cost.step_seconds(batch.num_tokens, kv_read)
         for item in batch.items:
@@ -149,10 +166,13 @@ def simulate(trace: Sequence[TraceRecord], *, config: SchedulerConfig, num_pages
             batches.append((len(batch), batch.num_tokens))
         if check_invariants_every and steps % check_invariants_every == 0:
             manager.check_invariants()
-    summary = scheduler.metrics.summary()
-    summary.update(sim_seconds=now, submitted=submitted, refused_at_submit=refused,
+    if progress is not None and refused + len(metrics.records) + len(metrics.shed) > settled:
+        progress(refused + len(metrics.records) + len(metrics.shed))
+    summary = metrics.summary()
+    summary.update(sim_seconds=now, requests=len(trace), submitted=submitted, refused_at_submit=refused,
+                   goodput=summary["slo_met"] / now if now > 0 else 0.0,
                    prefix_hit_rate=manager.stats()["prefix_hit_rate"], max_batch_tokens_seen=max_tokens_seen)
-    return SimulationResult(summary, list(scheduler.metrics.records), batches)
+    return SimulationResult(summary, list(metrics.records), batches)
 
 
 def _pseudo_tokens(batch: Batch, vocab_size: int) -> list[StepResult]:
@@ -160,8 +180,8 @@ def _pseudo_tokens(batch: Batch, vocab_size: int) -> list[StepResult]:
             for item in batch.items if item.samples]
 
 
-def _next_event(now: float, batch: Batch, trace, order, next_index: int, scheduler: Scheduler) -> float:
-    """The time to jump to when a step had nothing to run."""
+def _next_event(now: float, batch: Batch, trace, order, next_index: int) -> float:
+    """The time to jump to when a step had nothing to run; it must lie after ``now``."""
     candidates = []
     if next_index < len(order):
         candidates.append(trace[order[next_index]].arrival_time)
@@ -169,4 +189,7 @@ def _next_event(now: float, batch: Batch, trace, order, next_index: int, schedul
         candidates.append(batch.wake_time)
     if not candidates:
         raise RuntimeError("the scheduler has unfinished requests but scheduled nothing and nothing will arrive")
-    return max(now, min(candidates))
+    later = min(candidates)
+    if not later > now:  # also NaN: without this guard the loop would spin on empty steps
+        raise RuntimeError(f"simulated time would not advance past {now} (next event at {later})")
+    return later

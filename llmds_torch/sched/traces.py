@@ -39,6 +39,19 @@ class TraceRecord:
     tpot_slo: float | None = None
     shared_prefix_len: int = 0
 
+    def __post_init__(self):
+        if isinstance(self.arrival_time, bool) or not math.isfinite(self.arrival_time):
+            raise MalformedTrace(f"arrival_time must be a finite number of seconds, got {self.arrival_time!r}")
+        if self.prompt_len < 1 or self.output_len < 1:
+            raise MalformedTrace(f"prompt_len and output_len must be >= 1, got {self.prompt_len}, {self.output_len}")
+        if not 0 <= self.shared_prefix_len <= self.prompt_len:
+            raise MalformedTrace(f"shared_prefix_len must lie in [0, prompt_len={self.prompt_len}], "
+                                 f"got {self.shared_prefix_len}")
+        for name in ("ttft_slo", "tpot_slo"):
+            value = getattr(self, name)
+            if value is not None and not (0 <= value < math.inf):
+                raise MalformedTrace(f"{name} must be a finite number >= 0 or None, got {value!r}")
+
 
 @dataclass(frozen=True, slots=True)
 class SLOClass:
@@ -115,25 +128,87 @@ def synthetic_trace(num_requests: int, *, rate: float = 10.0, burstiness: float 
     return records
 
 
-def _parse_timestamp(text: str) -> float:
-    """Seconds (float) from a number or a ``YYYY-MM-DD HH:MM:SS[.fraction]`` timestamp."""
+def merge_traces(*traces: Sequence[TraceRecord]) -> list[TraceRecord]:
+    """One trace holding every record of ``traces``, sorted by arrival time (stable)."""
+    return sorted((r for trace in traces for r in trace), key=lambda r: r.arrival_time)
+
+
+INTERACTIVE = SLOClass(1.0, ttft_slo=0.5, tpot_slo=0.1)
+BATCH = SLOClass(1.0, ttft_slo=10.0, tpot_slo=0.5)
+SUITE_REGIMES = ("light", "heavy_single_class", "mixed_classes", "long_shared_prefix", "overload_bursts")
+
+
+def trace_suite(scale: float = 1.0, seed: int = 0) -> dict[str, list[TraceRecord]]:
+    """Seeded traces of five load regimes, for comparing policies (sizes times ``scale``).
+
+    ``light``               1,000 requests at 4/s, two SLO classes (interactive / batch): the
+                            device keeps up; every policy should meet nearly every SLO.
+    ``heavy_single_class``  3,000 requests at 25/s, bursty, one class (TTFT 2 s, TPOT 0.1 s):
+                            queues build up during bursts.
+    ``mixed_classes``       short interactive chat (TTFT 0.5 s, TPOT 0.1 s) and long batch
+                            summaries (TTFT 10 s, TPOT 0.5 s) interleaved, 2,000 requests.
+    ``long_shared_prefix``  1,000 long prompts at 20/s (median 1,536 tokens), 80 % behind one
+                            1,024-token system prompt, TTFT 3 s, TPOT 0.2 s.
+    ``overload_bursts``     2,000 requests at 60/s in heavy bursts (squared CV 16), well past
+                            capacity, one class (TTFT 1 s, TPOT 0.2 s).
+
+    The rates are chosen for the simulator's default :class:`StepCostModel` and a scheduler with
+    ``max_batch_size=128, max_batch_tokens=2048`` on 1,024 pages of 16 tokens.
+    """
+    def n(count: int) -> int:
+        return max(1, int(round(count * scale)))
+
+    interactive = dict(prompt_median=128.0, output_median=48.0, max_output_len=256, slo_classes=(INTERACTIVE,))
+    batch = dict(prompt_median=1024.0, output_median=256.0, max_output_len=1024, slo_classes=(BATCH,))
+    return {
+        "light": synthetic_trace(n(1000), rate=4.0, burstiness=1.0, seed=seed),
+        "heavy_single_class": synthetic_trace(n(3000), rate=25.0, burstiness=4.0, seed=seed + 1,
+                                              slo_classes=(SLOClass(1.0, ttft_slo=2.0, tpot_slo=0.1),)),
+        "mixed_classes": merge_traces(
+            synthetic_trace(n(1400), rate=14.0, burstiness=4.0, seed=seed + 2, **interactive),
+            synthetic_trace(n(600), rate=6.0, burstiness=4.0, seed=seed + 3, **batch)),
+        "long_shared_prefix": synthetic_trace(n(1000), rate=20.0, burstiness=2.0, prompt_median=512.0,
+                                              prompt_sigma=0.5, max_prompt_len=3072, seed=seed + 4,
+                                              shared_prefix_len=1024, shared_prefix_fraction=0.8,
+                                              slo_classes=(SLOClass(1.0, ttft_slo=3.0, tpot_slo=0.2),)),
+        "overload_bursts": synthetic_trace(n(2000), rate=60.0, burstiness=16.0, seed=seed + 5,
+                                           slo_classes=(SLOClass(1.0, ttft_slo=1.0, tpot_slo=0.2),)),
+    }
+
+
+_EPOCH = datetime(1970, 1, 1)
+
+
+def parse_timestamp(text: str) -> float:
+    """Seconds from plain seconds (``12.5``) or an ISO 8601 timestamp as
+    :meth:`datetime.fromisoformat` reads it (``2023-11-16 18:15:46.6805900``, a ``T`` separator,
+    a UTC offset ``+00:00`` or ``Z``; fractions past microseconds are truncated). A timestamp
+    without an offset counts as UTC. Raises ``ValueError`` when malformed or not finite."""
     text = text.strip()
     try:
-        return float(text)
+        seconds = float(text)
     except ValueError:
-        pass
-    base, _, fraction = text.partition(".")
-    moment = datetime.fromisoformat(base)  # ValueError when malformed
-    seconds = moment.timestamp() if moment.tzinfo else (moment - datetime(1970, 1, 1)).total_seconds()
-    if fraction:
-        digits = fraction.rstrip("Z")
-        if not digits.isdigit():
-            raise ValueError(f"bad fractional seconds {fraction!r}")
-        seconds += float("0." + digits)
+        moment = datetime.fromisoformat(text)  # ValueError when malformed
+        seconds = moment.timestamp() if moment.tzinfo else (moment - _EPOCH).total_seconds()
+    if not math.isfinite(seconds):
+        raise ValueError(f"timestamp {text!r} is not finite")
     return seconds
 
 
 AZURE_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
+
+
+def _parse_row(row: dict, where: str) -> tuple[float, int, int]:
+    """``(seconds, context tokens, generated tokens)`` of one CSV row; ``where`` names it."""
+    try:
+        stamp = parse_timestamp(row["TIMESTAMP"] or "")
+        context = int(row["ContextTokens"])
+        generated = int(row["GeneratedTokens"])
+    except (TypeError, ValueError) as err:
+        raise MalformedTrace(f"{where}: cannot parse {dict(row)} ({err})") from None
+    if context < 0 or generated < 0:
+        raise MalformedTrace(f"{where}: negative token count in {dict(row)}")
+    return stamp, max(context, 1), max(generated, 1)
 
 
 def read_azure_trace(path: str | os.PathLike, *, ttft_slo: float | None = None, tpot_slo: float | None = None,
@@ -143,8 +218,8 @@ def read_azure_trace(path: str | os.PathLike, *, ttft_slo: float | None = None, 
     Parameters
     ----------
     path : str | PathLike
-        A CSV with a header holding at least ``TIMESTAMP``, ``ContextTokens``, ``GeneratedTokens``;
-        timestamps are ``YYYY-MM-DD HH:MM:SS.fffffff`` or plain seconds.
+        A UTF-8 CSV with a header holding at least ``TIMESTAMP``, ``ContextTokens``,
+        ``GeneratedTokens``; timestamps as :func:`parse_timestamp` reads them.
     ttft_slo, tpot_slo : float | None
         SLOs given to every record.
     limit : int | None
@@ -163,35 +238,30 @@ def read_azure_trace(path: str | os.PathLike, *, ttft_slo: float | None = None, 
     TraceFileNotFound
         ``path`` does not exist.
     MalformedTrace
-        A missing column, a non-numeric or negative count, or an unparsable timestamp (the
-        message names the line).
+        A missing column, a non-numeric or negative count, an unparsable or non-finite
+        timestamp, or bytes that are not UTF-8 (the message names the line).
     """
-    if not time_scale > 0:
+    if not 0 < time_scale < math.inf:
         raise ConfigError(f"time_scale must be > 0, got {time_scale}")
     if not os.path.isfile(path):
         raise TraceFileNotFound(f"trace file {os.fspath(path)!r} does not exist")
+    name = os.fspath(path)
     rows: list[tuple[float, int, int]] = []
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        missing = [c for c in AZURE_COLUMNS if c not in header]
-        if missing:
-            raise MalformedTrace(f"{os.fspath(path)}: header {header} lacks columns {missing}; "
-                                 f"need {list(AZURE_COLUMNS)}")
-        reader.fieldnames = header
-        for row in reader:
-            if limit is not None and len(rows) >= limit:
-                break
-            line = reader.line_num
-            try:
-                stamp = _parse_timestamp(row["TIMESTAMP"] or "")
-                context = int(row["ContextTokens"])
-                generated = int(row["GeneratedTokens"])
-            except (TypeError, ValueError) as err:
-                raise MalformedTrace(f"{os.fspath(path)} line {line}: cannot parse {dict(row)} ({err})") from None
-            if context < 0 or generated < 0:
-                raise MalformedTrace(f"{os.fspath(path)} line {line}: negative token count in {dict(row)}")
-            rows.append((stamp, max(context, 1), max(generated, 1)))
+        try:
+            header = [h.strip() for h in (reader.fieldnames or [])]
+            missing = [c for c in AZURE_COLUMNS if c not in header]
+            if missing:
+                raise MalformedTrace(f"{name}: header {header} lacks columns {missing}; need {list(AZURE_COLUMNS)}")
+            reader.fieldnames = header
+            for row in reader:
+                if limit is not None and len(rows) >= limit:
+                    break
+                rows.append(_parse_row(row, f"{name} line {reader.line_num}"))
+        except UnicodeDecodeError as err:
+            raise MalformedTrace(f"{name} line {reader.line_num + 1}: not UTF-8 text ({err.reason} at byte "
+                                 f"{err.start} of the block read)") from None
     if not rows:
         return []
     rows.sort(key=lambda r: r[0])

@@ -18,9 +18,10 @@ PARAMS = PolicyParams(aging_rate=0.0, default_ttft_slo=2.0, default_tpot_slo=0.2
 
 def state(prompt_len=100, max_new=11, arrival=1.0, ttft=0.5, tpot=0.05, **fields):
     request = Request(list(range(1, prompt_len + 1)), max_new, ttft_slo=ttft, tpot_slo=tpot)
-    s = RequestState(0, request, arrival, prefill_tokens=list(request.prompt))
+    s = RequestState(0, request, arrival)
+    member = s.members[0]
     for name, value in fields.items():
-        setattr(s, name, value)
+        setattr(member if name in ("output", "num_computed") else s, name, value)
     return s
 
 
@@ -35,12 +36,12 @@ def test_feasibility_before_the_first_token():
     assert late_at(s, PARAMS) == pytest.approx(1.5 - 0.12)
     assert not is_late(s, PARAMS, 1.38 - 1e-9) and not is_late(s, PARAMS, late_at(s, PARAMS))
     assert is_late(s, PARAMS, 1.381)
-    s.num_computed = 64  # one chunk done: one step and 36 tokens left
+    s.members[0].num_computed = 64  # one chunk done: one step and 36 tokens left
     assert late_at(s, PARAMS) == pytest.approx(1.5 - (0.01 + 0.036))
 
 
 def test_feasibility_after_the_first_token():
-    s = state(first_token_time=1.2, output=[5, 6, 7], num_computed=100)
+    s = state(first_token_time=1.2, output=[5, 6, 7], num_computed=102)  # decoding: prompt + 2 fed back
     # finish by 1.2 + 0.05 * 10 = 1.7; 8 tokens left, one step each
     assert late_at(s, PARAMS) == pytest.approx(1.7 - 8 * 0.011)
     late_first = state(first_token_time=1.6, output=[5], num_computed=100)  # TTFT 0.6 > 0.5

@@ -12,14 +12,14 @@ attention call. Masks are not needed (the metadata says which keys each query se
 registered mask function returns ``None``.
 """
 
-import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 from llmds_torch.attention import AttentionMetadata, paged_attention
-from llmds_torch.errors import InvalidTokenIds, LLMDSError
+from llmds_torch.errors import LLMDSError
+from llmds_torch.models.step_inputs import StepInputs
 
 ATTENTION_NAME = "llmds_paged"
 
@@ -36,62 +36,41 @@ class PagedStep:
     Attributes
     ----------
     cache : PagedKVCache
-    slot_mapping : int64 ``[num_new_tokens]``, the cache slots the new tokens' K/V go to, in row order
-    metadata : AttentionMetadata for the step's sequences (decode or prefill form)
-    input_ids : int64 ``[1, num_new_tokens]``, the new tokens of all sequences, packed
-    position_ids : int64 ``[1, num_new_tokens]``, each token's position in its sequence
-    last_rows : int64 ``[batch]``, the row of each sequence's last new token
+    inputs : StepInputs of the step (packed tokens, positions, slot mapping, attention metadata)
     """
 
     cache: object
-    slot_mapping: torch.Tensor
-    metadata: AttentionMetadata
-    input_ids: torch.Tensor
-    position_ids: torch.Tensor
-    last_rows: torch.Tensor
+    inputs: StepInputs
+
+    @property
+    def slot_mapping(self) -> torch.Tensor:
+        """int64 ``[num_new_tokens]``, the cache slots the new tokens' K/V go to, in row order."""
+        return self.inputs.slot_mapping
+
+    @property
+    def metadata(self) -> AttentionMetadata:
+        return self.inputs.metadata
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        """int64 ``[1, num_new_tokens]``, the new tokens of all sequences packed into one row."""
+        return self.inputs.token_ids[None]
+
+    @property
+    def position_ids(self) -> torch.Tensor:
+        """int64 ``[1, num_new_tokens]``, each token's position in its sequence."""
+        return self.inputs.positions[None]
+
+    @property
+    def last_rows(self) -> torch.Tensor:
+        """int64 ``[batch]``, the row of each sequence's last new token."""
+        return self.inputs.last_rows
 
     @classmethod
     def build(cls, cache, seq_ids: Sequence[int], token_ids: Sequence[Sequence[int]],
               device: torch.device) -> "PagedStep":
-        """Plan one step: ``token_ids[i]`` are the next reserved, unwritten tokens of sequence
-        ``seq_ids[i]`` (a whole prompt, a prompt chunk, or one decode token).
-
-        Raises
-        ------
-        ValueError
-            Not one non-empty token list per sequence, or more tokens than the sequence reserved.
-        InvalidTokenIds
-            ``token_ids[i]`` differ from what the cache reserved for the sequence.
-        """
-        batch = len(seq_ids)
-        if batch != len(token_ids) or batch == 0:
-            raise ValueError(f"forward needs one non-empty token list per sequence, got {batch} "
-                             f"sequences and {len(token_ids)} token lists")
-        query_lens = [len(t) for t in token_ids]
-        starts = [cache.num_written(s) for s in seq_ids]
-        pending = [cache.num_tokens(s) - w for s, w in zip(seq_ids, starts)]
-        for s, n, p in zip(seq_ids, query_lens, pending):
-            if not 1 <= n <= p:
-                raise ValueError(f"sequence {s} has {p} reserved tokens to compute; asked for {n} "
-                                 f"(allowed: 1 to {p})")
-        for s, toks in zip(seq_ids, token_ids):
-            # KV of other tokens than the reserved ones would be published under their prefix key.
-            if list(toks) != cache.pending_token_ids(s)[:len(toks)]:
-                raise InvalidTokenIds(f"token_ids for sequence {s} differ from the tokens the cache reserved "
-                                      "for it (cache.pending_token_ids)")
-        slots = cache.slot_mapping(list(seq_ids))
-        if pending != query_lens:  # keep the first query_lens[i] of each sequence's pending slots
-            slots = torch.cat([part[:n] for part, n in zip(torch.split(slots, pending), query_lens)])
-        is_decode = pending == query_lens and all(n == 1 for n in query_lens)
-        metadata = AttentionMetadata.build(cache, seq_ids, None if is_decode else query_lens)
-        if pending != query_lens:  # a prompt chunk: attend over the written part plus the chunk only
-            kv_lens = torch.tensor([w + n for w, n in zip(starts, query_lens)], dtype=torch.int32)
-            metadata = dataclasses.replace(metadata, seq_lens=kv_lens.to(metadata.seq_lens.device))
-        input_ids = torch.tensor([t for toks in token_ids for t in toks], dtype=torch.int64)
-        positions = torch.cat([torch.arange(w, w + n) for w, n in zip(starts, query_lens)])
-        last_rows = torch.tensor(query_lens).cumsum(0) - 1
-        return cls(cache, slots.to(cache.config.torch_device), metadata, input_ids[None].to(device),
-                   positions[None].to(device), last_rows.to(device))
+        """Plan one step (see :meth:`StepInputs.build`, whose errors it raises)."""
+        return cls(cache, StepInputs.build(cache, seq_ids, token_ids, device))
 
 
 def paged_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,

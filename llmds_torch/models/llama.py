@@ -10,7 +10,6 @@ Two forward paths share the weights:
   the oracle the paged path is tested against.
 """
 
-import dataclasses
 from collections.abc import Sequence
 
 import torch
@@ -18,9 +17,10 @@ from torch import nn
 import torch.nn.functional as F
 
 from llmds_torch.errors import ContextWindowExceeded, InvalidTokenIds
-from llmds_torch.attention import AttentionMetadata, paged_attention
+from llmds_torch.attention import paged_attention
 from llmds_torch.models.config import LlamaConfig
 from llmds_torch.models.layers import apply_rope, dense_causal_attention, rms_norm, rope_cos_sin, swiglu
+from llmds_torch.models.step_inputs import StepInputs
 
 
 class LlamaLayer(nn.Module):
@@ -212,42 +212,12 @@ class LlamaModel(nn.Module):
         -------
         Tensor ``[batch, vocab_size]``: logits after the last new token of each sequence.
         """
-        batch = len(seq_ids)
-        if batch != len(token_ids) or batch == 0:
-            raise ValueError(f"forward needs one non-empty token list per sequence, got {batch} "
-                             f"sequences and {len(token_ids)} token lists")
-        query_lens = [len(t) for t in token_ids]
-        starts = [cache.num_written(s) for s in seq_ids]
-        pending = [cache.num_tokens(s) - w for s, w in zip(seq_ids, starts)]
-        for s, n, p in zip(seq_ids, query_lens, pending):
-            if not 1 <= n <= p:
-                raise ValueError(f"sequence {s} has {p} reserved tokens to compute; asked for {n} "
-                                 f"(allowed: 1 to {p})")
-        for s, toks in zip(seq_ids, token_ids):
-            # KV computed for other tokens than the reserved ones would be published under the
-            # reserved tokens' prefix key, where no later token check could catch it.
-            if list(toks) != cache.pending_token_ids(s)[:len(toks)]:
-                raise InvalidTokenIds(f"token_ids for sequence {s} differ from the tokens the cache reserved "
-                                      "for it (cache.pending_token_ids)")
-        flat = [t for toks in token_ids for t in toks]
-        self.check_token_ids(flat)
-        device = self.device
-        ids = torch.tensor(flat, dtype=torch.int64, device=device)  # [N]
-        positions = torch.cat([torch.arange(w, w + n) for w, n in zip(starts, query_lens)]).to(device)
-        slot_mapping = cache.slot_mapping(list(seq_ids), num_tokens=query_lens).to(device)
-        # One new token for every sequence: the decode kernel (split over long contexts); otherwise
-        # the causal prefill kernel over each sequence's cached prefix and its new tokens.
-        is_decode = pending == query_lens and all(n == 1 for n in query_lens)
-        metadata = AttentionMetadata.build(cache, seq_ids, None if is_decode else query_lens)
-        if pending != query_lens:  # a prompt chunk: attend over the written part plus the chunk only
-            kv_lens = torch.tensor([w + n for w, n in zip(starts, query_lens)], dtype=torch.int32)
-            metadata = dataclasses.replace(metadata, seq_lens=kv_lens.to(metadata.seq_lens.device))
-
-        x = self.embed_tokens[ids]  # [N, hidden]
+        step = StepInputs.build(cache, seq_ids, token_ids, self.device)
+        self.check_token_ids(step.token_ids)
+        x = self.embed_tokens[step.token_ids]  # [N, hidden]
         for index, layer in enumerate(self.layers):
-            q, k, v = self._qkv(layer, x, positions)  # q: [N, H, D], k, v: [N, Hkv, D]
-            cache.write(index, slot_mapping, k, v)
-            attn = paged_attention(q, cache.layer(index), metadata)  # [N, H, D]
+            q, k, v = self._qkv(layer, x, step.positions)  # q: [N, H, D], k, v: [N, Hkv, D]
+            cache.write(index, step.slot_mapping, k, v)
+            attn = paged_attention(q, cache.layer(index), step.metadata)  # [N, H, D]
             x = self._finish_layer(layer, x, attn)
-        last_rows = torch.tensor(query_lens, device=device).cumsum(0) - 1  # [B]
-        return self._logits(x[last_rows])
+        return self._logits(x[step.last_rows])

@@ -21,7 +21,7 @@ Needs the ``hf`` extra (``pip install llmds-torch[hf]``).
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -46,15 +46,6 @@ CUDA_KV_CACHE_FRACTION = 0.5
 
 class MissingTokenizer(ConfigError):
     """A text prompt was given, but the model has no tokenizer."""
-
-
-@dataclass(frozen=True, slots=True)
-class CacheShape:
-    """The sizes the generation engine reads from ``model.config``."""
-
-    num_layers: int
-    num_kv_heads: int
-    head_dim: int
 
 
 def _pool_pages(needs: AttentionNeeds, page_size: int, page_bytes: int, device: torch.device,
@@ -108,8 +99,6 @@ class PagedCausalLM:
     hf_model, tokenizer, engine_config : as given
     needs : AttentionNeeds
         The cache shape, vocabulary, context length and per-layer windows read from the config.
-    config : CacheShape
-        ``num_layers``, ``num_kv_heads``, ``head_dim``: what ``GenerationEngine`` reads from ``model.config``.
 
     Raises
     ------
@@ -154,7 +143,6 @@ class PagedCausalLM:
         self.needs = needs
         self.tokenizer = tokenizer
         self.engine_config = engine_config
-        self.config = CacheShape(needs.num_layers, needs.num_kv_heads, needs.head_dim)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
@@ -330,4 +318,4 @@ def _has_tokenizer(path) -> bool:
                                                                            "tokenizer.model", "vocab.json"))
 
 
-__all__ = ["PagedCausalLM", "MissingTokenizer", "CacheShape"]
+__all__ = ["PagedCausalLM", "MissingTokenizer"]

@@ -1,29 +1,55 @@
-"""CPU cost of the block manager on a synthetic chat workload.
+"""CPU cost of the block manager on a chat workload, beside nano-vllm's block manager in the same run.
 
-Many requests share a long system prompt; then a batch of 256 sequences decodes. Reported:
-microseconds per attach (with prefix hit), per decode-step ``append_batch`` of the whole batch, per
-full decode-step bookkeeping (append + slot mapping + one write record per layer), per detach; and
-prefix hashing throughput in tokens/s side by side with raw ``hashlib.sha256`` over the same bytes.
+N requests (256 and 1,024) share a 1,024-token system prompt and add 256 tokens of their own; page
+size 16. Phases, per request or per step:
+
+- attach + prefill + publish: ``can_attach``, ``attach`` (prefix hit on the system prompt), the
+  prompt's ``slot_mapping`` and one ``record_write`` per layer (32), which publishes its pages.
+  nano-vllm: ``can_allocate``, ``allocate``, ``hash_blocks``.
+- one decode step for all N: ``can_append``, ``append_batch`` (one token each, in every input form:
+  ints, one-element lists, a numpy array, a torch tensor, a 2-D numpy array), ``slot_mapping``,
+  ``block_table``, ``seq_lens``, one ``record_write`` per layer (32), publishing filled pages.
+  nano-vllm: ``hash_blocks`` + ``append_token`` (its postprocess), ``can_append`` + ``may_append``
+  (its schedule), ``prepare_decode`` on the host (slot mapping, context lengths, padded block table).
+- detach, per request. nano-vllm: ``deallocate``.
+
+Also prefix hashing throughput in tokens/s beside raw ``hashlib.sha256`` over the same bytes.
 
     python -m benchmarks.kv_manager [--quick]
 """
 
 import argparse
+import cProfile
 import hashlib
+import io
+import pstats
 import time
 
 import numpy as np
+import torch
 
+from benchmarks import nanovllm_baseline as nano
 from benchmarks._common import print_table, write_results
 from llmds_torch.kv import BlockManager
 from llmds_torch.kv.prefix_index import chain_prefix, page_keys
 
+SYSTEM_LEN, USER_LEN, PAGE, LAYERS = 1024, 256, 16, 32
+FORMS = {
+    "ints": lambda t: t.tolist(),
+    "lists": lambda t: [[x] for x in t.tolist()],
+    "numpy": lambda t: t,
+    "tensor": lambda t: torch.from_numpy(t),
+    "numpy_2d": lambda t: t[:, None],
+}
 
-def per_call_us(fn, n):
-    t0 = time.perf_counter()
-    for i in range(n):
-        fn(i)
-    return (time.perf_counter() - t0) / n * 1e6
+
+def workload(batch: int, steps: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    system = rng.integers(0, 32000, SYSTEM_LEN).tolist()
+    prompts = [system + rng.integers(0, 32000, USER_LEN).tolist() for _ in range(batch)]
+    tokens = rng.integers(0, 32000, (steps, batch))
+    warm = system + [1]
+    return warm, prompts, tokens
 
 
 def hashing(page_size: int, num_tokens: int, repeat: int) -> dict:
@@ -54,63 +80,140 @@ def hashing(page_size: int, num_tokens: int, repeat: int) -> dict:
                 raw_tokens_per_s=best["raw_hashlib"], ratio=best["ours"] / best["raw_hashlib"])
 
 
-def chat_workload(batch: int, system_len: int, user_len: int, steps: int, page_size: int, num_layers: int) -> dict:
-    rng = np.random.default_rng(0)
-    system = rng.integers(0, 32000, system_len).tolist()
-    pages_needed = batch * ((system_len + user_len + steps) // page_size + 2)
-    manager = BlockManager(pages_needed, page_size, num_layers=num_layers)
-    warm = manager.attach(system + [1])
-    manager.mark_written(warm)
-    prompts = [system + rng.integers(0, 32000, user_len).tolist() for _ in range(batch)]
+def run_ours(batch: int, steps: int, form: str, profile: bool = False) -> dict:
+    warm, prompts, tokens = workload(batch, steps)
+    num_pages = batch * ((SYSTEM_LEN + USER_LEN + steps) // PAGE + 2)
+    manager = BlockManager(num_pages, PAGE, num_layers=LAYERS)
+    w = manager.attach(warm)
+    manager.mark_written(w)
     seqs = []
-
-    def attach(i):
-        seqs.append(manager.attach(prompts[i]))
-
-    attach_us = per_call_us(attach, batch)
-    for s in seqs:
-        manager.mark_written(s)
-    hit_rate = manager.stats()["prefix_hit_rate"]
-    tokens = rng.integers(0, 32000, (steps, batch)).tolist()
-
-    # append alone (each step's tokens recorded as written afterwards, outside the timed region)
-    t_append = []
-    for i in range(steps // 2):
-        t0 = time.perf_counter()
-        manager.append_batch(seqs, tokens[i])
-        t_append.append(time.perf_counter() - t0)
-        for layer in range(num_layers):
-            manager.record_write(layer, manager.slot_mapping(seqs))
-
-    # the whole decode-step bookkeeping: append, slot mapping, one write record per layer
-    t_step = []
-    for i in range(steps // 2, steps):
-        t0 = time.perf_counter()
-        manager.append_batch(seqs, tokens[i])
-        slots = manager.slot_mapping(seqs)
-        for layer in range(num_layers):
+    t0 = time.perf_counter()
+    for prompt in prompts:
+        assert manager.can_attach(prompt)
+        s = manager.attach(prompt)
+        slots = manager.slot_mapping([s])
+        for layer in range(LAYERS):
             manager.record_write(layer, slots)
-        t_step.append(time.perf_counter() - t0)
+        seqs.append(s)
+    attach_us = (time.perf_counter() - t0) / batch * 1e6
+    inputs = [FORMS[form](tokens[i]) for i in range(steps)]
+    profiler = cProfile.Profile() if profile else None
+    parts = {"append": [], "slots": [], "tables": [], "writes": []}
+    step_times = []
+    for i in range(steps):
+        if profiler:
+            profiler.enable()
+        t0 = time.perf_counter()
+        assert manager.can_append(seqs, 1)
+        manager.append_batch(seqs, inputs[i])
+        t1 = time.perf_counter()
+        slots = manager.slot_mapping(seqs)
+        t2 = time.perf_counter()
+        manager.block_table(seqs)
+        manager.seq_lens(seqs)
+        t3 = time.perf_counter()
+        for layer in range(LAYERS):
+            manager.record_write(layer, slots)
+        t4 = time.perf_counter()
+        if profiler:
+            profiler.disable()
+        step_times.append(t4 - t0)
+        for key, dt in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+            parts[key].append(dt)
+    assert all(manager.num_written(s) == manager.num_tokens(s) for s in seqs[:4])
+    assert manager.stats()["prefix_hit_tokens"] == batch * SYSTEM_LEN
     manager.check_invariants()
-    detach_us = per_call_us(lambda i: manager.detach(seqs[i]), batch)
-    return dict(batch=batch, system_len=system_len, user_len=user_len, page_size=page_size,
-                num_layers=num_layers, prefix_hit_rate=hit_rate, attach_us=attach_us,
-                append_batch_us=float(np.median(t_append)) * 1e6,
-                decode_step_bookkeeping_us=float(np.median(t_step)) * 1e6, detach_us=detach_us)
+    t0 = time.perf_counter()
+    for s in seqs:
+        manager.detach(s)
+    detach_us = (time.perf_counter() - t0) / batch * 1e6
+    row = dict(impl="llmds_torch", batch=batch, form=form, attach_prefill_publish_us=attach_us,
+               decode_step_us=float(np.median(step_times)) * 1e6, detach_us=detach_us,
+               **{f"step_{k}_us": float(np.median(v)) * 1e6 for k, v in parts.items()})
+    if profiler:
+        out = io.StringIO()
+        pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(12)
+        row["profile"] = out.getvalue()
+    return row
+
+
+def run_nano(batch: int, steps: int) -> dict:
+    warm, prompts, tokens = workload(batch, steps)
+    num_pages = batch * ((SYSTEM_LEN + USER_LEN + steps) // PAGE + 2)
+    nano.Sequence.block_size = PAGE
+    bm = nano.BlockManager(num_pages, PAGE)
+
+    def prefill(seq):
+        cached = bm.can_allocate(seq)
+        assert cached != -1
+        bm.allocate(seq, cached)
+        seq.num_scheduled_tokens = len(seq) - seq.num_cached_tokens
+        bm.hash_blocks(seq)
+        seq.num_cached_tokens += seq.num_scheduled_tokens
+        seq.num_scheduled_tokens = 0
+
+    prefill(nano.Sequence(warm))
+    seqs = []
+    t0 = time.perf_counter()
+    for prompt in prompts:
+        seq = nano.Sequence(prompt)
+        prefill(seq)
+        seqs.append(seq)
+    attach_us = (time.perf_counter() - t0) / batch * 1e6
+    step_times = []
+    for i in range(steps):
+        step_tokens = tokens[i].tolist()
+        t0 = time.perf_counter()
+        for seq, token in zip(seqs, step_tokens):  # postprocess of the previous step
+            bm.hash_blocks(seq)
+            seq.num_cached_tokens += seq.num_scheduled_tokens
+            seq.num_scheduled_tokens = 0
+            seq.append_token(token)
+        for seq in seqs:  # schedule
+            assert bm.can_append(seq)
+            seq.num_scheduled_tokens = 1
+            bm.may_append(seq)
+        nano.prepare_decode(seqs, PAGE)
+        step_times.append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    for seq in seqs:
+        bm.deallocate(seq)
+    detach_us = (time.perf_counter() - t0) / batch * 1e6
+    return dict(impl="nano-vllm", batch=batch, form="ints", attach_prefill_publish_us=attach_us,
+                decode_step_us=float(np.median(step_times)) * 1e6, detach_us=detach_us)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="16 decode steps, 256 requests only")
+    parser.add_argument("--profile", action="store_true", help="print a cProfile of our decode steps")
     args = parser.parse_args(argv)
-    steps = 10 if args.quick else 100
+    steps = 16 if args.quick else 128
+    rows = []
+    for batch in ((256,) if args.quick else (256, 1024)):
+        baseline = run_nano(batch, steps)
+        rows.append(baseline)
+        for form in FORMS:
+            row = run_ours(batch, steps, form, profile=args.profile and form == "ints")
+            for key in ("attach_prefill_publish_us", "decode_step_us", "detach_us"):
+                row[f"{key[:-3]}_vs_nano"] = row[key] / baseline[key]
+            rows.append(row)
     hash_rows = [hashing(ps, 32768 if args.quick else 262144, 3 if args.quick else 9) for ps in (16, 64)]
-    work_rows = [chat_workload(256, 2048 if not args.quick else 256, 64, steps, ps, 32) for ps in (16,)]
     print("prefix hashing: ours vs raw hashlib.sha256 over the same bytes")
     print_table(hash_rows)
-    print("\nchat workload (block manager only, no tensors)")
-    print_table(work_rows)
-    write_results("kv_manager_quick" if args.quick else "kv_manager", dict(quick=args.quick, hashing=hash_rows, chat=work_rows))
+    table = [{k: (round(v, 2) if isinstance(v, float) else v) for k, v in r.items() if k != "profile"} for r in rows]
+    print("block manager, chat workload: 1,024-token shared prefix + 256 own tokens, page 16, 32 layers")
+    print_table(table)
+    for r in rows:
+        if "profile" in r:
+            print(f"\nprofile of {steps} decode steps, batch {r['batch']}, form {r['form']}:\n{r['profile']}")
+    if not args.quick:
+        small = {r["form"]: r for r in rows if r["impl"] == "llmds_torch" and r["batch"] == 256}
+        large = {r["form"]: r for r in rows if r["impl"] == "llmds_torch" and r["batch"] == 1024}
+        print("\n1,024 vs 256 sequences, decode step:",
+              {f: round(large[f]["decode_step_us"] / small[f]["decode_step_us"], 2) for f in small})
+    write_results("kv_manager_quick" if args.quick else "kv_manager",
+                  dict(quick=args.quick, steps=steps, hashing=hash_rows, rows=rows))
 
 
 if __name__ == "__main__":

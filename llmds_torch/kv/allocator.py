@@ -5,6 +5,7 @@ at start, so a fresh pool fills from page 0), cached pages live in an eviction p
 """
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -13,6 +14,18 @@ from llmds_torch.kv.eviction import EvictionPolicy
 
 FREE, USED, CACHED = 0, 1, 2
 STATE_NAMES = {FREE: "free", USED: "in use", CACHED: "cached"}
+
+
+@dataclass(slots=True)
+class Journal:
+    """The free list and eviction order at the start of a transaction, saved lazily: free-list
+    entries only as pops reach below the part never touched since (``low``), the eviction order
+    only before its first change."""
+
+    low: int  # free_list[:low] is unchanged since the start
+    below: list[int]  # what stood at free_list[low:start length] at the start
+    free_list: list[int] | None = None  # the whole start list, once a growth shifted the entries
+    policy_order: list[int] | None = None
 
 
 class PageAllocator:
@@ -38,6 +51,29 @@ class PageAllocator:
         self.policy = policy
         self.on_evict = on_evict
         self.evictions = 0
+        self.journal: Journal | None = None
+
+    # -- journal (transactions) -------------------------------------------------------------
+    def start_journal(self) -> None:
+        self.journal = Journal(len(self.free_list), [])
+
+    def end_journal(self) -> tuple[list[int], list[int] | None]:
+        """The free list and the eviction order (None: unchanged) at ``start_journal``."""
+        j, self.journal = self.journal, None
+        if j.free_list is not None:
+            return j.free_list, j.policy_order
+        return self.free_list[:j.low] + j.below, j.policy_order
+
+    def _before_pop(self, new_len: int) -> None:
+        j = self.journal
+        if j is not None and j.free_list is None and new_len < j.low:
+            j.below[:0] = self.free_list[new_len:j.low]
+            j.low = new_len
+
+    def _before_policy_change(self) -> None:
+        j = self.journal
+        if j is not None and j.policy_order is None:
+            j.policy_order = list(self.policy)
 
     # -- capacity ---------------------------------------------------------------------------
     @property
@@ -62,6 +98,16 @@ class PageAllocator:
         if n > self.available():
             raise OutOfPages(f"need {n} pages, only {len(self.free_list)} free + {len(self.policy)} "
                              f"evictable of {self.num_pages}")
+        self._before_pop(max(0, len(self.free_list) - n))
+        if n > len(self.free_list):
+            self._before_policy_change()
+        if 0 < n <= len(self.free_list):  # from the free list alone: array operations
+            pages = self.free_list[-n:]
+            del self.free_list[-n:]
+            pages.reverse()
+            self.state[pages] = USED
+            self.refcount[pages] = 1
+            return pages
         pages = []
         for _ in range(n):
             if self.free_list:
@@ -76,42 +122,71 @@ class PageAllocator:
             pages.append(page)
         return pages
 
+    def incref_many(self, pages: list[int]) -> None:
+        """``incref`` of distinct pages at once."""
+        if not pages:
+            return
+        arr = np.asarray(pages, dtype=np.int64)
+        cached = arr[self.state[arr] == CACHED]
+        if cached.size:
+            self._before_policy_change()
+        for page in cached.tolist():
+            if page in self.policy:
+                self.policy.remove(page)
+        self.state[arr] = USED
+        self.refcount[arr] += 1
+
     def incref(self, page: int) -> None:
         """One more block-table reference; a cached page comes back into use."""
         if self.state[page] == CACHED:
             if page in self.policy:
+                self._before_policy_change()
                 self.policy.remove(page)
             self.state[page] = USED
         self.refcount[page] += 1
 
     def release(self, pages: Iterable[int]) -> None:
-        """Drop one reference from each page, in the given order. A page reaching refcount 0
-        becomes cached when it holds a published prefix, otherwise free."""
-        for page in pages:
-            self.refcount[page] -= 1
-            if self.refcount[page] > 0:
-                continue
-            if self.published[page]:
-                self.state[page] = CACHED
-                if self.pins[page] == 0:
-                    self.policy.insert(page)
+        """Drop one reference from each page (distinct pages), in the given order. A page reaching
+        refcount 0 becomes cached when it holds a published prefix, otherwise free. Array
+        operations; only pages becoming cached and unpinned go one by one (to the eviction policy)."""
+        pages = pages if isinstance(pages, np.ndarray) else np.fromiter(pages, dtype=np.int64)
+        if not pages.size:
+            return
+        self.refcount[pages] -= 1
+        done = pages[self.refcount[pages] == 0]
+        if not done.size:
+            return
+        published = self.published[done]
+        if not published.any():
+            self.state[done] = FREE
+            self.free_list.extend(done.tolist())
+            return
+        cached, free = done[published], done[~published]
+        if free.size:
+            self.state[free] = FREE
+            self.free_list.extend(free.tolist())
+        if cached.size:
+            self._before_policy_change()
+            self.state[cached] = CACHED
+            evictable = cached[self.pins[cached] == 0].tolist()
+            insert_new = getattr(self.policy, "insert_new", None)
+            if insert_new is not None:  # the built-in policies take them in one call
+                insert_new(evictable)
             else:
-                self.state[page] = FREE
-                self.free_list.append(page)
-
-    def unpublish(self, page: int) -> None:
-        """The page no longer holds an indexed prefix (e.g. it was overwritten by its owner)."""
-        self.published[page] = False
+                for page in evictable:
+                    self.policy.insert(page)
 
     # -- pins -------------------------------------------------------------------------------
     def pin(self, page: int) -> None:
         if self.pins[page] == 0 and page in self.policy:
+            self._before_policy_change()
             self.policy.remove(page)
         self.pins[page] += 1
 
     def unpin(self, page: int) -> None:
         self.pins[page] -= 1
         if self.pins[page] == 0 and self.state[page] == CACHED:
+            self._before_policy_change()
             self.policy.insert(page)
 
     # -- evict explicitly (shrink) -----------------------------------------------------------
@@ -119,6 +194,8 @@ class PageAllocator:
         """Evict ``n`` cached pages in policy order; they become free. Returns them."""
         if n > len(self.policy):
             raise OutOfPages(f"asked to evict {n} pages, only {len(self.policy)} are evictable")
+        if n:
+            self._before_policy_change()
         pages = []
         for _ in range(n):
             page = self.policy.victim()
@@ -138,6 +215,9 @@ class PageAllocator:
         self.refcount = np.concatenate([self.refcount, np.zeros(extra, np.int32)])
         self.published = np.concatenate([self.published, np.zeros(extra, bool)])
         self.pins = np.concatenate([self.pins, np.zeros(extra, np.int32)])
+        j = self.journal
+        if j is not None and j.free_list is None:  # the entries shift: keep the start list whole
+            j.free_list = self.free_list[:j.low] + j.below
         # New ids go under the old free ones so the lowest free ids are still used first.
         self.free_list[:0] = range(new_num_pages - 1, self.num_pages - 1, -1)
         self.num_pages = new_num_pages

@@ -9,25 +9,32 @@ it needs (copy-on-write copies, compaction moves) is handed to the caller as pag
 Terms: a *slot* is one token position in one page, ``slot = page * page_size + offset``. A slot is
 *written* once every layer has written it. A full page is *published* (indexed for prefix sharing)
 once all its slots are written.
+
+The parts it coordinates, each in its own module: ``allocator`` (page states, refcounts, free list,
+pins, eviction), ``prefix_match`` (cached-prefix lookup, page keys, pending keys), ``block_tables``
+(every sequence's pages and counts as arrays), ``write_tracker`` (which layers wrote which slots),
+``capacity`` (``pages_needed``, the cost of an append), ``defrag`` (compaction planning) and
+``transaction`` (undo of a block of calls).
 """
 
-from collections.abc import Callable, Sequence as SequenceOf
+from collections.abc import Callable, Iterator, Sequence as SequenceOf
+from contextlib import contextmanager
 
 import numpy as np
 
 from llmds_torch.errors import ContextWindowExceeded, OutOfPages, UnknownSequence
 from llmds_torch.kv.allocator import CACHED, FREE, USED, PageAllocator
-from llmds_torch.kv.defrag import plan_moves
+from llmds_torch.kv.block_tables import BlockTables
+from llmds_torch.kv.capacity import append_cost, pages_needed
+from llmds_torch.kv.defrag import fragmentation, plan_compaction
 from llmds_torch.kv.eviction import make_policy
-from llmds_torch.kv.prefix_index import (HashFn, PrefixIndex, as_bytes, chain_prefix, new_cache_salt,
-                                         page_keys, sha256)
-from llmds_torch.kv.sequence import Sequence, validate_token_ids
+from llmds_torch.kv.prefix_index import HashFn, as_bytes, new_cache_salt, sha256
+from llmds_torch.kv.prefix_match import PrefixMatcher
+from llmds_torch.kv.sequence import Sequence, validate_token_array, validate_token_batch, validate_token_ids
+from llmds_torch.kv.transaction import Snapshot, TransactionError
+from llmds_torch.kv.write_tracker import WriteTracker
 
 NOT_OWNED = -1
-
-
-def _bit(layer: int) -> np.uint64:
-    return np.uint64(1) << np.uint64(layer % 64)
 
 
 class InvariantViolation(AssertionError):
@@ -59,12 +66,15 @@ class BlockManager:
         The page hash; SHA-256 unless a test forces collisions.
     on_resize : callable(new_num_pages) -> None
         Called before the page count grows, so the owner can resize its storage.
+    check_writes : bool
+        Debug mode: track every layer's write slot by slot instead of counting layers against the
+        issued slot mapping (see ``WriteTracker``); same results, O(batch) per layer.
     """
 
     def __init__(self, num_pages: int, page_size: int, *, num_layers: int = 1, salt=None,
                  verify_tokens: bool = True, max_context_len: int | None = None,
                  max_num_pages: int | None = None, eviction_policy="lru", hash_fn: HashFn | None = None,
-                 on_resize: Callable[[int], None] | None = None):
+                 on_resize: Callable[[int], None] | None = None, check_writes: bool = False):
         if num_pages < 1 or page_size < 1 or num_layers < 1:
             raise ValueError("num_pages, page_size and num_layers must be positive")
         self.page_size = page_size
@@ -72,18 +82,20 @@ class BlockManager:
         self.verify_tokens = verify_tokens
         self.max_context_len = max_context_len
         self.max_num_pages = max(max_num_pages or num_pages, num_pages)
-        self.hash_fn = hash_fn or sha256
         self.on_resize = on_resize
-        self.cache_salt = new_cache_salt() if salt is None else as_bytes(salt, "salt")
-        self.index = PrefixIndex()
-        self.allocator = PageAllocator(num_pages, make_policy(eviction_policy), self.index.forget)
+        self.prefix = PrefixMatcher(page_size, new_cache_salt() if salt is None else as_bytes(salt, "salt"),
+                                    hash_fn or sha256, verify_tokens)
+        self.index = self.prefix.index
+        self.cache_salt = self.prefix.cache_salt
+        self.allocator = PageAllocator(num_pages, make_policy(eviction_policy), self._evicted)
+        self._prompt_memo = None  # (the caller's list, a copy, tokens, token bytes)
+        self._txn: Snapshot | None = None
         self.seqs: dict[int, Sequence] = {}
         self._next_seq_id = 0
-        # Which layers wrote each slot: a bit per layer, in 64-bit words (8 bytes a slot up to 64 layers).
-        words = -(-num_layers // 64)
-        bits = [min(64, num_layers - 64 * w) for w in range(words)]
-        self.all_layers = np.array([(1 << b) - 1 for b in bits], dtype=np.uint64)  # [words]
-        self.slot_layers = np.zeros((num_pages * page_size, words), dtype=np.uint64)  # [num_slots, words]
+        self.writes = WriteTracker(num_pages * page_size, num_layers, checked=check_writes)
+        self.tables = BlockTables()
+        self._batch_memo = None
+        self._epoch = 0  # bumped whenever a sequence is released (its row may be reused)
         self.page_owner = np.full(num_pages, NOT_OWNED, dtype=np.int64)  # [num_pages]
         self.page_fill = np.zeros(num_pages, dtype=np.int64)  # [num_pages]: reserved slots of owned pages
         self.pending_copies: list[tuple[int, int]] = []
@@ -95,6 +107,12 @@ class BlockManager:
     def num_pages(self) -> int:
         return self.allocator.num_pages
 
+    @property
+    def slot_layers(self) -> np.ndarray:
+        """Which layers wrote each slot: ``[num_slots, words]`` uint64, a bit per layer."""
+        self.writes.flush()
+        return self.writes.slot_layers
+
     def __contains__(self, seq_id: int) -> bool:
         return seq_id in self.seqs
 
@@ -103,6 +121,15 @@ class BlockManager:
         if seq is None:
             raise UnknownSequence(f"sequence {seq_id!r} is not attached (never attached, or already detached)")
         return seq
+
+    def _seqs(self, seq_ids) -> list[Sequence]:
+        """The sequences of ``seq_ids`` (``UnknownSequence`` for any that is not attached)."""
+        if all(type(s) is int for s in seq_ids):
+            try:
+                return [self.seqs[s] for s in seq_ids]
+            except KeyError:
+                pass
+        return [self._seq(s) for s in seq_ids]
 
     def num_tokens(self, seq_id: int) -> int:
         return self._seq(seq_id).num_tokens
@@ -125,9 +152,6 @@ class BlockManager:
         return list(self._seq(seq_id).pages)
 
     # ------------------------------------------------------------------ capacity
-    def _pages_for(self, num_tokens: int) -> int:
-        return -(-num_tokens // self.page_size)
-
     def _obtainable(self) -> int:
         return self.allocator.available() + (self.max_num_pages - self.num_pages)
 
@@ -135,15 +159,21 @@ class BlockManager:
         self.counters["refusals"] += 1
         raise OutOfPages(message)
 
-    def _allocate(self, n: int) -> list[int]:
-        """Pages from the free list, then from growth, then by eviction; slot state reset."""
+    def _make_room(self, n: int) -> None:
+        """Grow the pool (at least doubling, up to ``max_num_pages``) when fewer than ``n`` pages are
+        free. Growth is the one step that may raise (the storage allocation), so callers make room
+        before they change anything."""
         shortfall = n - self.allocator.num_free
         if shortfall > 0 and self.num_pages < self.max_num_pages:
             self.grow(min(self.max_num_pages, max(self.num_pages + shortfall, 2 * self.num_pages)))
+
+    def _allocate(self, n: int) -> list[int]:
+        """Pages from the free list, then from growth, then by eviction; slot state reset."""
+        self._make_room(n)
         pages = self.allocator.allocate(n)
         if pages:
             rows = np.asarray(pages)
-            self._page_slot_layers()[rows] = 0
+            self.writes.page_rows(self.page_size)[rows] = 0
         return pages
 
     def grow(self, new_num_pages: int) -> None:
@@ -154,43 +184,84 @@ class BlockManager:
             self.on_resize(new_num_pages)
         extra = new_num_pages - self.num_pages
         self.allocator.grow(new_num_pages)
-        fresh = np.zeros((extra * self.page_size, self.slot_layers.shape[1]), dtype=np.uint64)
-        self.slot_layers = np.concatenate([self.slot_layers, fresh])
+        writes = self.writes
+        fresh = np.zeros((extra * self.page_size, writes.slot_layers.shape[1]), dtype=np.uint64)
+        writes.slot_layers = np.concatenate([writes.slot_layers, fresh])
         self.page_owner = np.concatenate([self.page_owner, np.full(extra, NOT_OWNED, np.int64)])
         self.page_fill = np.concatenate([self.page_fill, np.zeros(extra, np.int64)])
         self.max_num_pages = max(self.max_num_pages, new_num_pages)
         self.counters["grows"] += 1
 
     # ------------------------------------------------------------------ prefix lookup
-    def _salt_block(self, salt, extra_key) -> bytes:
-        return chain_prefix(self.cache_salt, as_bytes(salt, "salt"), as_bytes(extra_key, "extra_key"))
+    def _prompt(self, token_ids) -> tuple[list[int], bytes]:
+        """Validated prompt tokens and their little-endian int32 bytes (the same list passed to
+        ``can_attach`` and then ``attach`` is converted once)."""
+        memo = self._prompt_memo
+        if memo is not None and memo[0] is token_ids and memo[1] == token_ids:
+            return memo[2], memo[3]
+        arr = validate_token_array(token_ids)
+        tokens, token_bytes = arr.tolist(), arr.astype("<i4").tobytes()
+        if type(token_ids) is list:
+            self._prompt_memo = (token_ids, list(token_ids), tokens, token_bytes)
+        return tokens, token_bytes
 
-    def _match_prefix(self, tokens: list[int], salt_block: bytes) -> tuple[list[int], list[bytes], int]:
-        """Published pages that hold the longest cached prefix of ``tokens`` (at most
-        ``len(tokens) - 1`` tokens, whole pages). Returns (pages, their keys, collisions caught)."""
-        usable = (len(tokens) - 1) // self.page_size
-        if usable == 0 or not self.index.page_of:
-            return [], [], 0
-        token_bytes = np.asarray(tokens[:usable * self.page_size], dtype="<i4").tobytes()
-        step = 4 * self.page_size
-        pages, keys, collisions, previous = [], [], 0, b""
-        for i in range(usable):
-            chunk = token_bytes[i * step:(i + 1) * step]
-            key = self.hash_fn(previous + salt_block + chunk)
-            page, collided = self.index.lookup(key, chunk, self.verify_tokens)
-            collisions += collided
-            if page is None:
-                break
-            pages.append(page)
-            keys.append(key)
-            previous = key
-        return pages, keys, collisions
+    def pending_prefix_tokens(self, token_ids, *, salt=None, extra_key=None) -> int:
+        """Leading tokens of this prompt, after its published (cached) prefix, that lie on full
+        pages some live sequence has reserved with exactly these tokens but not yet published: a
+        multiple of ``page_size``. Holding the prompt back until they are published turns them into
+        prefix hits."""
+        _, token_bytes = self._prompt(token_ids)
+        return self.prefix.pending_tokens(token_bytes, self.prefix.salt_block(salt, extra_key))
 
-    def _attach_need(self, tokens: list[int], salt_block: bytes) -> tuple[list[int], list[bytes], int, int]:
-        hit_pages, keys, collisions = self._match_prefix(tokens, salt_block)
-        new_pages = self._pages_for(len(tokens)) - len(hit_pages)
-        # Hit pages that sit in the evictable set stop being evictable once we take them.
-        taken_from_cached = sum(1 for p in hit_pages if self.allocator.state[p] == CACHED and p in self.allocator.policy)
+    @property
+    def pending_keys(self) -> dict[bytes, int]:
+        """Key -> full pages reserved under it that are not yet published."""
+        return self.prefix.pending_keys
+
+    def _evicted(self, page: int) -> None:
+        self.index.forget(page)
+        if self._txn is not None:
+            self._txn.evicted.append(page)
+
+    # ------------------------------------------------------------------ transactions
+    @property
+    def in_transaction(self) -> bool:
+        return self._txn is not None
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Undo every ``attach``, ``append``, ``append_batch``, ``fork``, write and ``detach`` (of a
+        sequence created inside) of the block if it raises: sequences, pages, refcounts, block
+        tables, the prefix index and every counter but ``refusals`` return to their state at entry.
+        Cached pages evicted inside stay evicted. Raises ``TransactionError`` when nested."""
+        if self._txn is not None:
+            raise TransactionError("a transaction is already open; transactions do not nest")
+        self.writes.flush()
+        self._txn = snapshot = Snapshot.take(self)
+        self.writes.on_flush = lambda slots: snapshot.log_slots(self.writes.slot_layers, slots)
+        try:
+            yield
+        except BaseException:
+            self._txn = None
+            self.writes.on_flush = None
+            self.writes.forget()
+            snapshot.restore(self)
+            raise
+        finally:
+            self._txn = None
+            self.writes.on_flush = None
+            self.allocator.journal = None
+
+    def _forbid_in_transaction(self, what: str) -> None:
+        if self._txn is not None:
+            raise TransactionError(f"{what} cannot run inside a transaction")
+
+    def _attach_need(self, tokens: list[int], token_bytes: bytes, salt_block: bytes) -> tuple[list[int], list[bytes], int, int]:
+        hit_pages, keys, collisions = self.prefix.match(token_bytes, salt_block)
+        new_pages = pages_needed(len(tokens), self.page_size) - len(hit_pages)
+        # Hit pages that sit in the evictable set (cached, unpinned) stop being evictable once taken.
+        a, hits = self.allocator, np.asarray(hit_pages, dtype=np.int64)
+        taken_from_cached = int(np.count_nonzero((a.state[hits] == CACHED) & (a.pins[hits] == 0)))
         return hit_pages, keys, new_pages + taken_from_cached, collisions
 
     def _check_context(self, num_tokens: int, what: str) -> None:
@@ -202,71 +273,85 @@ class BlockManager:
     def can_attach(self, token_ids, *, salt=None, extra_key=None) -> bool:
         """Whether ``attach`` would succeed now. Given an int, assumes no prefix hit."""
         if isinstance(token_ids, (int, np.integer)):
-            needed = self._pages_for(int(token_ids))
+            needed = pages_needed(int(token_ids), self.page_size)
             fits_context = self.max_context_len is None or token_ids <= self.max_context_len
             return fits_context and needed <= self._obtainable()
-        tokens = validate_token_ids(token_ids)
+        tokens, token_bytes = self._prompt(token_ids)
         if self.max_context_len is not None and len(tokens) > self.max_context_len:
             return False
-        return self._attach_need(tokens, self._salt_block(salt, extra_key))[2] <= self._obtainable()
+        return self._attach_need(tokens, token_bytes, self.prefix.salt_block(salt, extra_key))[2] <= self._obtainable()
 
     def attach(self, token_ids, *, salt=None, extra_key=None) -> int:
         """Start a sequence with prompt ``token_ids``; reuse cached full pages of its prefix,
         allocate the rest. Returns the new sequence id."""
-        tokens = validate_token_ids(token_ids)
+        tokens, token_bytes = self._prompt(token_ids)
+        tokens = list(tokens)  # the sequence's own list (it grows)
         self._check_context(len(tokens), "the prompt")
-        salt_block = self._salt_block(salt, extra_key)
-        hit_pages, keys, needed, collisions = self._attach_need(tokens, salt_block)
+        salt_block = self.prefix.salt_block(salt, extra_key)
+        hit_pages, keys, needed, collisions = self._attach_need(tokens, token_bytes, salt_block)
         if needed > self._obtainable():
             self._refuse(f"attach needs {needed} pages; {self.allocator.num_free} free, "
                          f"{self.allocator.num_evictable} evictable, {self.max_num_pages - self.num_pages} "
                          f"more may be grown")
-        for page in hit_pages:  # take them before allocation can evict them
-            self.allocator.incref(page)
-        new_pages = self._allocate(self._pages_for(len(tokens)) - len(hit_pages))
+        num_new = pages_needed(len(tokens), self.page_size) - len(hit_pages)
+        self._make_room(num_new)  # may raise: before anything is taken
+        self.allocator.incref_many(hit_pages)  # take them before allocation can evict them
+        new_pages = self._allocate(num_new)
         seq_id = self._next_seq_id
         self._next_seq_id += 1
         num_cached = len(hit_pages) * self.page_size
-        seq = Sequence(seq_id, tokens, hit_pages + new_pages, salt_block, num_written=num_cached,
-                       num_cached=num_cached, keys=keys)
+        pages = hit_pages + new_pages
+        row = self.tables.new_row(pages, len(tokens), num_cached)
+        seq = Sequence(seq_id, tokens, pages, salt_block, self.tables, row, num_cached, list(keys), len(hit_pages),
+                       token_bytes)
         self.seqs[seq_id] = seq
+        self.prefix.add_pending(seq.keys[seq.num_published:])
         self._reserve(seq, num_cached, len(tokens))
         self.counters["prefix_query_tokens"] += len(tokens)
         self.counters["prefix_hit_tokens"] += num_cached
         self.counters["hash_collisions"] += collisions
         return seq_id
 
-    def _append_need(self, seq: Sequence, n: int) -> tuple[bool, int]:
-        """(copy-on-write needed, pages needed) to append ``n`` tokens to ``seq``."""
-        offset = seq.num_tokens % self.page_size
-        cow = offset != 0 and self.allocator.refcount[seq.pages[-1]] > 1
-        return cow, self._pages_for(seq.num_tokens + n) - len(seq.pages) + cow
-
     def available_pages(self) -> int:
         """Pages an allocation could obtain now: free, evictable, and growth up to ``max_num_pages``."""
         return self._obtainable()
+
+    def _batch(self, seq_ids) -> tuple[list[Sequence], np.ndarray, np.ndarray]:
+        """The sequences of ``seq_ids``, their block-table rows (int64 ``[batch]``) and ids (int64
+        ``[batch]``). The last answer is reused while no sequence was released, so the calls of
+        one decode step look a batch up once."""
+        key = tuple(seq_ids)
+        memo = self._batch_memo
+        if memo is not None and memo[0] == key and memo[1] == self._epoch:
+            return memo[2], memo[3], memo[4]
+        seqs = self._seqs(key)
+        rows = np.fromiter((seq.row for seq in seqs), dtype=np.int64, count=len(seqs))
+        ids = np.fromiter((seq.seq_id for seq in seqs), dtype=np.int64, count=len(seqs))
+        self._batch_memo = (key, self._epoch, seqs, rows, ids)
+        return seqs, rows, ids
+
+    def _append_cost(self, rows: np.ndarray, add) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(tokens now, copy-on-write needed, new pages, pages now), each ``[batch]``."""
+        t = self.tables
+        num_tokens, num_pages = t.num_tokens[rows], t.num_pages[rows]
+        shared = self.allocator.refcount[t.table[rows, num_pages - 1]] > 1
+        cow, extra = append_cost(num_tokens, num_pages, shared, add, self.page_size)
+        return num_tokens, cow, extra, num_pages
 
     def pages_to_append(self, seq_ids, num_tokens: int = 1) -> int:
         """Pages (new ones and copy-on-write copies) appending ``num_tokens`` to each of
         ``seq_ids`` (an id or a list) would take."""
         ids = [seq_ids] if isinstance(seq_ids, (int, np.integer)) else seq_ids
-        page_size, refcount = self.page_size, self.allocator.refcount
-        needed = 0
-        for seq_id in ids:
-            seq = self._seq(seq_id)
-            old_len = len(seq.tokens)
-            needed += -(-(old_len + num_tokens) // page_size) - len(seq.pages)
-            if old_len % page_size and refcount[seq.pages[-1]] > 1:
-                needed += 1
-        return needed
+        _, rows, _ = self._batch(ids)
+        _, cow, extra, _ = self._append_cost(rows, num_tokens)
+        return int(extra.sum() + cow.sum())
 
     def can_append(self, seq_ids, num_tokens: int = 1) -> bool:
         """Whether appending ``num_tokens`` to each of ``seq_ids`` (an id or a list) fits now."""
         ids = [seq_ids] if isinstance(seq_ids, (int, np.integer)) else seq_ids
-        if self.max_context_len is not None:
-            for seq_id in ids:
-                if len(self._seq(seq_id).tokens) + num_tokens > self.max_context_len:
-                    return False
+        _, rows, _ = self._batch(ids)
+        if self.max_context_len is not None and (self.tables.num_tokens[rows] + num_tokens > self.max_context_len).any():
+            return False
         return self.pages_to_append(ids, num_tokens) <= self._obtainable()
 
     def append(self, seq_id: int, token_ids) -> None:
@@ -276,37 +361,38 @@ class BlockManager:
 
     def append_batch(self, seq_ids: SequenceOf[int], token_ids) -> None:
         """Append to many sequences at once: ``token_ids[i]`` (an int, or a list of ints) goes to
-        ``seq_ids[i]``. All or nothing: on any error no sequence changes."""
+        ``seq_ids[i]``; a 1-D array or tensor gives one token each, a 2-D one a row each. All or
+        nothing: on any error no sequence changes. Which sequences need a page or a copy-on-write
+        copy is found with array operations over the whole batch."""
         if len(seq_ids) != len(token_ids):
             raise ValueError(f"{len(seq_ids)} sequence ids but {len(token_ids)} token lists")
-        seqs = [self._seq(s) for s in seq_ids]
-        if len(set(seq_ids)) != len(seq_ids):
+        seqs, rows, ids = self._batch(seq_ids)
+        if len(set(ids.tolist())) != len(seqs):
             raise ValueError("append_batch got the same sequence id twice")
-        if all(isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in token_ids):
-            lists = [[t] for t in validate_token_ids(token_ids)]  # a decode step: one check for all
-        else:
-            lists = [validate_token_ids([t] if isinstance(t, (int, np.integer)) and not isinstance(t, bool) else t)
-                     for t in token_ids]
-        page_size, refcount, max_len = self.page_size, self.allocator.refcount, self.max_context_len
-        cows, extras, needed = [], [], 0
-        for seq, toks in zip(seqs, lists):
-            old_len = len(seq.tokens)
-            new_len = old_len + len(toks)
-            if max_len is not None and new_len > max_len:
-                self._check_context(new_len, f"sequence {seq.seq_id}")
-            cow = old_len % page_size != 0 and refcount[seq.pages[-1]] > 1
-            extra = -(-new_len // page_size) - len(seq.pages)
-            cows.append(cow)
-            extras.append(extra)
-            needed += extra + cow
+        flat, counts = validate_token_batch(token_ids)  # one check for the whole batch
+        if counts is not None and max(counts) == 1:
+            counts = None
+        self.writes.flush()
+        page_size, t = self.page_size, self.tables
+        add = 1 if counts is None else np.array(counts, dtype=np.int64)
+        old, cow, extra, num_pages = self._append_cost(rows, add)
+        new = old + add
+        if self.max_context_len is not None and (new > self.max_context_len).any():
+            i = int(np.argmax(new > self.max_context_len))
+            self._check_context(int(new[i]), f"sequence {seqs[i].seq_id}")
+        needed = int(cow.sum() + extra.sum())
         if needed > self._obtainable():
             self._refuse(f"append needs {needed} pages; {self.allocator.num_free} free, "
                          f"{self.allocator.num_evictable} evictable")
         self.pending_copies = []
         fresh = self._allocate(needed) if needed else []
-        i, unused, owned_pages, owners, fills = 0, [], [], [], []
-        for seq, toks, cow, extra in zip(seqs, lists, cows, extras):
-            if cow:
+        if self._txn is not None:
+            for seq in seqs:
+                self._txn.touch(seq)
+        i, unused, refcount = 0, [], self.allocator.refcount
+        for j in np.flatnonzero(cow | (extra > 0)).tolist():
+            seq = seqs[j]
+            if cow[j]:
                 # A parent and its fork in one batch: after the first copies the shared page, the
                 # last holder writes it in place, and the page reserved for its copy goes back.
                 if refcount[seq.pages[-1]] > 1:
@@ -314,20 +400,29 @@ class BlockManager:
                 else:
                     unused.append(fresh[i])
                 i += 1
-            if extra:
-                seq.pages.extend(fresh[i:i + extra])
-                i += extra
-            start = len(seq.tokens)
-            seq.tokens.extend(toks)
-            if len(toks) == 1:  # a decode step: collect, assign once below
-                owned_pages.append(seq.pages[-1])
-                owners.append(seq.seq_id)
-                fills.append(start % page_size + 1)
-            else:
-                self._reserve(seq, start, start + len(toks))
-        if owned_pages:
-            self.page_owner[owned_pages] = owners
-            self.page_fill[owned_pages] = fills
+            if extra[j]:
+                pages = fresh[i:i + int(extra[j])]
+                seq.pages.extend(pages)
+                t.extend(seq.row, pages)
+                i += len(pages)
+        if counts is None:  # a decode step
+            for seq, token in zip(seqs, flat):
+                seq.tokens.append(token)
+            t.num_tokens[rows] = new
+            for j in np.flatnonzero(new % page_size == 0).tolist():
+                self.prefix.extend_keys(seqs[j])
+            pages = t.table[rows, (new - 1) // page_size]
+            self.page_owner[pages] = ids
+            self.page_fill[pages] = old % page_size + 1
+        else:
+            offset = 0
+            for seq, n in zip(seqs, counts):
+                start = len(seq.tokens)
+                seq.tokens.extend(flat[offset:offset + n])
+                offset += n
+                t.num_tokens[seq.row] = start + n
+                self.prefix.extend_keys(seq)
+                self._reserve(seq, start, start + n)
         self.allocator.release(unused)
 
     def _reserve(self, seq: Sequence, start: int, end: int) -> None:
@@ -335,17 +430,18 @@ class BlockManager:
         if end <= start:
             return
         page_size = self.page_size
-        for i in range(start // page_size, (end - 1) // page_size + 1):
-            page = seq.pages[i]
-            self.page_owner[page] = seq.seq_id
-            self.page_fill[page] = min(page_size, seq.num_tokens - i * page_size)
+        first, last = start // page_size, (end - 1) // page_size + 1
+        pages = self.tables.table[seq.row, first:last]
+        self.page_owner[pages] = seq.seq_id
+        self.page_fill[pages] = np.minimum(page_size, len(seq.tokens) - np.arange(first, last) * page_size)
 
     def _copy_on_write(self, seq: Sequence, new: int) -> None:
         """Give ``seq`` the fresh page ``new`` in place of its shared last page."""
         old = seq.pages[-1]
-        rows = self._page_slot_layers()
+        rows = self.writes.page_rows(self.page_size)
         rows[new] = rows[old]
         seq.pages[-1] = new
+        self.tables.put(seq.row, len(seq.pages) - 1, new)
         self.allocator.release([old])
         self.pending_copies.append((old, new))
         self.counters["cow_copies"] += 1
@@ -366,36 +462,89 @@ class BlockManager:
         self._next_seq_id += 1
         for page in seq.pages:
             self.allocator.incref(page)
-        self.seqs[child_id] = Sequence(child_id, list(seq.tokens), list(seq.pages), seq.salt_block,
-                                       seq.num_written, seq.num_cached, list(seq.keys))
+        row = self.tables.new_row(seq.pages, len(seq.tokens), seq.num_written)
+        child = Sequence(child_id, list(seq.tokens), list(seq.pages), seq.salt_block, self.tables, row,
+                         seq.num_cached, list(seq.keys), seq.num_published, seq.prompt_bytes)
+        self.seqs[child_id] = child
+        self.prefix.add_pending(child.keys[child.num_published:])
         return child_id
 
     def detach(self, seq_id: int) -> None:
         """Release the sequence's pages, tail first (so under LRU a prefix's tail is evicted
         before its head). Published pages become cached, the others free."""
         seq = self._seq(seq_id)
-        owned = self.page_owner[seq.pages] == seq_id
-        self.page_owner[np.asarray(seq.pages)[owned]] = NOT_OWNED
-        self.allocator.release(reversed(seq.pages))
+        if self._txn is not None and seq_id < self._txn.first_new_seq_id:
+            raise TransactionError(f"sequence {seq_id} existed before the transaction; detach it outside")
+        self.prefix.drop_pending(seq.keys[seq.num_published:])
+        self.writes.flush()
+        pages = self.tables.table[seq.row, len(seq.pages) - 1::-1]  # tail first
+        if seq.num_written < len(seq.tokens):  # pages reserved for writing go back unowned
+            owner = self.page_owner
+            owner[pages[owner[pages] == seq_id]] = NOT_OWNED
+        self.allocator.release(pages)
+        self.tables.release(seq.row)
         del self.seqs[seq_id]
+        self._epoch += 1
 
     # ------------------------------------------------------------------ writes
-    def slot_mapping(self, seq_ids: SequenceOf[int]) -> np.ndarray:
-        """Slots of every reserved-but-unwritten token, in batch order then position order.
+    def block_table(self, seq_ids: SequenceOf[int]) -> np.ndarray:
+        """Pages of each sequence, int32 ``[batch, max pages]`` padded with -1."""
+        return self.tables.padded(self._batch(seq_ids)[1])
+
+    def page_table_csr(self, seq_ids: SequenceOf[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """FlashInfer's CSR block table: indptr int32 ``[batch + 1]``, indices int32
+        ``[indptr[-1]]``, last page's token count int32 ``[batch]`` (1..page_size)."""
+        rows = self._batch(seq_ids)[1]
+        indptr, indices = self.tables.csr(rows)
+        return indptr, indices, ((self.tables.num_tokens[rows] - 1) % self.page_size + 1).astype(np.int32)
+
+    def seq_lens(self, seq_ids: SequenceOf[int]) -> np.ndarray:
+        """Reserved tokens of each sequence, int32 ``[batch]``."""
+        return self.tables.num_tokens[self._batch(seq_ids)[1]].astype(np.int32)
+
+    def slot_mapping(self, seq_ids: SequenceOf[int], num_tokens=None) -> np.ndarray:
+        """Slots of every reserved-but-unwritten token (or of the first ``num_tokens[i]`` of
+        sequence ``i``: an int for all, or one per sequence), in batch order then position order.
+        Writing the returned array through ``record_write`` in every layer costs O(1) per layer.
 
         Returns
         -------
         np.ndarray
             int64 ``[sum of pending tokens]``.
         """
-        page_size, slots = self.page_size, []
-        for seq in map(self._seq, seq_ids):
+        seqs, rows, ids = self._batch(seq_ids)
+        distinct = len(set(ids.tolist())) == len(seqs)
+        t, page_size = self.tables, self.page_size
+        if num_tokens is None and distinct and len(seqs):
+            written = t.num_written[rows]
+            if ((t.num_tokens[rows] - written) == 1).all():  # a decode step: one slot each
+                mapping = t.table[rows, written // page_size].astype(np.int64) * page_size + written % page_size
+                self.writes.issue(mapping, seqs, True, rows)
+                return mapping
+        counts = None
+        if num_tokens is not None:
+            counts = [num_tokens] * len(seqs) if isinstance(num_tokens, (int, np.integer)) else list(num_tokens)
+            if len(counts) != len(seqs):
+                raise ValueError(f"{len(seqs)} sequence ids but {len(counts)} token counts")
+            for seq, n in zip(seqs, counts):
+                if not 0 <= n <= len(seq.tokens) - seq.num_written:
+                    raise ValueError(f"sequence {seq.seq_id} has {len(seq.tokens) - seq.num_written} pending "
+                                     f"tokens; asked to map {n}")
+        slots, covers_all = [], True
+        for i, seq in enumerate(seqs):
             start, end = seq.num_written, len(seq.tokens)
+            if counts is not None and counts[i] < end - start:
+                end, covers_all = start + counts[i], False
             if end - start == 1:  # a decode step: plain ints, one array at the end
                 slots.append(seq.pages[start // page_size] * page_size + start % page_size)
             elif end > start:
                 slots.extend(self._slots(seq, start, end).tolist())
-        return np.array(slots, dtype=np.int64)
+        mapping = np.array(slots, dtype=np.int64)
+        if distinct:
+            self.writes.issue(mapping, seqs, covers_all)
+        else:
+            self.writes.flush()
+        return mapping
 
     def _slots(self, seq: Sequence, start: int, end: int) -> np.ndarray:
         if end - start == 1:
@@ -405,19 +554,15 @@ class BlockManager:
         pages = np.asarray(seq.pages, dtype=np.int64)
         return pages[positions // self.page_size] * self.page_size + positions % self.page_size
 
-    def _page_slot_layers(self) -> np.ndarray:
-        """``slot_layers`` viewed per page: ``[num_pages, page_size, words]``."""
-        return self.slot_layers.reshape(-1, self.page_size, self.slot_layers.shape[1])
-
-    def _fully_written(self, slots: np.ndarray) -> np.ndarray:
-        """bool ``[len(slots)]``: every layer has written the slot."""
-        return (self.slot_layers[slots] == self.all_layers).all(axis=1)
-
     def check_write(self, layer: int, slots: np.ndarray) -> None:
         """Raise ``ValueError`` unless ``layer`` is valid and every slot is pending and not yet
         written by that layer (nothing changes)."""
         if not 0 <= layer < self.num_layers:
             raise ValueError(f"layer {layer} out of range [0, {self.num_layers})")
+        if self.writes.is_issued(slots):
+            self.writes.check_issued(layer)
+            return
+        self.writes.flush()
         if slots.size == 0:
             return
         if slots.min() < 0 or slots.max() >= self.num_pages * self.page_size:
@@ -428,16 +573,27 @@ class BlockManager:
         if (self.page_owner[pages] == NOT_OWNED).any() or (slots % self.page_size >= self.page_fill[pages]).any():
             raise ValueError("slot_mapping names a slot that is not reserved for writing "
                              "(already written, shared, or not allocated); use slot_mapping()")
-        if (self.slot_layers[slots, layer // 64] & _bit(layer)).any():
+        if self.writes.wrote(layer, slots):
             raise ValueError(f"layer {layer} already wrote some of these slots")
 
     def record_write(self, layer: int, slots: np.ndarray, *, checked: bool = False) -> None:
         """Count a write of ``slots`` by ``layer``; publish pages that become fully written.
         ``checked``: the caller already ran ``check_write`` on exactly these arguments."""
+        writes = self.writes
+        issued = writes.issued
+        if issued is not None and slots is issued.slots:  # the O(1) path, checks included
+            if not checked:
+                if not 0 <= layer < self.num_layers:
+                    raise ValueError(f"layer {layer} out of range [0, {self.num_layers})")
+                writes.check_issued(layer)
+            issued = writes.count_layer(layer)
+            if issued is not None:
+                self._written(issued)
+            return
         if not checked:
             self.check_write(layer, slots)
-        self.slot_layers[slots, layer // 64] |= _bit(layer)
-        done = slots[self._fully_written(slots)]
+        writes.record(layer, slots)
+        done = slots[writes.fully_written(slots)]
         if not done.size:
             return
         owners, counts = np.unique(self.page_owner[done // self.page_size], return_counts=True)
@@ -448,13 +604,38 @@ class BlockManager:
             else:
                 self._advance(seq)
 
+    def _written(self, issued) -> None:
+        """Every layer wrote the issued mapping: advance (or complete) its sequences."""
+        if not issued.covers_all:
+            for seq in issued.sequences:
+                self._advance(seq)
+            return
+        self.page_owner[issued.slots // self.page_size] = NOT_OWNED
+        page_size, txn = self.page_size, self._txn
+        if issued.rows is not None:  # one token each: array operations, publishing only filled pages
+            if txn is not None:
+                for seq in issued.sequences:
+                    txn.touch(seq)
+            t = self.tables
+            t.num_written[issued.rows] = lengths = t.num_tokens[issued.rows]
+            for j in np.flatnonzero(lengths % page_size == 0).tolist():
+                self._publish(issued.sequences[j])
+            return
+        for seq in issued.sequences:
+            if txn is not None:
+                txn.touch(seq)
+            seq.num_written = num_tokens = len(seq.tokens)
+            if seq.num_published < num_tokens // page_size:
+                self._publish(seq)
+
     def mark_written(self, seq_id: int, num_tokens: int | None = None) -> None:
         """Declare the KV of the sequence's pending tokens (or the first ``num_tokens`` of them)
         computed in every layer, as a simulator does instead of writing tensors."""
         seq = self._seq(seq_id)
         end = seq.num_tokens if num_tokens is None else min(seq.num_tokens, seq.num_written + num_tokens)
         slots = self._slots(seq, seq.num_written, end)
-        self.slot_layers[slots] = self.all_layers
+        self.writes.flush()
+        self.writes.mark_all(slots)
         self._advance(seq)
 
     def _advance(self, seq: Sequence) -> None:
@@ -463,10 +644,12 @@ class BlockManager:
         if start == seq.num_tokens:
             return
         slots = self._slots(seq, start, seq.num_tokens)
-        not_done = np.flatnonzero(~self._fully_written(slots))
+        not_done = np.flatnonzero(~self.writes.fully_written(slots))
         end = start + (int(not_done[0]) if not_done.size else slots.size)
         if end == start:
             return
+        if self._txn is not None:
+            self._txn.touch(seq)
         seq.num_written = end
         page_size = self.page_size
         first, last = start // page_size, (end - 1) // page_size
@@ -477,32 +660,44 @@ class BlockManager:
 
     def _complete(self, seq: Sequence) -> None:
         """All reserved tokens of ``seq`` are written: release its pages from writing, publish."""
+        if self._txn is not None:
+            self._txn.touch(seq)
         page_size, owner = self.page_size, self.page_owner
         for i in range(seq.num_written // page_size, (len(seq.tokens) - 1) // page_size + 1):
             owner[seq.pages[i]] = NOT_OWNED
         seq.num_written = len(seq.tokens)
-        if len(seq.keys) < seq.num_written // page_size:
+        if seq.num_published < seq.num_written // page_size:
             self._publish(seq)
 
     def _publish(self, seq: Sequence) -> None:
-        full = seq.num_written // self.page_size
-        if len(seq.keys) >= full:
+        """Index the full, fully written pages of ``seq`` under their (already computed) keys."""
+        page_size = self.page_size
+        start, full = seq.num_published, seq.num_written // page_size
+        if start >= full:
             return
-        token_bytes = np.asarray(seq.tokens[len(seq.keys) * self.page_size:full * self.page_size], dtype="<i4").tobytes()
-        previous = seq.keys[-1] if seq.keys else b""
-        keys = page_keys(token_bytes, self.page_size, full - len(seq.keys), seq.salt_block, previous, self.hash_fn)
-        step = 4 * self.page_size
-        for j, key in enumerate(keys):
-            page = seq.pages[len(seq.keys) + j]
-            if self.index.publish(key, page, token_bytes[j * step:(j + 1) * step]):
+        if full * page_size * 4 <= len(seq.prompt_bytes):
+            token_bytes = seq.prompt_bytes[start * page_size * 4:full * page_size * 4]
+        else:
+            token_bytes = np.asarray(seq.tokens[start * page_size:full * page_size], dtype="<i4").tobytes()
+        step, txn = 4 * page_size, self._txn
+        keys = seq.keys
+        for j in range(full - start):
+            i = start + j
+            page = seq.pages[i]
+            if self.index.publish(keys[i], page, token_bytes[j * step:(j + 1) * step], keys[i - 1] if i else b"",
+                                  seq.salt_block):
                 self.allocator.published[page] = True
-        seq.keys.extend(keys)
+                if txn is not None:
+                    txn.published_pages.append(page)
+        self.prefix.drop_pending(seq.keys[start:full])
+        seq.num_published = full
 
     # ------------------------------------------------------------------ pins
     def _published_chain(self, token_ids, salt, extra_key) -> list[int]:
         tokens = validate_token_ids(token_ids)
         full = len(tokens) // self.page_size
-        pages, _, _ = self._match_prefix(tokens[:full * self.page_size] + [0], self._salt_block(salt, extra_key))
+        token_bytes = np.asarray(tokens[:full * self.page_size] + [0], dtype="<i4").tobytes()
+        pages, _, _ = self.prefix.match(token_bytes, self.prefix.salt_block(salt, extra_key))
         return pages
 
     def pin_prefix(self, token_ids, *, salt=None, extra_key=None) -> int:
@@ -522,70 +717,28 @@ class BlockManager:
 
     # ------------------------------------------------------------------ compaction
     def fragmentation(self) -> float:
-        """Share of page ids below the highest non-free page that are free: the room a
-        compaction followed by a shrink would give back (0 = perfectly compact)."""
-        live = np.flatnonzero(self.allocator.state != FREE)
-        if live.size == 0:
-            return 0.0
-        return 1.0 - live.size / (int(live[-1]) + 1)
-
-    def compaction_order(self, order: str) -> list[int]:
-        """Non-free pages in the order they should occupy ids 0, 1, 2, ... ."""
-        state = self.allocator.state
-        if order == "lowest":
-            return np.flatnonzero(state != FREE).tolist()
-        if order != "sequence":
-            raise ValueError(f"order must be 'sequence' or 'lowest', got {order!r}")
-        seen = np.zeros(self.num_pages, dtype=bool)
-        result = []
-        for seq_id in sorted(self.seqs):
-            for page in self.seqs[seq_id].pages:
-                if not seen[page]:
-                    seen[page] = True
-                    result.append(page)
-        cached = [p for p in np.flatnonzero(state == CACHED).tolist() if not seen[p]]
-        return result + cached
+        """Share of page ids below the highest non-free page that are free (0 = compact)."""
+        return fragmentation(self.allocator.state)
 
     def plan_compaction(self, order: str = "sequence") -> tuple[list[list[tuple[int, int]]], np.ndarray]:
-        """Plan moves that pack the non-free pages into ids ``[0, live)``.
-
-        Returns
-        -------
-        rounds : list of list of (src, dst)
-            Each round's moves read only pages no move of the same round writes.
-        old_to_new : np.ndarray
-            int64 ``[num_pages]``, each non-free page's final id, -1 for free pages.
-        """
-        if order == "sequence" and not (self.allocator.state == FREE).any():
-            order = "lowest"  # a full pool is already compact, and has no spare page to reorder through
-        target_order = self.compaction_order(order)
-        old_to_new = np.full(self.num_pages, -1, dtype=np.int64)
-        old_to_new[target_order] = np.arange(len(target_order))
-        if order == "lowest":
-            # Keep pages already low where they are; move the high ones into the low holes.
-            live = np.asarray(target_order, dtype=np.int64)
-            n_live = live.size
-            stay = live[live < n_live]
-            movers = live[live >= n_live]
-            holes = np.setdiff1d(np.arange(n_live), stay)
-            old_to_new[:] = -1
-            old_to_new[stay] = stay
-            old_to_new[movers] = holes
-        rounds = plan_moves(old_to_new, self.allocator.state != FREE)
-        return rounds, old_to_new
+        """Moves that pack the non-free pages into ids ``[0, live)``; see ``defrag.plan_compaction``."""
+        return plan_compaction(self.allocator.state, [self.seqs[s].pages for s in sorted(self.seqs)], order)
 
     def apply_compaction(self, old_to_new: np.ndarray, new_num_pages: int | None = None) -> int:
         """Renumber every structure after the moves of ``plan_compaction`` were carried out, and
         optionally drop the (free) pages at ids ``>= new_num_pages``. Returns pages moved."""
+        self._forbid_in_transaction("compaction")
         moved = int(np.count_nonzero((old_to_new >= 0) & (old_to_new != np.arange(self.num_pages))))
         n = self.num_pages if new_num_pages is None else new_num_pages
         for seq in self.seqs.values():
             seq.pages = old_to_new[seq.pages].tolist()
+        self.tables.renumber(old_to_new)
         live = np.flatnonzero(old_to_new >= 0)
-        old = self._page_slot_layers()
+        self.writes.flush()
+        old = self.writes.page_rows(self.page_size)
         new = np.zeros((n,) + old.shape[1:], dtype=np.uint64)
         new[old_to_new[live]] = old[live]
-        self.slot_layers = new.reshape(n * self.page_size, -1)
+        self.writes.slot_layers = new.reshape(n * self.page_size, -1)
         for name, fill in (("page_owner", NOT_OWNED), ("page_fill", 0)):
             new = np.full(n, fill, dtype=np.int64)
             new[old_to_new[live]] = getattr(self, name)[live]
@@ -599,6 +752,7 @@ class BlockManager:
     def shrink_target(self, target: int | None) -> int:
         """Check that the pool can shrink to ``target`` pages (default: the non-free pages) after
         evicting cached pages LRU first; evict what is needed; return the page count to keep."""
+        self._forbid_in_transaction("shrinking")
         used = self.allocator.count(USED)
         cached = self.allocator.count(CACHED)
         if target is None:
@@ -645,13 +799,25 @@ class BlockManager:
         refs = np.zeros(self.num_pages, dtype=np.int64)
         for seq in self.seqs.values():
             np.add.at(refs, np.asarray(seq.pages, dtype=np.int64), 1)
-            if len(seq.pages) != self._pages_for(seq.num_tokens):
+            if len(seq.pages) != pages_needed(seq.num_tokens, self.page_size):
                 fail(f"sequence {seq.seq_id} has {len(seq.pages)} pages for {seq.num_tokens} tokens")
+            if self.tables.table[seq.row, :self.tables.num_pages[seq.row]].tolist() != seq.pages or \
+                    (self.tables.table[seq.row, len(seq.pages):] != -1).any():
+                fail(f"block-table row {seq.row} of sequence {seq.seq_id} differs from its pages")
+            if self.tables.num_tokens[seq.row] != len(seq.tokens):
+                fail(f"block-table token count of sequence {seq.seq_id} differs from its tokens")
             if seq.num_written < seq.num_tokens:
                 pending_pages = {seq.pages[i // self.page_size] for i in range(seq.num_written, seq.num_tokens)}
                 for page in pending_pages:
                     if a.refcount[page] != 1 or self.page_owner[page] != seq.seq_id:
                         fail(f"page {page} with pending slots of sequence {seq.seq_id} is shared or unowned")
+            if len(seq.keys) != seq.num_tokens // self.page_size or seq.num_published != seq.num_written // self.page_size:
+                fail(f"sequence {seq.seq_id} has {len(seq.keys)} page keys, {seq.num_published} published, for "
+                     f"{seq.num_tokens} tokens ({seq.num_written} written)")
+        pending = dict(self.pending_keys)
+        self.prefix.rebuild_pending(self.seqs.values())
+        if pending != self.pending_keys:
+            fail("pending page keys differ from the sequences' unpublished full pages")
         if not np.array_equal(refs, a.refcount):
             bad = np.flatnonzero(refs != a.refcount)[:5]
             fail(f"refcount differs from block-table references at pages {bad.tolist()}")
@@ -673,5 +839,9 @@ class BlockManager:
         for key, page in self.index.page_of.items():
             if a.state[page] == FREE or self.index.key_of.get(page) != key or not a.published[page]:
                 fail(f"index entry for page {page} is stale")
+        index = self.index
+        for child, page in index.child_of.items():
+            if index._child_key.get(page) != child or page not in index.key_of or index.tokens_of[page] != child[2]:
+                fail(f"token-bytes entry of page {page} is stale")
         if int(np.count_nonzero(a.published)) != len(self.index):
             fail("published flags and index size disagree")

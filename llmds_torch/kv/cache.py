@@ -13,6 +13,8 @@ every live page below the new size) copies the kept prefix into a smaller tensor
 one, which really returns its memory. Both briefly hold the old and the new pool.
 """
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +26,7 @@ from llmds_torch.kernels.page_copy import page_copy
 from llmds_torch.kernels.page_move import page_move
 from llmds_torch.kv.block_manager import BlockManager
 from llmds_torch.kv.config import KVCacheConfig
+from llmds_torch.kv.transaction import TransactionError
 
 BLOCK_TABLE_PAD = -1
 """Value of ``block_table`` entries past a sequence's pages; kernels never read them."""
@@ -60,10 +63,11 @@ class PagedKVCache:
             config.num_pages, config.page_size, num_layers=config.num_layers, salt=config.salt,
             verify_tokens=config.verify_tokens, max_context_len=config.max_context_len,
             max_num_pages=config.max_num_pages, eviction_policy=config.eviction_policy,
-            on_resize=self._resize_pool)
+            on_resize=self._resize_pool, check_writes=config.check_writes)
         self.bytes_moved = 0
         self.cow_bytes = 0
-        self._last_slots: tuple[torch.Tensor, np.ndarray, int] | None = None
+        self._last_slots: tuple[torch.Tensor, np.ndarray, int] | None = None  # (issued, host copy, version)
+        self._copied_slots: tuple[torch.Tensor, np.ndarray, int] | None = None  # a caller's tensor, copied once
 
     def _empty_pool(self, num_pages: int) -> torch.Tensor:
         c = self.config
@@ -86,6 +90,16 @@ class PagedKVCache:
         return self.manager.num_pages
 
     @property
+    def max_num_pages(self) -> int:
+        """The most pages the pool may ever hold."""
+        return self.config.max_num_pages or self.config.num_pages
+
+    @property
+    def max_context_len(self) -> int | None:
+        """The longest sequence the cache accepts (None: no limit but the pool)."""
+        return self.config.max_context_len
+
+    @property
     def pool_bytes(self) -> int:
         """Bytes of device memory the pool occupies."""
         return self.pool.untyped_storage().nbytes()
@@ -105,6 +119,38 @@ class PagedKVCache:
         """A new sequence for prompt ``token_ids``; reuses cached full pages of its prefix and
         reserves slots for the rest. Returns the sequence id."""
         return self.manager.attach(token_ids, salt=salt, extra_key=extra_key)
+
+    def pending_prefix_tokens(self, token_ids, *, salt=None, extra_key=None) -> int:
+        """Leading tokens of this prompt, beyond its cached prefix, on full pages that a live
+        sequence reserved with the same tokens but has not written yet (a multiple of
+        ``page_size``): a scheduler may hold the prompt back until they are published, then hit them."""
+        return self.manager.pending_prefix_tokens(token_ids, salt=salt, extra_key=extra_key)
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """All or nothing for a block of ``attach`` / ``append`` / ``append_batch`` / ``fork`` /
+        ``write`` calls (and ``detach`` of sequences created inside).
+
+        If the block raises, every change made inside is undone: sequences attached or forked
+        inside are gone, appended tokens removed, copy-on-write copies released with the original
+        pages back in the block tables, the pool back to its size, every counter but ``refusals``
+        restored, and ``check_invariants()`` holds. Cached pages evicted on the way stay evicted
+        (``stats()`` may show fewer cached pages and more evictions). A pool grown inside keeps its
+        previous tensor alive until the block ends, so the rollback never allocates.
+
+        Raises ``TransactionError`` when nested, when a sequence that existed before is detached
+        inside, or on ``defragment`` inside.
+        """
+        if self.manager.in_transaction:
+            raise TransactionError("a transaction is already open; transactions do not nest")
+        pool, cow_bytes = self.pool, self.cow_bytes
+        try:
+            with self.manager.transaction():
+                yield
+        except BaseException:
+            self.pool, self.cow_bytes, self._last_slots, self._copied_slots = pool, cow_bytes, None, None
+            raise
+        self._defragment_if_fragmented()
 
     def num_cached_tokens(self, seq_id: int) -> int:
         """Prompt tokens whose KV was found in the cache (a multiple of ``page_size``)."""
@@ -158,6 +204,10 @@ class PagedKVCache:
     def detach(self, seq_id: int) -> None:
         """Release a sequence: published pages become cached, the others free."""
         self.manager.detach(seq_id)
+        if not self.manager.in_transaction:
+            self._defragment_if_fragmented()
+
+    def _defragment_if_fragmented(self) -> None:
         threshold = self.config.defrag_threshold
         if threshold is not None and self.manager.fragmentation() > threshold:
             self.defragment(order="lowest")
@@ -184,14 +234,39 @@ class PagedKVCache:
         kv = kv.transpose(1, 2).reshape(c.num_layers, 2, -1, c.num_kv_heads, c.head_dim)[:, :, :n]
         return kv[:, 0].contiguous(), kv[:, 1].contiguous()
 
-    def slot_mapping(self, seq_ids) -> torch.Tensor:
+    def slot_mapping(self, seq_ids, num_tokens=None) -> torch.Tensor:
         """Slots (``page * page_size + offset``) of every reserved token not yet written, in batch
-        order then position order: int64 ``[sum of pending tokens]`` on the pool's device. Valid
-        until the next ``append``, ``detach`` or ``defragment`` (which renumbers pages)."""
-        slots = self.manager.slot_mapping(list(seq_ids))
+        order then position order: int64 ``[sum of pending tokens]`` on the pool's device. With
+        ``num_tokens`` (an int, or one per sequence) only the first that many pending tokens of
+        each sequence (a prompt chunk). Valid until the next ``append``, ``detach`` or
+        ``defragment`` (which renumbers pages). Writing exactly this tensor in every layer costs
+        the cache O(1) bookkeeping per layer and no device-to-host copy."""
+        slots = self.manager.slot_mapping(list(seq_ids), num_tokens)
         tensor = torch.from_numpy(slots).to(self.device)
         self._last_slots = (tensor, slots, tensor._version)
         return tensor
+
+    def _host_slots(self, slot_mapping: torch.Tensor) -> np.ndarray:
+        """The host copy of ``slot_mapping``: the issued one, a slice of it, or one copied back once
+        (then remembered, so the next layers' writes of the same tensor copy nothing)."""
+        memo = self._last_slots
+        if memo is not None and memo[2] == slot_mapping._version:
+            issued, host = memo[0], memo[1]
+            if slot_mapping is issued:
+                return host
+            if (slot_mapping.dim() == 1 and slot_mapping.dtype == torch.int64 and slot_mapping.stride(0) == 1
+                    and slot_mapping.untyped_storage().data_ptr() == issued.untyped_storage().data_ptr()):
+                start = slot_mapping.storage_offset() - issued.storage_offset()
+                if 0 <= start and start + slot_mapping.numel() <= issued.numel():
+                    return host[start:start + slot_mapping.numel()]  # a slice of the issued mapping
+        copied = self._copied_slots
+        if copied is not None and copied[0] is slot_mapping and copied[2] == slot_mapping._version:
+            return copied[1]
+        if not isinstance(slot_mapping, torch.Tensor) or slot_mapping.dtype != torch.int64 or slot_mapping.dim() != 1:
+            raise TypeError("slot_mapping must be a 1-D int64 tensor (from PagedKVCache.slot_mapping)")
+        host = slot_mapping.cpu().numpy()
+        self._copied_slots = (slot_mapping, host, slot_mapping._version)
+        return host
 
     def write(self, layer: int, slot_mapping: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         """Store new tokens' K/V of one layer.
@@ -202,35 +277,22 @@ class PagedKVCache:
         slot_mapping : int64 ``[num_tokens]`` from ``slot_mapping``
         k, v : ``[num_tokens, num_kv_heads, head_dim]``, the cache's dtype and device
         """
-        memo = self._last_slots
-        if memo is not None and memo[0] is slot_mapping and memo[2] == slot_mapping._version:
-            slots = memo[1]  # the host copy of the tensor this cache issued, unmodified since
-        else:
-            if not isinstance(slot_mapping, torch.Tensor) or slot_mapping.dtype != torch.int64 or slot_mapping.dim() != 1:
-                raise TypeError("slot_mapping must be a 1-D int64 tensor (from PagedKVCache.slot_mapping)")
-            slots = slot_mapping.cpu().numpy()
+        if not isinstance(slot_mapping, torch.Tensor):
+            raise TypeError("slot_mapping must be a 1-D int64 tensor (from PagedKVCache.slot_mapping)")
+        slots = self._host_slots(slot_mapping)
         self.manager.check_write(layer, slots)
         kv_write(self.pool[layer], slot_mapping, k, v, backend=self.config.backend, validate_indices=False)
         self.manager.record_write(layer, slots, checked=True)
 
     # ------------------------------------------------------------------ tables for kernels
-    def _rows(self, seq_ids) -> list[list[int]]:
-        return [self.manager.pages(s) for s in seq_ids]
-
     def block_table(self, seq_ids) -> torch.Tensor:
         """Pages of each sequence, int32 ``[batch, max_pages]`` on the pool's device, padded with
         ``BLOCK_TABLE_PAD`` (-1)."""
-        rows = self._rows(seq_ids)
-        width = max((len(r) for r in rows), default=0)
-        table = np.full((len(rows), width), BLOCK_TABLE_PAD, dtype=np.int32)
-        for i, row in enumerate(rows):
-            table[i, :len(row)] = row
-        return torch.from_numpy(table).to(self.device)
+        return torch.from_numpy(self.manager.block_table(list(seq_ids))).to(self.device)
 
     def seq_lens(self, seq_ids) -> torch.Tensor:
         """Reserved tokens of each sequence (pending ones included), int32 ``[batch]``."""
-        lens = [self.manager.num_tokens(s) for s in seq_ids]
-        return torch.tensor(lens, dtype=torch.int32, device=self.device)
+        return torch.from_numpy(self.manager.seq_lens(list(seq_ids))).to(self.device)
 
     def page_table_csr(self, seq_ids) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The block table in FlashInfer's CSR form, all int32 on the pool's device.
@@ -241,13 +303,8 @@ class PagedKVCache:
         kv_indices : ``[kv_indptr[-1]]`` the pages of every sequence, concatenated
         kv_last_page_len : ``[batch]`` tokens in each sequence's last page (1..page_size)
         """
-        rows = self._rows(seq_ids)
-        indptr = np.zeros(len(rows) + 1, dtype=np.int32)
-        np.cumsum([len(r) for r in rows], out=indptr[1:])
-        indices = np.fromiter((p for r in rows for p in r), dtype=np.int32, count=int(indptr[-1]))
-        lens = np.array([self.manager.num_tokens(s) for s in seq_ids], dtype=np.int64)
-        last = ((lens - 1) % self.page_size + 1).astype(np.int32)
-        return tuple(torch.from_numpy(x).to(self.device) for x in (indptr, indices, last))
+        arrays = self.manager.page_table_csr(list(seq_ids))
+        return tuple(torch.from_numpy(x).to(self.device) for x in arrays)
 
     # ------------------------------------------------------------------ compaction
     def defragment(self, *, order: str = "sequence", shrink: bool | int = False) -> DefragReport:
@@ -269,7 +326,9 @@ class PagedKVCache:
         if shrink is not True and shrink is not False and shrink > self.num_pages:
             raise ValueError(f"shrink to {shrink} pages is larger than the pool ({self.num_pages}); use grow()")
         manager = self.manager
-        self._last_slots = None  # slot mappings issued before a compaction name old page ids
+        if manager.in_transaction:
+            raise TransactionError("defragment cannot run inside a transaction")
+        self._last_slots = self._copied_slots = None  # slot mappings issued before a compaction name old page ids
         before = (manager.num_pages, manager.fragmentation(), self.pool_bytes, manager.allocator.evictions)
         target = None
         if shrink is not False:

@@ -40,6 +40,9 @@ class KVCacheConfig:
         When set, ``detach`` compacts the pool (lowest-ids order) once ``fragmentation`` exceeds it.
     backend : str
         Kernel backend: ``"auto"`` (Triton on CUDA, torch on CPU), ``"triton"`` or ``"torch"``.
+    check_writes : bool
+        Debug mode: record every layer's write slot by slot (O(batch) per layer) instead of
+        counting layers against the issued slot mapping (O(1) per layer). Same results.
     """
 
     num_layers: int
@@ -56,6 +59,7 @@ class KVCacheConfig:
     max_context_len: int | None = None
     defrag_threshold: float | None = None
     backend: str = "auto"
+    check_writes: bool = False
     torch_device: torch.device = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):

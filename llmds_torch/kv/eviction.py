@@ -38,6 +38,10 @@ class LRUPolicy:
         self._order[page] = None
         self._order.move_to_end(page)
 
+    def insert_new(self, pages: list[int]) -> None:
+        """``insert`` of each page in order, none of them evictable yet."""
+        self._order.update(dict.fromkeys(pages))
+
     def remove(self, page: int) -> None:
         del self._order[page]
 

@@ -70,12 +70,21 @@ def new_cache_salt() -> bytes:
 
 
 class PrefixIndex:
-    """Maps page keys to page ids, and remembers each published page's key and token ids."""
+    """Maps page keys to page ids, and remembers each published page's key and token ids.
+
+    ``child_of`` maps (previous page's key, salt block, token bytes) to the page published under the
+    key those bytes hash to, so matching a cached prefix walks dictionaries instead of hashing: only
+    pages that miss are hashed. It is exact (whole token bytes compared), and the key lookup behind
+    it still sees any page published under a colliding key.
+    """
 
     def __init__(self) -> None:
         self.page_of: dict[bytes, int] = {}
         self.key_of: dict[int, bytes] = {}
         self.tokens_of: dict[int, bytes] = {}  # page -> its token ids as int32 bytes
+        self.child_of: dict[tuple[bytes, bytes, bytes], int] = {}
+        self._child_key: dict[int, tuple[bytes, bytes, bytes]] = {}
+        self.version = 0  # changes whenever an entry is added, dropped or renumbered
 
     def __len__(self) -> int:
         return len(self.page_of)
@@ -90,24 +99,37 @@ class PrefixIndex:
             return None, True
         return page, False
 
-    def publish(self, key: bytes, page: int, token_bytes: bytes) -> bool:
-        """Index ``page`` under ``key``. If the key is already published, the first page stays the
-        shared copy and this returns False."""
+    def publish(self, key: bytes, page: int, token_bytes: bytes, previous: bytes = b"", salt_block: bytes = b"") -> bool:
+        """Index ``page`` under ``key`` (the hash of ``previous``, ``salt_block`` and
+        ``token_bytes``). If the key is already published, the first page stays the shared copy
+        and this returns False."""
         if key in self.page_of:
             return False
+        self.version += 1
         self.page_of[key] = page
         self.key_of[page] = key
         self.tokens_of[page] = token_bytes
+        child = (previous, salt_block, token_bytes)
+        if child not in self.child_of:
+            self.child_of[child] = page
+            self._child_key[page] = child
         return True
 
     def forget(self, page: int) -> None:
         key = self.key_of.pop(page, None)
         if key is not None:
+            self.version += 1
             del self.page_of[key]
             del self.tokens_of[page]
+            child = self._child_key.pop(page, None)
+            if child is not None:
+                del self.child_of[child]
 
     def renumber(self, old_to_new: np.ndarray) -> None:
         """Follow a compaction: ``old_to_new[page]`` is each page's new id."""
+        self.version += 1
         self.key_of = {int(old_to_new[p]): k for p, k in self.key_of.items()}
         self.tokens_of = {int(old_to_new[p]): t for p, t in self.tokens_of.items()}
         self.page_of = {k: p for p, k in self.key_of.items()}
+        self._child_key = {int(old_to_new[p]): c for p, c in self._child_key.items()}
+        self.child_of = {c: p for p, c in self._child_key.items()}

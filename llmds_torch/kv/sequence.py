@@ -1,39 +1,61 @@
 """One sequence's view of the cache: its tokens, its pages, and how far its KV is written."""
 
 from dataclasses import dataclass, field
+from itertools import chain
 
 import numpy as np
 
 from llmds_torch.errors import InvalidTokenIds
+from llmds_torch.kv.block_tables import BlockTables
 
 INT32_MAX = 2**31 - 1
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class Sequence:
     """Bookkeeping of one attached sequence (no tensors).
 
-    ``pages[i]`` holds positions ``[i * page_size, (i + 1) * page_size)``. Positions below
+    ``pages[i]`` holds positions ``[i * page_size, (i + 1) * page_size)``; the same ids sit in row
+    ``row`` of the manager's block tables, which also hold the token counts. Positions below
     ``num_written`` have KV in every layer; ``[num_written, len(tokens))`` are reserved, pending.
-    ``keys[i]`` is the prefix key of full page ``i``, known for the first ``len(keys)`` pages.
+    ``keys[i]`` is the prefix key of full page ``i``, known for every full page of the reserved
+    tokens (hashed once, when the page fills); the first ``num_published`` are in the prefix index
+    (or were offered to it while another page already held the key).
     """
 
     seq_id: int
     tokens: list[int]
     pages: list[int]
     salt_block: bytes
-    num_written: int = 0
+    tables: BlockTables
+    row: int
     num_cached: int = 0
     keys: list[bytes] = field(default_factory=list)
+    num_published: int = 0
+    prompt_bytes: bytes = b""  # the prompt as little-endian int32, kept for publishing its pages
 
     @property
     def num_tokens(self) -> int:
         return len(self.tokens)
 
+    @property
+    def num_written(self) -> int:
+        return int(self.tables.num_written[self.row])
+
+    @num_written.setter
+    def num_written(self, value: int) -> None:
+        self.tables.num_written[self.row] = value
+
 
 def validate_token_ids(token_ids, *, allow_empty: bool = False) -> list[int]:
     """Check that ``token_ids`` (list, tuple, numpy array or torch tensor of integers) are
     non-negative and within int32; return them as a list of Python ints."""
+    arr = validate_token_array(token_ids, allow_empty=allow_empty)
+    return arr.tolist() if arr.dtype != object else [int(t) for t in arr]
+
+
+def validate_token_array(token_ids, *, allow_empty: bool = False) -> np.ndarray:
+    """``validate_token_ids``, returning the checked 1-D integer array."""
     if hasattr(token_ids, "detach"):  # torch tensor
         token_ids = token_ids.detach().cpu().numpy()
     if isinstance(token_ids, (str, bytes)) or np.isscalar(token_ids):
@@ -43,7 +65,7 @@ def validate_token_ids(token_ids, *, allow_empty: bool = False) -> list[int]:
         raise InvalidTokenIds(f"token_ids must be one-dimensional, got shape {arr.shape}")
     if arr.size == 0:
         if allow_empty:
-            return []
+            return np.zeros(0, dtype=np.int64)
         raise InvalidTokenIds("token_ids is empty; at least one token is required")
     if arr.dtype == object:
         if not all(isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in arr):
@@ -55,4 +77,44 @@ def validate_token_ids(token_ids, *, allow_empty: bool = False) -> list[int]:
         raise InvalidTokenIds(f"token_ids must be integers, got dtype {arr.dtype}")
     if lo < 0 or hi > INT32_MAX:
         raise InvalidTokenIds(f"token ids must lie in [0, {INT32_MAX}] (int32); got values in [{lo}, {hi}]")
-    return arr.tolist() if arr.dtype != object else [int(t) for t in arr]
+    return arr
+
+
+def _is_token(t) -> bool:
+    return isinstance(t, (int, np.integer)) and not isinstance(t, bool)
+
+
+def validate_token_batch(token_ids) -> tuple[list[int], list[int] | None]:
+    """Check the tokens of a batch once, whatever their form: ``token_ids[i]`` is an int or a
+    sequence of ints for sequence ``i``; a 1-D array or tensor holds one token per sequence, a 2-D
+    one a row per sequence.
+
+    Returns
+    -------
+    flat : list[int]
+        Every token, sequence after sequence.
+    counts : list[int] | None
+        Tokens per sequence; None when each sequence gets exactly one.
+    """
+    if hasattr(token_ids, "detach"):  # torch tensor
+        token_ids = token_ids.detach().cpu().numpy()
+    if isinstance(token_ids, np.ndarray) and token_ids.dtype != object:
+        if token_ids.ndim == 1:
+            return validate_token_ids(token_ids, allow_empty=True), None
+        if token_ids.ndim != 2 or token_ids.shape[1] == 0:
+            raise InvalidTokenIds(f"a batch of token ids must be 1-D (one each) or 2-D (a row each) with at "
+                                  f"least one token per sequence, got shape {token_ids.shape}")
+        return validate_token_ids(token_ids.reshape(-1), allow_empty=True), [token_ids.shape[1]] * token_ids.shape[0]
+    types = set(map(type, token_ids))
+    if types <= {int} or all(_is_token(t) for t in token_ids):
+        return validate_token_ids(token_ids, allow_empty=True), None
+    if types <= {list, tuple}:
+        counts = list(map(len, token_ids))
+        if 0 in counts:
+            raise InvalidTokenIds("token_ids is empty; at least one token is required")
+        flat = list(chain.from_iterable(token_ids))
+        if not set(map(type, flat)) <= {int} and not all(_is_token(t) for t in flat):
+            raise InvalidTokenIds("token_ids must all be integers")
+        return validate_token_ids(flat), counts
+    lists = [validate_token_ids([t] if _is_token(t) else t) for t in token_ids]
+    return [t for tokens in lists for t in tokens], [len(t) for t in lists]

@@ -213,7 +213,7 @@ class LlamaModel(nn.Module):
         device = self.device
         ids = torch.tensor(flat, dtype=torch.int64, device=device)  # [N]
         positions = torch.cat([torch.arange(w, w + n) for w, n in zip(starts, query_lens)]).to(device)
-        slot_mapping = _first_slots(cache.slot_mapping(list(seq_ids)), pending, query_lens).to(device)
+        slot_mapping = cache.slot_mapping(list(seq_ids), num_tokens=query_lens).to(device)
         # One new token for every sequence: the decode kernel (split over long contexts); otherwise
         # the causal prefill kernel over each sequence's cached prefix and its new tokens.
         is_decode = pending == query_lens and all(n == 1 for n in query_lens)
@@ -230,11 +230,3 @@ class LlamaModel(nn.Module):
             x = self._finish_layer(layer, x, attn)
         last_rows = torch.tensor(query_lens, device=device).cumsum(0) - 1  # [B]
         return self._logits(x[last_rows])
-
-
-def _first_slots(slots: torch.Tensor, pending: list[int], take: list[int]) -> torch.Tensor:
-    """From the pending slots of each sequence (concatenated, ``pending[i]`` each) keep the first
-    ``take[i]``: ``[sum(pending)]`` -> ``[sum(take)]``."""
-    if pending == take:
-        return slots
-    return torch.cat([part[:n] for part, n in zip(torch.split(slots, pending), take)])

@@ -108,12 +108,16 @@ def test_promotion_rolled_back_with_its_transaction():
     cache.detach(_prefill(cache, first))
     for t in range(2):
         cache.detach(_prefill(cache, list(range(50 + 20 * t, 59 + 20 * t))))
+    before = cache.stats()
     with pytest.raises(RuntimeError, match="boom"):
         with cache.transaction():
             assert cache.num_cached_tokens(cache.attach(first)) == 8
             raise RuntimeError("boom")
     cache.check_invariants()
     assert not cache.host.to_load
+    after = cache.stats()
+    assert {k: v for k, v in after.items() if "evict" not in k and not k.startswith("pages_") and k != "fragmentation"} == \
+        {k: v for k, v in before.items() if "evict" not in k and not k.startswith("pages_") and k != "fragmentation"}
     seq = _prefill(cache, first)  # the host still holds the pages: hit again, KV exact
     assert cache.num_cached_tokens(seq) == 8
     k, _ = cache.get(seq)

@@ -157,14 +157,15 @@ class HostTier:
         if self.to_load:
             self._load(device_pool)
 
-    def pending(self) -> tuple[set[int], set[int]]:
-        """The pages waiting to be saved and to be loaded (taken when a transaction starts)."""
-        return set(self.to_save), set(self.to_load)
+    def pending(self) -> tuple[set[int], set[int], int, int]:
+        """The pages waiting to be saved and loaded, and the hit counters (when a transaction starts)."""
+        return set(self.to_save), set(self.to_load), self.counters["host_hits"], self.counters["host_hit_tokens"]
 
-    def forget_since(self, pending: tuple[set[int], set[int]]) -> None:
-        """After a rollback: drop the copies noted since ``pending()`` was taken. A page evicted
-        inside may hold KV written inside, in a pool the rollback dropped; a promoted page is free."""
-        saves_before, loads_before = pending
+    def forget_since(self, pending: tuple[set[int], set[int], int, int]) -> None:
+        """After a rollback: drop the copies noted since ``pending()`` was taken (a page evicted inside
+        may hold KV written inside, in a pool the rollback dropped; a promoted page is free again)
+        and restore the hit counters. Host entries saved inside stay, as evicted pages stay evicted."""
+        saves_before, loads_before, self.counters["host_hits"], self.counters["host_hit_tokens"] = pending
         self.to_save = {p: entry for p, entry in self.to_save.items() if p in saves_before}
         self.to_load = {p: kv for p, kv in self.to_load.items() if p in loads_before}
 

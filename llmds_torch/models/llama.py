@@ -23,6 +23,25 @@ from llmds_torch.models.config import LlamaConfig
 from llmds_torch.models.layers import apply_rope, dense_causal_attention, rms_norm, rope_cos_sin, swiglu
 
 
+@dataclasses.dataclass(slots=True)
+class StepInputs:
+    """One forward step's inputs on the model's device, built once from the cache.
+
+    Attributes
+    ----------
+    token_ids, positions : int64 ``[N]`` the new tokens, batch then position order
+    slot_mapping : int64 ``[N]`` where their K/V go
+    metadata : AttentionMetadata
+    last_rows : int64 ``[batch]`` each sequence's last new token's row
+    """
+
+    token_ids: torch.Tensor
+    positions: torch.Tensor
+    slot_mapping: torch.Tensor
+    metadata: AttentionMetadata
+    last_rows: torch.Tensor
+
+
 class LlamaLayer(nn.Module):
     """One decoder layer's weights. Names follow Hugging Face's ``LlamaDecoderLayer`` without the
     ``self_attn.`` / ``mlp.`` prefixes."""
@@ -191,6 +210,11 @@ class LlamaModel(nn.Module):
         -------
         Tensor ``[batch, vocab_size]``: logits after the last new token of each sequence.
         """
+        step = self._prepare_step(cache, seq_ids, token_ids)
+        return self._logits(self._run_layers(cache, step)[step.last_rows])
+
+    def _prepare_step(self, cache, seq_ids: Sequence[int], token_ids: Sequence[Sequence[int]]) -> "StepInputs":
+        """Check a step's arguments against the cache and build its device inputs."""
         batch = len(seq_ids)
         if batch != len(token_ids) or batch == 0:
             raise ValueError(f"forward needs one non-empty token list per sequence, got {batch} "
@@ -222,11 +246,16 @@ class LlamaModel(nn.Module):
             kv_lens = torch.tensor([w + n for w, n in zip(starts, query_lens)], dtype=torch.int32)
             metadata = dataclasses.replace(metadata, seq_lens=kv_lens.to(metadata.seq_lens.device))
 
-        x = self.embed_tokens[ids]  # [N, hidden]
-        for index, layer in enumerate(self.layers):
-            q, k, v = self._qkv(layer, x, positions)  # q: [N, H, D], k, v: [N, Hkv, D]
-            cache.write(index, slot_mapping, k, v)
-            attn = paged_attention(q, cache.layer(index), metadata)  # [N, H, D]
-            x = self._finish_layer(layer, x, attn)
         last_rows = torch.tensor(query_lens, device=device).cumsum(0) - 1  # [B]
-        return self._logits(x[last_rows])
+        return StepInputs(ids, positions, slot_mapping, metadata, last_rows)
+
+    def _run_layers(self, cache, step: "StepInputs") -> torch.Tensor:
+        """Every layer over the step's new tokens, writing their K/V into ``cache`` (anything with
+        ``write(layer, slot_mapping, k, v)`` and ``layer(index)``). Returns hidden states ``[N, hidden]``."""
+        x = self.embed_tokens[step.token_ids]  # [N, hidden]
+        for index, layer in enumerate(self.layers):
+            q, k, v = self._qkv(layer, x, step.positions)  # q: [N, H, D], k, v: [N, Hkv, D]
+            cache.write(index, step.slot_mapping, k, v)
+            attn = paged_attention(q, cache.layer(index), step.metadata)  # [N, H, D]
+            x = self._finish_layer(layer, x, attn)
+        return x

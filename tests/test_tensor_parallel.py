@@ -71,3 +71,18 @@ def test_hugging_face_models_refused():
 
     with pytest.raises(TensorParallelUnsupported, match="Hugging Face"):
         TensorParallelLlama.from_model(NotLlama(), TPGroup(0, 2, torch.device("cpu")))
+
+
+def test_torchrun_example_runs_on_cpu():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr",
+                           "127.0.0.1", "--master-port", str(_free_port()), "examples/tp_generate.py",
+                           "--num-prompts", "4", "--max-new-tokens", "4"],
+                          cwd=root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "tokens equal to one process: True" in proc.stdout
+    assert "rank 1: followed" in proc.stdout

@@ -49,7 +49,8 @@ def init_tensor_parallel(*, timeout_s: float = 60.0, backend: str | None = None,
     if backend is None:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend, init_method=init_method or "env://", rank=rank, world_size=world_size,
+        dist.init_process_group(backend, init_method=init_method or "env://",
+                                rank=-1 if rank is None else rank, world_size=-1 if world_size is None else world_size,
                                 timeout=datetime.timedelta(seconds=timeout_s))
     rank, world = dist.get_rank(), dist.get_world_size()
     if backend == "nccl":

@@ -48,6 +48,12 @@ def test_config_mismatch_refused_on_every_rank(tmp_path):
     assert "ranks [1]" in results[0]["message"]
 
 
+def test_a_dead_rank_is_a_named_error_not_a_hang(tmp_path):
+    mp.spawn(tp_worker.run_rank, args=(2, _free_port(), str(tmp_path), "dies"), nprocs=2, join=True)
+    result = torch.load(tmp_path / "rank0.pt", weights_only=False)
+    assert result["error"] == "CollectiveFailed" and "rank 0" in result["message"]
+
+
 def test_world_size_must_divide_heads():
     with pytest.raises(HeadsNotDivisible, match="num_heads divisible by 3"):
         check_divisible(tp_worker.CFG, 3)

@@ -1,6 +1,8 @@
 """What each rank of the tensor-parallel tests runs (spawned by tests/test_tensor_parallel.py), and
 the single-process run it is compared with."""
 
+import os
+
 import torch
 
 from llmds_torch.kv import KVCacheConfig, PagedKVCache
@@ -46,11 +48,12 @@ def run_rank(rank: int, world_size: int, port: int, out_dir: str, scenario: str)
 
     torch.set_num_threads(1)
     group = init_tensor_parallel(backend="gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                                 world_size=world_size, timeout_s=30)
+                                 world_size=world_size, timeout_s=10 if scenario == "dies" else 30)
     try:
         _run(group, rank, out_dir, scenario)
     finally:
-        torch.distributed.destroy_process_group()
+        if scenario != "dies":
+            torch.distributed.destroy_process_group()
 
 
 def _run(group, rank: int, out_dir: str, scenario: str) -> None:
@@ -63,6 +66,14 @@ def _run(group, rank: int, out_dir: str, scenario: str) -> None:
         model, cache = start_tensor_parallel(LlamaModel(CFG, seed=3), KVCacheConfig(**kv), group)
     except TensorParallelError as exc:
         torch.save({"error": type(exc).__name__, "message": str(exc)}, f"{out_dir}/rank{rank}.pt")
+        return
+    if scenario == "dies":
+        if not group.is_driver:
+            os._exit(0)  # a rank gone without a word: rank 0 must not wait forever
+        try:
+            drive(model, cache)
+        except TensorParallelError as exc:
+            torch.save({"error": type(exc).__name__, "message": str(exc)}, f"{out_dir}/rank{rank}.pt")
         return
     if group.is_driver:
         outputs, stats = drive(model, cache)

@@ -30,7 +30,7 @@ def _prefill(cache, prompt):
     seq = cache.attach(prompt)
     slots = cache.slot_mapping([seq])
     start = cache.num_written(seq)
-    kv = torch.stack([kv_of(tuple(prompt[:p + 1]), cache.config.dtype) for p in range(start, len(prompt))])
+    kv = torch.stack([kv_of(tuple(prompt[:p + 1]), cache.config.dtype) for p in range(start, len(prompt))]).to(cache.device)
     for layer in range(LAYERS):
         cache.write(layer, slots, kv[:, layer, 0].contiguous(), kv[:, layer, 1].contiguous())
     return seq
@@ -246,3 +246,17 @@ class HostTierMachine(CacheMachine):
 HostTierMachine.TestCase.settings = settings(max_examples=120, stateful_step_count=30, deadline=None,
                                              suppress_health_check=[HealthCheck.too_slow])
 TestHostTierMachine = HostTierMachine.TestCase
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_pinned_host_pool_and_side_stream_load():
+    cache = _small_cache(num_pages=4, host_pages=8, device="cuda")
+    assert cache.host.pool.is_pinned() and cache.host.stream is not None
+    first = list(range(1, 10))
+    cache.detach(_prefill(cache, first))
+    cache.detach(_prefill(cache, list(range(50, 59))))
+    seq = cache.attach(first)
+    assert cache.num_cached_tokens(seq) == 8
+    k, _ = cache.get(seq)  # waits for the side stream's copy
+    assert torch.equal(k.cpu(), _expected_k(first)[:, :8])

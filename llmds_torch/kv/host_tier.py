@@ -96,10 +96,12 @@ class HostTier:
         start, usable = len(hits), (len(tokens) - 1) // page_size
         if start >= usable:
             return 0
+        if keys[start] not in self.index or not m.can_attach(token_ids, salt=salt, extra_key=extra_key):
+            return 0  # nothing to bring back, or the attach will be refused: change nothing
         step = 4 * page_size
         page_tokens = [token_bytes[i * step:(i + 1) * step] for i in range(start, usable)]
         slots = self.index.match(keys[start:usable], page_tokens, m.verify_tokens)
-        if not slots or not m.can_attach(token_ids, salt=salt, extra_key=extra_key):
+        if not slots:
             return 0
         a = m.allocator
         hit_arr = np.asarray(hits, dtype=np.int64)

@@ -1,10 +1,12 @@
 """What the tensor-parallel plan costs per decode step at 256 sequences (CPU, gloo, 2 ranks).
 
 Rank 0 runs the block manager (torch-free) through decode steps of 256 sequences with 1,024-token
-prompts (page 16, so block tables of 65+ pages) and sends each step's plan, as ``StepPlan`` through
-one ``broadcast_object_list`` (what ``TensorParallelLlama.forward`` does), and, for comparison, the
-same arrays packed into one int64 tensor (a size broadcast then a data broadcast). The baseline in
-the same run is the block manager's own decode-step bookkeeping (append, slot mapping, block table).
+prompts (page 16, so block tables of 65+ pages) and sends each step's ``StepPlan`` pickled through
+one ``broadcast_object_list`` (what ``TensorParallelLlama`` sends) and, for comparison, the same
+arrays packed into one int64 tensor (a length broadcast, then the data). The baseline in the same run is
+the block manager's own decode-step bookkeeping (append, slot mapping, block table). Each send is
+timed on rank 0 from a barrier until the follower, having decoded the plan, joins a second barrier;
+the same two barriers with nothing between them are timed too.
 
     .venv/bin/python -m benchmarks.tp_plan [--quick]
 """
@@ -30,10 +32,28 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def pack(arrays: list[np.ndarray]) -> torch.Tensor:
-    """Arrays as one int64 tensor: [count, length..., data...]."""
+def pack(plan) -> torch.Tensor:
+    """The plan's step arrays as one int64 tensor ``[count, lengths..., data...]`` (the alternative)."""
+    arrays = [plan.token_ids, plan.positions, plan.slot_mapping, plan.block_table, plan.seq_lens]
     head = np.array([len(arrays)] + [a.size for a in arrays], dtype=np.int64)
     return torch.from_numpy(np.concatenate([head] + [a.ravel().astype(np.int64) for a in arrays]))
+
+
+def send_packed(plan, group) -> None:
+    if group.rank == 0:
+        packed = pack(plan)
+        dist.broadcast(torch.tensor([packed.numel()]), src=0)
+        dist.broadcast(packed, src=0)
+        return
+    size = torch.zeros(1, dtype=torch.int64)
+    dist.broadcast(size, src=0)
+    packed = torch.empty(int(size), dtype=torch.int64)
+    dist.broadcast(packed, src=0)
+    data, n = packed.numpy(), int(packed[0])
+    lengths, at = data[1:1 + n], 1 + n
+    for length in lengths.tolist():  # decode as the follower would
+        data[at:at + length].astype(np.int32)
+        at += length
 
 
 def _rank(rank: int, port: int, steps: int, out: str) -> None:
@@ -60,22 +80,25 @@ def _rank(rank: int, port: int, steps: int, out: str) -> None:
             t1 = time.perf_counter()
             tokens = np.zeros(BATCH, np.int64)
             plan = StepPlan([], pages, tokens, lens.astype(np.int64), slots, table, lens, None, 1)
-            broadcast_object(plan, group)
-            t2 = time.perf_counter()
-            packed = pack([tokens, lens, slots, table, lens])
-            dist.broadcast(torch.tensor([packed.numel()]), src=0)
-            dist.broadcast(packed, src=0)
-            t3 = time.perf_counter()
+            times = []
+            for send in (broadcast_object, send_packed, None):  # each from a barrier to the follower's barrier
+                dist.barrier()
+                start = time.perf_counter()
+                if send is not None:
+                    send(plan, group)
+                dist.barrier()
+                times.append(time.perf_counter() - start)
             for s in seqs:
                 manager.mark_written(s)
-            rows.append((t1 - t0, t2 - t1, t3 - t2, len(pickle_size(plan))))
+            rows.append((t1 - t0, *times, len(pickle_size(plan)), pack(plan).numel() * 8))
         torch.save(rows, out)
     else:
         for _ in range(steps):
-            broadcast_object(None, group)
-            size = torch.zeros(1, dtype=torch.int64)
-            dist.broadcast(size, src=0)
-            dist.broadcast(torch.empty(int(size), dtype=torch.int64), src=0)
+            for receive in (broadcast_object, send_packed, None):
+                dist.barrier()
+                if receive is not None:
+                    receive(None, group)
+                dist.barrier()
     dist.destroy_process_group()
 
 
@@ -94,16 +117,16 @@ def main(argv=None):
         mp.spawn(_rank, args=(_free_port(), steps, out), nprocs=2, join=True)
         rows = np.array(torch.load(out))[steps // 10:]  # the first steps warm the connection up
     med = np.median(rows, axis=0)
-    table = [dict(what="block manager decode step (append, slot mapping, block table)", us=med[0] * 1e6, vs_bookkeeping=1.0),
-             dict(what="plan: StepPlan via broadcast_object_list (one collective)", us=med[1] * 1e6,
-                  vs_bookkeeping=med[1] / med[0]),
-             dict(what="plan: packed int64 tensor (size + data broadcast)", us=med[2] * 1e6,
-                  vs_bookkeeping=med[2] / med[0])]
-    print(f"{BATCH} sequences, {PROMPT}-token prompts, page {PAGE}, 2 ranks, gloo on CPU; plan {int(med[3])} bytes pickled; "
+    what = ["block manager decode step (append, slot mapping, block table)",
+            "StepPlan pickled through broadcast_object_list (what TP sends), barrier to barrier",
+            "the same arrays packed into one int64 tensor (size + data broadcast), barrier to barrier",
+            "two barriers with nothing between (the round trip both include)"]
+    table = [dict(what=w, us=med[i] * 1e6, vs_bookkeeping=med[i] / med[0]) for i, w in enumerate(what)]
+    print(f"{BATCH} sequences, {PROMPT}-token prompts, page {PAGE}, 2 ranks, gloo on CPU; plan {int(med[5])} bytes packed, {int(med[4])} pickled; "
           f"median over {len(rows)} steps")
     print_table(table)
     write_results("tp_plan_quick" if args.quick else "tp_plan",
-                  dict(batch=BATCH, prompt=PROMPT, page_size=PAGE, world_size=2, steps=steps, plan_bytes=int(med[3]),
+                  dict(batch=BATCH, prompt=PROMPT, page_size=PAGE, world_size=2, steps=steps, plan_bytes_packed=int(med[5]), plan_bytes_pickled=int(med[4]),
                        rows=table))
 
 

@@ -26,9 +26,11 @@ ALLOWED = {
     "attention": {"kernels", "kv"},
     "models": {"kernels", "kv", "attention", "sched"},
     "integrations": {"kernels", "kv", "attention", "sched", "models"},
+    "distributed": {"kernels", "kv", "attention", "models"},
     "warmup": {"retrieval", "sched"},
     "demo": {"kernels", "kv", "attention", "sched", "models", "retrieval", "warmup", "integrations"},
-    "cli": {"kernels", "kv", "attention", "sched", "models", "retrieval", "warmup", "integrations", "demo"},
+    "cli": {"kernels", "kv", "attention", "sched", "models", "retrieval", "warmup", "integrations", "demo",
+            "distributed"},
     "llmds_torch": set(),  # the package's __init__: only the numba cache set-up (a utility)
 }
 

@@ -99,6 +99,7 @@ class BlockManager:
         self.page_owner = np.full(num_pages, NOT_OWNED, dtype=np.int64)  # [num_pages]
         self.page_fill = np.zeros(num_pages, dtype=np.int64)  # [num_pages]: reserved slots of owned pages
         self.pending_copies: list[tuple[int, int]] = []
+        self.evict_listener: Callable[[int], None] | None = None  # sees a page before the index forgets it
         self.counters = dict(prefix_query_tokens=0, prefix_hit_tokens=0, cow_copies=0, refusals=0,
                              hash_collisions=0, pages_moved=0, compactions=0, grows=0, shrinks=0)
 
@@ -219,6 +220,8 @@ class BlockManager:
         return self.prefix.pending_keys
 
     def _evicted(self, page: int) -> None:
+        if self.evict_listener is not None:
+            self.evict_listener(page)
         self.index.forget(page)
         if self._txn is not None:
             self._txn.evicted.append(page)

@@ -11,6 +11,9 @@ launch for all layers.
 Growing allocates the larger pool and copies the old one into it; shrinking (after compaction put
 every live page below the new size) copies the kept prefix into a smaller tensor and drops the old
 one, which really returns its memory. Both briefly hold the old and the new pool.
+
+With ``host_pages`` > 0 a ``HostTier`` keeps evicted prefix pages in host memory; every access to the
+pool first runs its pending copies (``_flush_host``), so the pool always holds what the bookkeeping says.
 """
 
 from collections.abc import Iterator
@@ -26,6 +29,7 @@ from llmds_torch.kernels.page_copy import page_copy
 from llmds_torch.kernels.page_move import page_move
 from llmds_torch.kv.block_manager import BlockManager
 from llmds_torch.kv.config import KVCacheConfig
+from llmds_torch.kv.host_tier import HostTier
 from llmds_torch.kv.transaction import TransactionError
 
 BLOCK_TABLE_PAD = -1
@@ -64,6 +68,7 @@ class PagedKVCache:
             verify_tokens=config.verify_tokens, max_context_len=config.max_context_len,
             max_num_pages=config.max_num_pages, eviction_policy=config.eviction_policy,
             on_resize=self._resize_pool, check_writes=config.check_writes)
+        self.host = HostTier(config, self.manager) if config.host_pages else None
         self.bytes_moved = 0
         self.cow_bytes = 0
         self._last_slots: tuple[torch.Tensor, np.ndarray, int] | None = None  # (issued, host copy, version)
@@ -108,7 +113,14 @@ class PagedKVCache:
         """One layer's pages, ``[num_pages, 2, page_size, num_kv_heads, head_dim]`` (a view)."""
         if not 0 <= layer < self.config.num_layers:
             raise IndexError(f"layer {layer} out of range [0, {self.config.num_layers})")
+        self._flush_host()
         return self.pool[layer]
+
+    def _flush_host(self) -> None:
+        """Run the host tier's pending copies (evicted pages out, promoted pages in)."""
+        host = self.host
+        if host is not None and (host.to_save or host.to_load):
+            host.flush(self.pool)
 
     # ------------------------------------------------------------------ sequences
     def can_attach(self, token_ids, *, salt=None, extra_key=None) -> bool:
@@ -117,7 +129,10 @@ class PagedKVCache:
 
     def attach(self, token_ids, *, salt=None, extra_key=None) -> int:
         """A new sequence for prompt ``token_ids``; reuses cached full pages of its prefix and
-        reserves slots for the rest. Returns the sequence id."""
+        reserves slots for the rest (with the host tier on, prefix pages found there are brought
+        back first and hit too). Returns the sequence id."""
+        if self.host is not None:
+            self.host.promote(self.pool, token_ids, salt=salt, extra_key=extra_key)
         return self.manager.attach(token_ids, salt=salt, extra_key=extra_key)
 
     def pending_prefix_tokens(self, token_ids, *, salt=None, extra_key=None) -> int:
@@ -144,11 +159,14 @@ class PagedKVCache:
         if self.manager.in_transaction:
             raise TransactionError("a transaction is already open; transactions do not nest")
         pool, cow_bytes = self.pool, self.cow_bytes
+        host_pending = self.host.pending() if self.host is not None else None
         try:
             with self.manager.transaction():
                 yield
         except BaseException:
             self.pool, self.cow_bytes, self._last_slots, self._copied_slots = pool, cow_bytes, None, None
+            if self.host is not None:
+                self.host.forget_since(host_pending)
             raise
         self._defragment_if_fragmented()
 
@@ -192,6 +210,7 @@ class PagedKVCache:
         copy-on-write copies of the step run as one kernel launch."""
         self.manager.append_batch(seq_ids, token_ids)
         copies = self.manager.take_pending_copies()
+        self._flush_host()
         if copies:
             src, dst = (torch.tensor(x, dtype=torch.int64, device=self.device) for x in zip(*copies))
             page_copy(self.pool, src, dst, backend=self.config.backend, validate_indices=False)
@@ -228,6 +247,7 @@ class PagedKVCache:
         k, v : ``[num_layers, num_written, num_kv_heads, head_dim]``
         """
         n = self.manager.num_written(seq_id)
+        self._flush_host()
         pages = torch.tensor(self.manager.pages(seq_id), dtype=torch.int64, device=self.device)
         c = self.config
         kv = self.pool.index_select(1, pages)  # [L, pages, 2, P, H, D]
@@ -242,6 +262,7 @@ class PagedKVCache:
         ``defragment`` (which renumbers pages). Writing exactly this tensor in every layer costs
         the cache O(1) bookkeeping per layer and no device-to-host copy."""
         slots = self.manager.slot_mapping(list(seq_ids), num_tokens)
+        self._flush_host()
         tensor = torch.from_numpy(slots).to(self.device)
         self._last_slots = (tensor, slots, tensor._version)
         return tensor
@@ -281,6 +302,7 @@ class PagedKVCache:
             raise TypeError("slot_mapping must be a 1-D int64 tensor (from PagedKVCache.slot_mapping)")
         slots = self._host_slots(slot_mapping)
         self.manager.check_write(layer, slots)
+        self._flush_host()
         kv_write(self.pool[layer], slot_mapping, k, v, backend=self.config.backend, validate_indices=False)
         self.manager.record_write(layer, slots, checked=True)
 
@@ -330,9 +352,11 @@ class PagedKVCache:
             raise TransactionError("defragment cannot run inside a transaction")
         self._last_slots = self._copied_slots = None  # slot mappings issued before a compaction name old page ids
         before = (manager.num_pages, manager.fragmentation(), self.pool_bytes, manager.allocator.evictions)
+        self._flush_host()
         target = None
         if shrink is not False:
             target = manager.shrink_target(None if shrink is True else shrink)
+            self._flush_host()  # pages the shrink evicted, before the moves overwrite them
         rounds, old_to_new = manager.plan_compaction(order)
         for moves in rounds:
             src, dst = (torch.tensor(x, dtype=torch.int64, device=self.device) for x in zip(*moves))
@@ -362,6 +386,8 @@ class PagedKVCache:
         s = self.manager.stats()
         s.update(bytes_moved=self.bytes_moved, cow_bytes=self.cow_bytes, pool_bytes=self.pool_bytes,
                  page_bytes=self.config.page_bytes)
+        if self.host is not None:
+            s.update(self.host.stats())
         return s
 
     def check_invariants(self) -> None:
@@ -369,6 +395,8 @@ class PagedKVCache:
         self.manager.check_invariants()
         if self.pool.shape[1] != self.manager.num_pages:
             raise AssertionError("pool size and page count disagree")
+        if self.host is not None:
+            self.host.check_invariants()
 
     def __contains__(self, seq_id) -> bool:
         return seq_id in self.manager

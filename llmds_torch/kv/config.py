@@ -43,6 +43,9 @@ class KVCacheConfig:
     check_writes : bool
         Debug mode: record every layer's write slot by slot (O(batch) per layer) instead of
         counting layers against the issued slot mapping (O(1) per layer). Same results.
+    host_pages : int
+        Pages of the host-memory tier (0: off). Published pages evicted from the device pool are
+        copied there (pinned memory on CUDA, LRU) and a prefix hit on them copies them back.
     """
 
     num_layers: int
@@ -60,6 +63,7 @@ class KVCacheConfig:
     defrag_threshold: float | None = None
     backend: str = "auto"
     check_writes: bool = False
+    host_pages: int = 0
     torch_device: torch.device = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -86,6 +90,8 @@ class KVCacheConfig:
             raise ConfigError(f"max_context_len must be a positive integer or None, got {self.max_context_len!r}")
         if self.defrag_threshold is not None and not 0.0 < self.defrag_threshold < 1.0:
             raise ConfigError(f"defrag_threshold must lie in (0, 1) or be None, got {self.defrag_threshold!r}")
+        if not isinstance(self.host_pages, int) or isinstance(self.host_pages, bool) or self.host_pages < 0:
+            raise ConfigError(f"host_pages must be a non-negative integer (0 turns the host tier off), got {self.host_pages!r}")
         if self.backend not in ("auto", "triton", "torch"):
             raise ConfigError(f"backend must be 'auto', 'triton' or 'torch', got {self.backend!r}")
 

@@ -212,12 +212,22 @@ class LlamaModel(nn.Module):
         -------
         Tensor ``[batch, vocab_size]``: logits after the last new token of each sequence.
         """
+        step = self._prepare_step(cache, seq_ids, token_ids)
+        return self._logits(self._run_layers(cache, step)[step.last_rows])
+
+    def _prepare_step(self, cache, seq_ids: Sequence[int], token_ids: Sequence[Sequence[int]]) -> StepInputs:
+        """Check a step's arguments against the cache and build its inputs (see ``StepInputs.build``)."""
         step = StepInputs.build(cache, seq_ids, token_ids, self.device)
         self.check_token_ids(step.token_ids)
+        return step
+
+    def _run_layers(self, cache, step: StepInputs) -> torch.Tensor:
+        """Every layer over the step's new tokens, writing their K/V into ``cache`` (anything with
+        ``write(layer, slot_mapping, k, v)`` and ``layer(index)``). Returns hidden states ``[N, hidden]``."""
         x = self.embed_tokens[step.token_ids]  # [N, hidden]
         for index, layer in enumerate(self.layers):
             q, k, v = self._qkv(layer, x, step.positions)  # q: [N, H, D], k, v: [N, Hkv, D]
             cache.write(index, step.slot_mapping, k, v)
             attn = paged_attention(q, cache.layer(index), step.metadata)  # [N, H, D]
             x = self._finish_layer(layer, x, attn)
-        return self._logits(x[step.last_rows])
+        return x

@@ -29,6 +29,16 @@ heuristic when full, in parallel over targets. Each parallel step only reads sta
 writes during it, so the graph depends on the seed and the input order, never on thread count or
 timing. Points of one batch do not link to each other directly; they meet through old nodes.
 
+Exact duplicates
+----------------
+Identical vectors are all at distance 0 from each other, so the selection heuristic cannot tell
+them apart: left alone, a group of copies would fill each other's lists and link only among
+themselves, and a search entering the group could not leave it. Copies of a point therefore take
+at most a quarter of its list, chosen by a fixed pseudo-random rank (so the group forms a random,
+connected subgraph instead of all copies linking to the same few); the rest of the list is chosen
+as usual. An unfiltered search always returns ``k`` points when ``k <= len(index)``: a query whose
+beam reaches fewer (a graph cut into pieces) is answered by exact search.
+
 Distances (smaller is closer; results sorted best first)
 --------------------------------------------------------
 ``"l2"``: squared Euclidean distance (what FAISS ``IndexFlatL2`` reports).
@@ -405,7 +415,8 @@ class HNSW:
         ef : beam width, ``>= k``; default ``max(self.ef_search, k)``. Any larger value is served
             (a beam wider than ``len(self)`` is narrowed to it, which changes no result).
         allow : optional allow-list of ids; only those are returned (unknown ids are ignored). When
-            fewer than ``k`` are allowed the rows are padded with id -1 and distance inf.
+            fewer than ``k`` are allowed the rows are padded with id -1 and distance inf. Otherwise
+            every row holds ``k`` results: a query whose beam reaches fewer is answered exactly.
         backend : ``"auto"`` (numba on CPU, torch elsewhere), ``"numba"`` or ``"torch"``.
 
         Returns
@@ -441,8 +452,19 @@ class HNSW:
             allow_mask[allowed_slots] = True
 
         if backend == "torch":
-            return self._to_result(*self._search_torch(q, k, ef, allow_mask))
-        return self._search_numba(q, k, ef, allow_mask)
+            ids, dists = self._to_result(*self._search_torch(q, k, ef, allow_mask))
+        else:
+            ids, dists = self._search_numba(q, k, ef, allow_mask)
+        short = np.flatnonzero((ids.numpy() < 0).any(axis=1))
+        if short.size:  # the beam reached fewer than k eligible points although k exist: answer exactly
+            eligible = allowed_slots if allow_mask is not None else self._live_slots()
+            if eligible.size >= k:
+                ids[short], dists[short] = self._exact(q[short], eligible, k)
+        return ids, dists
+
+    def _live_slots(self) -> np.ndarray:
+        """Slots of the live points, ascending, int32."""
+        return np.flatnonzero(self._live[: self._n_slots].numpy()).astype(np.int32)
 
     def _search_numba(self, q: np.ndarray, k: int, ef: int, allow_mask):
         """Compiled search of ``q`` ``[nq, dim]``; returns (ids int64 ``[nq, k]``, distances ``[nq, k]``).

@@ -296,23 +296,69 @@ def search_one(query, ef, entry, max_level, vectors, links0, upper_links, upper_
                  dist_offset, out_ids, out_dists)
 
 
-@nb.njit(**_JIT)
-def select_heuristic(cand_ids, cand_dists, n_cand, vectors, metric, out):
-    """The paper's neighbour-selection heuristic (Algorithm 4, without extend/keep-pruned).
+@nb.njit(inline="always", **_JIT)
+def same_vector(vectors, a, b):
+    """Whether stored vectors ``a`` and ``b`` are identical (exits at the first differing component)."""
+    for j in range(vectors.shape[1]):
+        if vectors[a, j] != vectors[b, j]:
+            return False
+    return True
 
-    Candidates arrive sorted by distance to the base point; one is kept when it is closer to the
-    base point than to every neighbour kept so far, until ``len(out)`` are kept. Writes the kept
-    slots into ``out`` and pads it with -1; returns how many were kept.
+
+@nb.njit(inline="always", **_JIT)
+def copy_rank(base, other):
+    """A fixed pseudo-random rank of ``other`` as seen from ``base`` (both slots), for choosing among copies."""
+    h = (np.uint64(base) * np.uint64(0x9E3779B97F4A7C15)) ^ (np.uint64(other) * np.uint64(0xC2B2AE3D27D4EB4F))
+    h ^= h >> np.uint64(31)
+    h *= np.uint64(0xBF58476D1CE4E5B9)
+    return h ^ (h >> np.uint64(29))
+
+
+@nb.njit(**_JIT)
+def select_heuristic(base, cand_ids, cand_dists, n_cand, vectors, metric, out):
+    """The paper's neighbour-selection heuristic (Algorithm 4, without extend/keep-pruned), aware of copies.
+
+    Candidates arrive sorted by distance to the base point ``base`` (a slot). One is kept when it is
+    closer to the base point than to every neighbour kept so far, and is not a copy of one, until
+    ``len(out)`` are kept. Exact copies of the base point are handled first: with nothing to tell
+    them apart, all of them would pass that test (each is at distance 0 from the base and from each
+    other) and fill the list, so that a group of identical points would link only among itself and
+    cut the rest of the graph off. At most a quarter of the list goes to copies, chosen by
+    :func:`copy_rank` rather than by search order (which is the same for every copy and would make
+    all of them link to the same few), so the copies form a random, well-connected subgraph. Kept
+    copies are skipped when testing later candidates: they stand where the base stands. Writes the
+    kept slots into ``out`` and pads it with -1; returns how many were kept.
     """
-    n_out = 0
     width = out.shape[0]
+    max_copies = max(1, width // 4)
+    n_out = 0
+    for i in range(n_cand):
+        e = cand_ids[i]
+        if e == base or not same_vector(vectors, e, base):
+            continue
+        rank = copy_rank(base, e)
+        if n_out < max_copies:
+            pos = n_out
+            n_out += 1
+        elif rank < copy_rank(base, out[n_out - 1]):
+            pos = n_out - 1
+        else:
+            continue
+        while pos > 0 and copy_rank(base, out[pos - 1]) > rank:
+            out[pos] = out[pos - 1]
+            pos -= 1
+        out[pos] = e
+    n_copies = n_out
     for i in range(n_cand):
         if n_out >= width:
             break
         e = cand_ids[i]
+        if e == base or same_vector(vectors, e, base):
+            continue
         keep = True
-        for j in range(n_out):
-            if distance(vectors, out[j], vectors[e], metric) < cand_dists[i]:
+        for j in range(n_copies, n_out):
+            kept = out[j]
+            if distance(vectors, kept, vectors[e], metric) < cand_dists[i] or same_vector(vectors, kept, e):
                 keep = False
                 break
         if keep:
@@ -360,7 +406,7 @@ def _insert_search(new_slots, new_levels, entry, max_level, ef_construction, vec
                                      res_keys, res_vals)
                 drain_sorted(res_keys, res_vals, n_res, sorted_ids, sorted_dists)
                 out = out_links0[b] if lv == 0 else out_upper[b, lv - 1]
-                select_heuristic(sorted_ids, sorted_dists, n_res, vectors, metric, out)
+                select_heuristic(new_slots[b], sorted_ids, sorted_dists, n_res, vectors, metric, out)
                 node = sorted_ids[0]
                 dist = sorted_dists[0]
 
@@ -375,7 +421,7 @@ def _reselect(base, cand, n, vectors, metric, row):
     for i in range(n):
         dists[i] = distance(vectors, cand[i], vectors[base], metric)
     order = np.argsort(dists, kind="mergesort")
-    select_heuristic(cand[:n][order], dists[order], n, vectors, metric, row)
+    select_heuristic(base, cand[:n][order], dists[order], n, vectors, metric, row)
 
 
 def _link_reverse(targets, target_levels, sources, group_starts, vectors, links0, upper_links, upper_offset,

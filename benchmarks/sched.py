@@ -10,7 +10,7 @@
    ``srpt`` and ``slo`` (and ``slo`` shedding late requests) on each. Goal: ``slo`` >= the better
    of ``fcfs`` and ``srpt`` on every trace.
 
-Run: ``python -m benchmarks.sched`` (issue sizes) or ``python -m benchmarks.sched --quick``.
+Run: ``python -m benchmarks.sched`` (full sizes) or ``python -m benchmarks.sched --quick``.
 """
 
 from __future__ import annotations

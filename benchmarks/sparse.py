@@ -10,14 +10,14 @@
 2. Codec decode throughput in integers/s (the vectorized numpy decoder and the numba one).
 3. Count-Min Sketch batched updates/s, against exact counting with collections.Counter.
 
-Run: ``python -m benchmarks.sparse`` (issue sizes) or ``python -m benchmarks.sparse --quick``.
+Run: ``python -m benchmarks.sparse`` (full sizes) or ``python -m benchmarks.sparse --quick``.
 """
 
 from __future__ import annotations
 
 import os
 
-# numba's OpenMP layer spins 200 ms after each parallel loop by default; on this shared 2-core machine
+# numba's OpenMP layer spins 200 ms after each parallel loop by default; on a machine with few cores
 # that made every batched call (ours and bm25s's numba backend alike) cost ~8 ms. Set before numba loads.
 os.environ.setdefault("KMP_BLOCKTIME", "0")
 

@@ -17,7 +17,7 @@ floating-point rounding of bound sums on the safe side. A document that loses a 
 already ends strictly below ``theta``, so the heap's k documents are fully scored and are exactly those
 of an exhaustive run.
 
-Single-block terms carry no block metadata (see ``codec.BlockedPostings``); their bound is found by
+Single-block terms carry no block metadata (see ``postings.BlockedPostings``); their bound is found by
 decoding them in a first pass.
 
 Frequent terms are read from an :class:`ImpactCache` (decoded doc ids and contributions) instead of
@@ -32,7 +32,7 @@ import numba
 import numpy as np
 
 from .bm25 import idf_by_code, tfc_by_code
-from .codec import posting_at, term_header_at
+from .postings import posting_at, term_header_at
 
 _SLACK = 1e-9
 _TOUCHED = 1  # state of a document some query term holds

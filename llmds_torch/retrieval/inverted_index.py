@@ -1,6 +1,6 @@
 """BM25 inverted index over compressed, blocked postings with exact top-k search.
 
-Postings live in one :class:`~llmds_torch.retrieval.codec.BlockedPostings`: per term, doc gaps with
+Postings live in one :class:`~llmds_torch.retrieval.postings.BlockedPostings`: per term, doc gaps with
 the term frequency folded in (tf = 1 is one bit) as LEB128 varints; terms longer than ``block_size``
 are cut into blocks that record their largest contribution ``tfc - tfc(0)``, which bounds the block's
 best score for pruning. Search runs in compiled loops (``_bm25_search``); see there for why pruning
@@ -36,7 +36,7 @@ from ._bm25_search import (
     tfc_of_one,
 )
 from .bm25 import BM25Params
-from .codec import (
+from .postings import (
     DEFAULT_BLOCK_SIZE,
     BlockedPostings,
     block_max_impacts,

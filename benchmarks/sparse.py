@@ -30,7 +30,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks._common import hardware, print_table, write_results  # noqa: E402
-from llmds_torch.retrieval.codec import decode_uvarint, decode_uvarint_numba, encode_uvarint  # noqa: E402
+from llmds_torch.retrieval.varint import decode_uvarint, decode_uvarint_numba, encode_uvarint  # noqa: E402
 from llmds_torch.retrieval.count_min_sketch import CountMinSketch  # noqa: E402
 from llmds_torch.retrieval.inverted_index import InvertedIndex  # noqa: E402
 from llmds_torch.retrieval.stdlib_corpus import stdlib_documents  # noqa: E402

@@ -17,22 +17,30 @@ floating-point rounding of bound sums on the safe side. A document that loses a 
 already ends strictly below ``theta``, so the heap's k documents are fully scored and are exactly those
 of an exhaustive run.
 
-Single-block terms carry no block metadata (see ``codec.BlockedPostings``); their bound is found by
+Single-block terms carry no block metadata (see ``postings.BlockedPostings``); their bound is found by
 decoding them in a first pass.
 
 Frequent terms are read from an :class:`ImpactCache` (decoded doc ids and contributions) instead of
 the varint stream when the index holds one; the contributions are the same float64 values, so the
 cache never changes a score. The posting loops avoid branches that depend on the data: with the
 documents of frequent terms touched at random, mispredicted branches cost more than the arithmetic.
+
+Stages of one query (:func:`_search_one`): :func:`_plan_query` decodes the term headers and bounds
+the terms; per block, :func:`_prune_block` decides whether to skip it; an uncached block is decoded
+into the scratch's block buffers by :func:`_decode_block`, and a cached one is read in place; both
+feed the one :func:`_accumulate`; :func:`_select` pops the heap into the output and :func:`_clear`
+zeroes the scratch. The arrays travel in named groups (:data:`PostingArrays`, :data:`Scoring`,
+:data:`CachedImpacts`, :data:`Queries`, :data:`Scratch`, :data:`Results`).
 """
 
+from collections import namedtuple
 from dataclasses import dataclass
 
 import numba
 import numpy as np
 
 from .bm25 import idf_by_code, tfc_by_code
-from .codec import posting_at, term_header_at
+from .postings import posting_at, term_header_at
 
 _SLACK = 1e-9
 _TOUCHED = 1  # state of a document some query term holds
@@ -71,6 +79,30 @@ def _contribution(tf, doc, tfc_one, doc_lengths, avgdl, code, k1, b, delta, abse
     return tfc_by_code(code, np.float64(tf), np.float64(doc_lengths[doc]), avgdl, k1, b, delta) - absent
 
 
+# Named groups of what the compiled search reads and writes (numba compiles attribute access on them).
+PostingArrays = namedtuple("PostingArrays", [
+    "data", "term_byte_start", "block_byte_start", "block_last_doc", "block_max_impact", "block_size"])
+PostingArrays.__doc__ = "The arrays of a ``postings.BlockedPostings`` and its block size."
+Scoring = namedtuple("Scoring", ["tfc_one", "doc_lengths", "num_docs", "avgdl", "code", "k1", "b", "delta"])
+Scoring.__doc__ = """BM25 inputs: ``tfc_one`` float64 ``[n_slots]`` (see :func:`tfc_of_one`), ``doc_lengths`` ``[n_slots]``,
+the live document count, the average length and the variant's code and parameters."""
+CachedImpacts = namedtuple("CachedImpacts", ["terms", "start", "docs", "impacts"])
+CachedImpacts.__doc__ = "The arrays of an :class:`ImpactCache`."
+Queries = namedtuple("Queries", ["ptr", "terms", "counts"])
+Queries.__doc__ = """Queries in CSR form: query ``q``'s vocabulary ids are ``terms[ptr[q]:ptr[q + 1]]`` (int64), with their
+counts in the query (float64)."""
+Results = namedtuple("Results", ["slots", "scores", "sizes"])
+Results.__doc__ = "Per query ``q``: ``slots[q]`` int64 ``[k]`` and ``scores[q]`` float64 ``[k]``, best first; ``sizes[q]`` found."
+Scratch = namedtuple("Scratch", [
+    "acc", "state", "touched", "heap_pos", "window_max", "heap_scores", "heap_slots", "block_docs", "block_impacts"])
+Scratch.__doc__ = "Per-thread search state, all zero between queries (see :func:`new_scratch`)."
+QueryPlan = namedtuple("QueryPlan", [
+    "weights", "doc_freqs", "first_blocks", "starts", "cached_at", "order", "remaining", "baseline", "last"])
+QueryPlan.__doc__ = """One query's terms, decoded headers and bounds; ``order`` is the scoring order (descending
+bound), ``remaining[j]`` the bound sum of terms ``order[j:]``, ``last`` the position in ``order`` of the last term
+with postings."""
+
+
 @dataclass(frozen=True, slots=True)
 class ImpactCache:
     """Decoded postings of the most frequent terms: doc ids and contributions ``tfc - tfc(0)``.
@@ -97,9 +129,9 @@ class ImpactCache:
     def nbytes(self) -> int:
         return int(self.terms.nbytes + self.start.nbytes + self.docs.nbytes + self.impacts.nbytes)
 
-    def arrays(self) -> tuple:
-        """``(terms, start, docs, impacts)``, in the compiled search's argument order."""
-        return self.terms, self.start, self.docs, self.impacts
+    def arrays(self) -> "CachedImpacts":
+        """The arrays as the compiled search takes them."""
+        return CachedImpacts(self.terms, self.start, self.docs, self.impacts)
 
 
 CACHE_BYTES_PER_POSTING = 12  # int32 doc id + float64 contribution
@@ -212,13 +244,10 @@ def _cut(theta):
 
 
 @numba.njit
-def _search_one(terms, counts, k, prune, data, term_byte_start, block_byte_start, block_last_doc,
-                block_max_impact, block_size, tfc_one, doc_lengths, num_docs, avgdl, code, k1, b, delta,
-                cache_terms, cache_start, cache_docs, cache_impacts,
-                acc, state, touched, heap_pos, window_max, heap_scores, heap_slots, out_slots, out_scores):
-    """Score one query; write its top k to ``out_slots`` / ``out_scores`` (``[k]``, best first); return how many."""
+def _plan_query(terms, counts, postings, scoring, cache, absent):
+    """Decode the query terms' headers, weigh them and bound them; see :data:`QueryPlan`."""
     num_terms = terms.shape[0]
-    absent = tfc_by_code(code, 0.0, avgdl, avgdl, k1, b, delta)
+    block_size = postings.block_size
     weights = np.zeros(num_terms)
     bounds = np.zeros(num_terms)
     doc_freqs = np.zeros(num_terms, dtype=np.int64)
@@ -227,125 +256,116 @@ def _search_one(terms, counts, k, prune, data, term_byte_start, block_byte_start
     cached_at = np.full(num_terms, -1, dtype=np.int64)  # where a cached term's impacts start, else -1
     baseline = 0.0
     for j in range(num_terms):
-        df, first_block, pos = term_header_at(data, term_byte_start, terms[j], block_size)
+        df, first_block, pos = term_header_at(postings.data, postings.term_byte_start, terms[j], block_size)
         doc_freqs[j], first_blocks[j], starts[j] = df, first_block, pos
         if df == 0:
             continue
-        weight = counts[j] * idf_by_code(code, df, num_docs)
+        weight = counts[j] * idf_by_code(scoring.code, df, scoring.num_docs)
         weights[j] = weight
         baseline += weight * absent
         best = 0.0
         if first_block >= 0:
             for block in range(first_block, first_block + (df + block_size - 1) // block_size):
-                best = max(best, np.float64(block_max_impact[block]))
-            slot = np.searchsorted(cache_terms, terms[j])
-            if slot < cache_terms.shape[0] and cache_terms[slot] == terms[j]:
-                cached_at[j] = cache_start[slot]
+                best = max(best, np.float64(postings.block_max_impact[block]))
+            slot = np.searchsorted(cache.terms, terms[j])
+            if slot < cache.terms.shape[0] and cache.terms[slot] == terms[j]:
+                cached_at[j] = cache.start[slot]
         else:
             doc = np.int64(0)
             for _ in range(df):
-                gap, tf, pos = posting_at(data, pos)
+                gap, tf, pos = posting_at(postings.data, pos)
                 doc += gap
-                best = max(best, _contribution(tf, doc, tfc_one, doc_lengths, avgdl, code, k1, b, delta, absent))
+                best = max(best, _contribution(tf, doc, scoring.tfc_one, scoring.doc_lengths, scoring.avgdl,
+                                               scoring.code, scoring.k1, scoring.b, scoring.delta, absent))
         bounds[j] = weight * best
     order = np.argsort(-bounds, kind="mergesort")
-    remaining = np.zeros(num_terms + 1)  # remaining[j]: bound sum of terms order[j:]
+    remaining = np.zeros(num_terms + 1)
     for j in range(num_terms - 1, -1, -1):
         remaining[j] = remaining[j + 1] + bounds[order[j]]
-
-    # Window maxima serve the block checks of later terms only.
     last = -1
     for jj in range(num_terms):
         if doc_freqs[order[jj]] > 0:
             last = jj
-    windows_needed = prune
-    num_touched = 0
-    size = 0
-    for jj in range(num_terms):
-        j = order[jj]
-        df, first_block, weight = doc_freqs[j], first_blocks[j], weights[j]
-        if df == 0:
-            continue
-        after = remaining[jj + 1]
-        num_blocks = 1 if first_block < 0 else (df + block_size - 1) // block_size
-        for i in range(num_blocks):
-            only_touched = False
-            if first_block < 0:
-                pos, base, count = starts[j], np.int64(0), df
-                if prune and size == k:
-                    only_touched = remaining[jj] < _cut(heap_scores[0])
-            else:
-                block = first_block + i
-                pos = np.int64(block_byte_start[block])
-                base = np.int64(block_last_doc[block - 1]) if i > 0 else np.int64(0)
-                count = min(block_size, df - i * block_size)
-                if prune and size == k:
-                    cut = _cut(heap_scores[0])
-                    best = 0.0
-                    for w in range((base + (i > 0)) >> WINDOW_SHIFT, (np.int64(block_last_doc[block]) >> WINDOW_SHIFT) + 1):
-                        best = max(best, window_max[w])
-                    if best + weight * np.float64(block_max_impact[block]) + after < cut:
-                        continue
-                    only_touched = remaining[jj] < cut
-            # The loops below avoid branches on data (touched or not, a new window maximum): with the
-            # documents of frequent terms touched at random, mispredicted branches cost more than the
-            # arithmetic. Window maxima are carried in a register while the window stays the same.
-            windows = windows_needed and jj < last
-            if cached_at[j] >= 0:
-                first = cached_at[j] + i * block_size
-                window = np.int64(cache_docs[first]) >> WINDOW_SHIFT
-                window_best = window_max[window]
-                if only_touched:
-                    for t in range(first, first + count):
-                        doc = np.int64(cache_docs[t])
-                        held = state[doc] != 0
-                        score = acc[doc] + weight * (cache_impacts[t] * np.float64(held))  # untouched: stays 0
-                        acc[doc] = score
-                        if windows:
-                            if doc >> WINDOW_SHIFT != window:
-                                window_max[window] = window_best
-                                window = doc >> WINDOW_SHIFT
-                                window_best = window_max[window]
-                            window_best = max(window_best, score)
-                        if score >= heap_scores[0] and held:
-                            size = _offer(doc, score, k, size, state, heap_scores, heap_slots, heap_pos)
-                else:
-                    for t in range(first, first + count):
-                        doc = np.int64(cache_docs[t])
-                        touched[num_touched] = doc  # kept only when new
-                        num_touched += state[doc] == 0
-                        state[doc] |= _TOUCHED
-                        score = acc[doc] + weight * cache_impacts[t]
-                        acc[doc] = score
-                        if windows:
-                            if doc >> WINDOW_SHIFT != window:
-                                window_max[window] = window_best
-                                window = doc >> WINDOW_SHIFT
-                                window_best = window_max[window]
-                            window_best = max(window_best, score)
-                        if size < k or score >= heap_scores[0]:
-                            size = _offer(doc, score, k, size, state, heap_scores, heap_slots, heap_pos)
-                if windows:
-                    window_max[window] = window_best
-                continue
-            doc = base
-            for _ in range(count):
-                gap, tf, pos = posting_at(data, pos)
-                doc += gap
-                if only_touched and state[doc] == 0:
-                    continue
-                touched[num_touched] = doc
-                num_touched += state[doc] == 0
-                state[doc] |= _TOUCHED
-                score = acc[doc] + weight * _contribution(tf, doc, tfc_one, doc_lengths, avgdl, code, k1, b, delta,
-                                                          absent)
-                acc[doc] = score
-                if windows:
-                    window_max[doc >> WINDOW_SHIFT] = max(window_max[doc >> WINDOW_SHIFT], score)
-                if size < k or score >= heap_scores[0]:
-                    size = _offer(doc, score, k, size, state, heap_scores, heap_slots, heap_pos)
+    return QueryPlan(weights, doc_freqs, first_blocks, starts, cached_at, order, remaining, baseline, last)
 
-    # Pop worst-first into the tail so the output is best-first.
+
+@numba.njit(inline="always")
+def _prune_block(postings, block, i, weight, after, remaining_here, theta, window_max):
+    """Block-max check of block ``block`` (the term's ``i``-th): return ``(skip, only_touched)``."""
+    cut = _cut(theta)
+    base = np.int64(postings.block_last_doc[block - 1]) if i > 0 else np.int64(0)
+    best = 0.0
+    for w in range((base + (i > 0)) >> WINDOW_SHIFT, (np.int64(postings.block_last_doc[block]) >> WINDOW_SHIFT) + 1):
+        best = max(best, window_max[w])
+    skip = best + weight * np.float64(postings.block_max_impact[block]) + after < cut
+    return skip, remaining_here < cut
+
+
+@numba.njit(inline="always")
+def _decode_block(postings, scoring, absent, pos, base, count, docs, impacts):
+    """Decode ``count`` postings from byte ``pos`` (doc gaps from ``base``) into ``docs`` / ``impacts[:count]``."""
+    doc = base
+    for t in range(count):
+        gap, tf, pos = posting_at(postings.data, pos)
+        doc += gap
+        docs[t] = doc
+        impacts[t] = _contribution(tf, doc, scoring.tfc_one, scoring.doc_lengths, scoring.avgdl, scoring.code,
+                                   scoring.k1, scoring.b, scoring.delta, absent)
+
+
+@numba.njit(inline="always")
+def _accumulate(docs, impacts, first, count, weight, only_touched, windows, k, size, num_touched, scratch):
+    """Add ``weight * impacts[t]`` to the documents ``docs[t]``, ``t`` in ``first:first + count``, keeping the
+    heap, the touched list and (when ``windows``) the window maxima current; return ``(size, num_touched)``.
+
+    With ``only_touched``, documents no earlier term touched are passed over. The loops avoid branches on
+    data (touched or not, a new window maximum): with the documents of frequent terms touched at random,
+    mispredicted branches cost more than the arithmetic. Window maxima are carried in a register while
+    the window stays the same.
+    """
+    acc, state, window_max, heap_scores = scratch.acc, scratch.state, scratch.window_max, scratch.heap_scores
+    window = np.int64(docs[first]) >> WINDOW_SHIFT
+    window_best = window_max[window]
+    if only_touched:
+        for t in range(first, first + count):
+            doc = np.int64(docs[t])
+            held = state[doc] != 0
+            score = acc[doc] + weight * (impacts[t] * np.float64(held))  # untouched: stays 0
+            acc[doc] = score
+            if windows:
+                if doc >> WINDOW_SHIFT != window:
+                    window_max[window] = window_best
+                    window = doc >> WINDOW_SHIFT
+                    window_best = window_max[window]
+                window_best = max(window_best, score)
+            if score >= heap_scores[0] and held:
+                size = _offer(doc, score, k, size, state, heap_scores, scratch.heap_slots, scratch.heap_pos)
+    else:
+        touched = scratch.touched
+        for t in range(first, first + count):
+            doc = np.int64(docs[t])
+            touched[num_touched] = doc  # kept only when new
+            num_touched += state[doc] == 0
+            state[doc] |= _TOUCHED
+            score = acc[doc] + weight * impacts[t]
+            acc[doc] = score
+            if windows:
+                if doc >> WINDOW_SHIFT != window:
+                    window_max[window] = window_best
+                    window = doc >> WINDOW_SHIFT
+                    window_best = window_max[window]
+                window_best = max(window_best, score)
+            if size < k or score >= heap_scores[0]:
+                size = _offer(doc, score, k, size, state, heap_scores, scratch.heap_slots, scratch.heap_pos)
+    if windows:
+        window_max[window] = window_best
+    return size, num_touched
+
+
+@numba.njit
+def _select(size, baseline, scratch, out_slots, out_scores):
+    """Pop the heap worst-first into the tail of ``out_*`` so the output is best-first."""
+    heap_scores, heap_slots, heap_pos = scratch.heap_scores, scratch.heap_slots, scratch.heap_pos
     for i in range(size - 1, -1, -1):
         out_scores[i] = heap_scores[0] + baseline
         out_slots[i] = heap_slots[0]
@@ -353,73 +373,122 @@ def _search_one(terms, counts, k, prune, data, term_byte_start, block_byte_start
         heap_slots[0] = heap_slots[i]
         heap_pos[heap_slots[0]] = 0
         _sift_down(heap_scores, heap_slots, heap_pos, i, 0)
+
+
+@numba.njit
+def _clear(num_touched, scratch):
+    """Zero what the query touched, so the scratch is all zero for the next one."""
     for i in range(num_touched):
-        doc = touched[i]
-        acc[doc] = 0.0
-        state[doc] = 0
-        window_max[doc >> WINDOW_SHIFT] = 0.0
+        doc = scratch.touched[i]
+        scratch.acc[doc] = 0.0
+        scratch.state[doc] = 0
+        scratch.window_max[doc >> WINDOW_SHIFT] = 0.0
+
+
+@numba.njit
+def _search_one(terms, counts, k, prune, postings, scoring, cache, scratch, out_slots, out_scores):
+    """Score one query; write its top k to ``out_slots`` / ``out_scores`` (``[k]``, best first); return how many."""
+    absent = tfc_by_code(scoring.code, 0.0, scoring.avgdl, scoring.avgdl, scoring.k1, scoring.b, scoring.delta)
+    plan = _plan_query(terms, counts, postings, scoring, cache, absent)
+    block_size = postings.block_size
+    num_touched = 0
+    size = 0
+    for jj in range(terms.shape[0]):
+        j = plan.order[jj]
+        df, first_block, weight = plan.doc_freqs[j], plan.first_blocks[j], plan.weights[j]
+        if df == 0:
+            continue
+        windows = prune and jj < plan.last  # window maxima serve the block checks of later terms only
+        num_blocks = 1 if first_block < 0 else (df + block_size - 1) // block_size
+        for i in range(num_blocks):
+            only_touched = False
+            if first_block < 0:
+                pos, base, count = plan.starts[j], np.int64(0), df
+                if prune and size == k:
+                    only_touched = plan.remaining[jj] < _cut(scratch.heap_scores[0])
+            else:
+                block = first_block + i
+                pos = np.int64(postings.block_byte_start[block])
+                base = np.int64(postings.block_last_doc[block - 1]) if i > 0 else np.int64(0)
+                count = min(block_size, df - i * block_size)
+                if prune and size == k:
+                    skip, only_touched = _prune_block(postings, block, i, weight, plan.remaining[jj + 1],
+                                                      plan.remaining[jj], scratch.heap_scores[0], scratch.window_max)
+                    if skip:
+                        continue
+            if plan.cached_at[j] >= 0:
+                size, num_touched = _accumulate(cache.docs, cache.impacts, plan.cached_at[j] + i * block_size, count,
+                                                weight, only_touched, windows, k, size, num_touched, scratch)
+            else:
+                _decode_block(postings, scoring, absent, pos, base, count, scratch.block_docs, scratch.block_impacts)
+                size, num_touched = _accumulate(scratch.block_docs, scratch.block_impacts, 0, count, weight,
+                                                only_touched, windows, k, size, num_touched, scratch)
+    _select(size, plan.baseline, scratch, out_slots, out_scores)
+    _clear(num_touched, scratch)
     return size
 
 
-def new_scratch(num_slots: int, k: int):
+@numba.njit(cache=True)
+def new_scratch(num_slots, k, block_size):
     """Per-thread scratch of :func:`search_range`, all zero between queries.
 
     Returns
     -------
-    acc : float64 ``[num_slots]``, state : uint8 ``[num_slots]``, touched : int32 ``[num_slots + 1]``,
+    Scratch of acc : float64 ``[num_slots]``, state : uint8 ``[num_slots]``, touched : int32 ``[num_slots + 1]``,
     heap_pos : int32 ``[num_slots]``, window_max : float64 ``[num_slots // 2**WINDOW_SHIFT + 1]``,
-    heap_scores : float64 ``[k]``, heap_slots : int64 ``[k]``
+    heap_scores : float64 ``[k]``, heap_slots : int64 ``[k]``, block_docs : int32 ``[block_size]``,
+    block_impacts : float64 ``[block_size]`` (one decoded block)
     """
-    return (np.zeros(num_slots), np.zeros(num_slots, dtype=np.uint8), np.zeros(num_slots + 1, dtype=np.int32),
-            np.zeros(num_slots, dtype=np.int32), np.zeros((num_slots >> WINDOW_SHIFT) + 1),
-            np.zeros(k), np.zeros(k, dtype=np.int64))
+    return Scratch(np.zeros(num_slots), np.zeros(num_slots, dtype=np.uint8), np.zeros(num_slots + 1, dtype=np.int32),
+                   np.zeros(num_slots, dtype=np.int32), np.zeros((num_slots >> WINDOW_SHIFT) + 1),
+                   np.zeros(k), np.zeros(k, dtype=np.int64), np.zeros(block_size, dtype=np.int32),
+                   np.zeros(block_size))
 
 
 def scratch_nbytes(num_slots: int) -> int:
-    """Bytes of one :func:`new_scratch` set (without the two ``[k]`` heap arrays); one per searching thread."""
+    """Bytes of one :func:`new_scratch` set (without the ``[k]`` heap and ``[block_size]`` block arrays); one per
+    searching thread."""
     return num_slots * (8 + 1 + 4 + 4) + 4 + 8 * ((num_slots >> WINDOW_SHIFT) + 1)
 
 
-@numba.njit(cache=True)
-def search_range(first, last, query_ptr, query_terms, query_counts, k, prune, data, term_byte_start,
-                 block_byte_start, block_last_doc, block_max_impact, block_size, tfc_one, doc_lengths, num_docs,
-                 avgdl, code, k1, b, delta, cache_terms, cache_start, cache_docs, cache_impacts, acc, state, touched,
-                 heap_pos, window_max, heap_scores, heap_slots, out_slots, out_scores, out_sizes):
-    """Search queries ``first:last`` with one scratch set (see :func:`new_scratch`); fills ``out_*[q]``."""
+@numba.njit
+def _search_range(first, last, queries, k, prune, postings, scoring, cache, scratch, results):
     for q in range(first, last):
-        lo, hi = query_ptr[q], query_ptr[q + 1]
-        out_sizes[q] = _search_one(
-            query_terms[lo:hi], query_counts[lo:hi], k, prune, data, term_byte_start, block_byte_start,
-            block_last_doc, block_max_impact, block_size, tfc_one, doc_lengths, num_docs, avgdl, code, k1, b,
-            delta, cache_terms, cache_start, cache_docs, cache_impacts, acc, state, touched, heap_pos, window_max,
-            heap_scores, heap_slots, out_slots[q], out_scores[q])
+        lo, hi = queries.ptr[q], queries.ptr[q + 1]
+        results.sizes[q] = _search_one(queries.terms[lo:hi], queries.counts[lo:hi], k, prune, postings, scoring,
+                                       cache, scratch, results.slots[q], results.scores[q])
 
 
+# The compiled entry points take the groups as plain tuples in their fields' order and name them inside:
+# numba's dispatcher types plain tuples of arrays in C, named tuples in Python (costly per single query).
 @numba.njit(cache=True)
-def _search_chunk(first, last, query_ptr, query_terms, query_counts, k, prune, data, term_byte_start,
-                  block_byte_start, block_last_doc, block_max_impact, block_size, tfc_one, doc_lengths, num_docs,
-                  avgdl, code, k1, b, delta, cache_terms, cache_start, cache_docs, cache_impacts, out_slots,
-                  out_scores, out_sizes):
-    # One scratch set per chunk, allocated by the serial code that uses it.
-    num_slots = doc_lengths.shape[0]
-    search_range(first, last, query_ptr, query_terms, query_counts, k, prune, data, term_byte_start,
-                 block_byte_start, block_last_doc, block_max_impact, block_size, tfc_one, doc_lengths, num_docs,
-                 avgdl, code, k1, b, delta, cache_terms, cache_start, cache_docs, cache_impacts, np.zeros(num_slots),
-                 np.zeros(num_slots, dtype=np.uint8), np.zeros(num_slots + 1, dtype=np.int32),
-                 np.zeros(num_slots, dtype=np.int32), np.zeros((num_slots >> WINDOW_SHIFT) + 1), np.zeros(k),
-                 np.zeros(k, dtype=np.int64), out_slots, out_scores, out_sizes)
+def _search_range_entry(first, last, queries, k, prune, postings, scoring, cache, scratch, results):
+    _search_range(first, last, Queries(*queries), k, prune, PostingArrays(*postings), Scoring(*scoring),
+                  CachedImpacts(*cache), Scratch(*scratch), Results(*results))
 
 
 @numba.njit(parallel=True, cache=True)
-def search_parallel(num_chunks, query_ptr, query_terms, query_counts, k, prune, data, term_byte_start,
-                    block_byte_start, block_last_doc, block_max_impact, block_size, tfc_one, doc_lengths, num_docs,
-                    avgdl, code, k1, b, delta, cache_terms, cache_start, cache_docs, cache_impacts, out_slots,
-                    out_scores, out_sizes):
-    """Queries split into ``num_chunks`` contiguous chunks, one :func:`search_range` each, in parallel."""
-    num_queries = query_ptr.shape[0] - 1
+def _search_parallel_entry(num_chunks, queries, k, prune, postings, scoring, cache, results):
+    queries, postings, scoring = Queries(*queries), PostingArrays(*postings), Scoring(*scoring)
+    cache, results = CachedImpacts(*cache), Results(*results)
+    num_queries = queries.ptr.shape[0] - 1
     chunk = (num_queries + num_chunks - 1) // num_chunks
+    num_slots = scoring.doc_lengths.shape[0]
     for c in numba.prange(num_chunks):
-        _search_chunk(c * chunk, min(num_queries, (c + 1) * chunk), query_ptr, query_terms, query_counts, k, prune,
-                      data, term_byte_start, block_byte_start, block_last_doc, block_max_impact, block_size, tfc_one,
-                      doc_lengths, num_docs, avgdl, code, k1, b, delta, cache_terms, cache_start, cache_docs,
-                      cache_impacts, out_slots, out_scores, out_sizes)
+        # One scratch set per chunk, allocated by the thread that uses it.
+        _search_range(c * chunk, min(num_queries, (c + 1) * chunk), queries, k, prune, postings, scoring, cache,
+                      new_scratch(num_slots, k, postings.block_size), results)
+
+
+def search_range(first: int, last: int, queries: Queries, k: int, prune: bool, postings: PostingArrays,
+                 scoring: Scoring, cache: CachedImpacts, scratch: Scratch, results: Results) -> None:
+    """Search queries ``first:last`` with one scratch set (see :func:`new_scratch`); fills ``results`` at them."""
+    _search_range_entry(first, last, tuple(queries), k, prune, tuple(postings), tuple(scoring), tuple(cache),
+                        tuple(scratch), tuple(results))
+
+
+def search_parallel(num_chunks: int, queries: Queries, k: int, prune: bool, postings: PostingArrays,
+                    scoring: Scoring, cache: CachedImpacts, results: Results) -> None:
+    """Queries split into ``num_chunks`` contiguous chunks, each searched like :func:`search_range`, in parallel."""
+    _search_parallel_entry(num_chunks, tuple(queries), k, prune, tuple(postings), tuple(scoring), tuple(cache),
+                           tuple(results))

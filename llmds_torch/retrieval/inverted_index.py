@@ -1,6 +1,6 @@
 """BM25 inverted index over compressed, blocked postings with exact top-k search.
 
-Postings live in one :class:`~llmds_torch.retrieval.codec.BlockedPostings`: per term, doc gaps with
+Postings live in one :class:`~llmds_torch.retrieval.postings.BlockedPostings`: per term, doc gaps with
 the term frequency folded in (tf = 1 is one bit) as LEB128 varints; terms longer than ``block_size``
 are cut into blocks that record their largest contribution ``tfc - tfc(0)``, which bounds the block's
 best score for pruning. Search runs in compiled loops (``_bm25_search``); see there for why pruning
@@ -27,6 +27,10 @@ from llmds_torch.errors import ConfigError
 
 from . import persist
 from ._bm25_search import (
+    PostingArrays,
+    Queries,
+    Results,
+    Scoring,
     build_impact_cache,
     new_scratch,
     posting_contributions,
@@ -36,7 +40,7 @@ from ._bm25_search import (
     tfc_of_one,
 )
 from .bm25 import BM25Params
-from .codec import (
+from .postings import (
     DEFAULT_BLOCK_SIZE,
     BlockedPostings,
     block_max_impacts,
@@ -262,16 +266,14 @@ class InvertedIndex:
         if not terms:
             return np.empty(0, dtype=np.int64), np.empty(0)
         k = self._heap_size(k)
-        if self._scratch is None or self._scratch[5].size < k:
-            self._scratch = new_scratch(self._slot_ids.size, k)
-        out_slots = np.empty((1, k), dtype=np.int64)
-        out_scores = np.empty((1, k))
-        out_sizes = np.zeros(1, dtype=np.int64)
-        search_range(0, 1, np.array([0, len(terms)], dtype=np.int64), np.array(terms, dtype=np.int64),
-                     np.array(counts, dtype=np.float64), k, bool(prune), *self._index_args(), *self._scratch,
-                     out_slots, out_scores, out_sizes)
-        size = int(out_sizes[0])
-        return self._slot_ids[out_slots[0, :size]], out_scores[0, :size]
+        if self._scratch is None or self._scratch.heap_scores.size < k:
+            self._scratch = new_scratch(self._slot_ids.size, k, self._postings.block_size)
+        results = Results(np.empty((1, k), dtype=np.int64), np.empty((1, k)), np.zeros(1, dtype=np.int64))
+        queries = Queries(np.array([0, len(terms)], dtype=np.int64), np.array(terms, dtype=np.int64),
+                          np.array(counts, dtype=np.float64))
+        search_range(0, 1, queries, k, bool(prune), *self._search_inputs(), self._scratch, results)
+        size = int(results.sizes[0])
+        return self._slot_ids[results.slots[0, :size]], results.scores[0, :size]
 
     def search_batch(self, queries: Sequence, k: int = 10, prune: bool = True,
                      parallel: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -306,22 +308,21 @@ class InvertedIndex:
             raise InvalidSearchParameter(
                 f"k = {k} for {num_queries} queries would pad the results to {num_queries * k} entries (the index "
                 f"holds {self._slot_ids.size} documents); at most {MAX_PADDED_RESULTS} are allowed")
-        out_slots = np.full((num_queries, k), -1, dtype=np.int64)
-        out_scores = np.full((num_queries, k), -np.inf)
-        out_sizes = np.zeros(num_queries, dtype=np.int64)
+        results = Results(np.full((num_queries, k), -1, dtype=np.int64), np.full((num_queries, k), -np.inf),
+                          np.zeros(num_queries, dtype=np.int64))
         if all_terms:
             heap = self._heap_size(k)
-            query_args = (np.array(query_ptr, dtype=np.int64), np.array(all_terms, dtype=np.int64),
-                          np.array(all_counts, dtype=np.float64), heap, bool(prune))
+            queries = Queries(np.array(query_ptr, dtype=np.int64), np.array(all_terms, dtype=np.int64),
+                              np.array(all_counts, dtype=np.float64))
             if parallel and num_queries > 1:
                 num_chunks = min(num_queries, numba.get_num_threads() * 4)
-                search_parallel(num_chunks, *query_args, *self._index_args(), out_slots, out_scores, out_sizes)
+                search_parallel(num_chunks, queries, heap, bool(prune), *self._search_inputs(), results)
             else:
-                search_range(0, num_queries, *query_args, *self._index_args(),
-                             *new_scratch(self._slot_ids.size, heap), out_slots, out_scores, out_sizes)
-        found = out_slots >= 0
-        ids = np.where(found, self._slot_ids[np.where(found, out_slots, 0)] if self._slot_ids.size else -1, -1)
-        return ids, out_scores
+                search_range(0, num_queries, queries, heap, bool(prune), *self._search_inputs(),
+                             new_scratch(self._slot_ids.size, heap, self._postings.block_size), results)
+        found = results.slots >= 0
+        ids = np.where(found, self._slot_ids[np.where(found, results.slots, 0)] if self._slot_ids.size else -1, -1)
+        return ids, results.scores
 
     def _heap_size(self, k: int) -> int:
         """Top-k heap size for ``k``: no query can match more documents than the index has slots."""
@@ -343,12 +344,14 @@ class InvertedIndex:
                 counts[term] = counts.get(term, 0) + 1
         return list(counts), list(counts.values())
 
-    def _index_args(self) -> tuple:
-        """What the compiled search reads, in :func:`_bm25_search.search_range`'s argument order."""
+    def _search_inputs(self) -> tuple:
+        """``(postings, scoring, cache)``: the named groups of arrays the compiled search reads."""
         p, params = self._postings, self.params
-        return (p.data, p.term_byte_start, p.block_byte_start, p.block_last_doc, p.block_max_impact, p.block_size,
-                self._tfc_one, self._doc_lengths, len(self._slot_of), self._avgdl, params.code, params.k1, params.b,
-                params.delta, *self._impact_cache.arrays())
+        postings = PostingArrays(p.data, p.term_byte_start, p.block_byte_start, p.block_last_doc, p.block_max_impact,
+                                 p.block_size)
+        scoring = Scoring(self._tfc_one, self._doc_lengths, len(self._slot_of), self._avgdl, params.code, params.k1,
+                          params.b, params.delta)
+        return postings, scoring, self._impact_cache.arrays()
 
     # ----------------------------------------------------------------------------------- inspection
 

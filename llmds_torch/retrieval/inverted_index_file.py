@@ -10,7 +10,7 @@ that breaks the index's invariants; ``n`` is the number of document slots:
 - arrays of the exact dtypes and shapes: ``slot_ids`` int64, ``doc_lengths`` int64, ``live``
   bool, each ``[n]`` with ``n < 2**31``; the vocabulary as UTF-8 bytes and int64 offsets, its
   terms distinct, one per postings term;
-- postings that decode completely and consistently (see ``codec.decode_blocked_postings``), with
+- postings that decode completely and consistently (see ``postings.decode_blocked_postings``), with
   doc ids of live slots only;
 - ids of live slots >= 0 and distinct, ``next_id`` above them; every document length >= 0 and
   below ``2**53``, each live one equal to the sum of its postings' term frequencies.
@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from .bm25 import METHODS, BM25Params
-from .codec import MAX_BLOCK_SIZE, BlockedPostings, decode_blocked_postings
+from .postings import MAX_BLOCK_SIZE, BlockedPostings, decode_blocked_postings
 from .errors import CorruptIndexFile, CorruptVarint
 from .tokenizer import Tokenizer
 from .validation import array, meta_bool, meta_choice, meta_int, meta_number, meta_type, require, unique, values_in

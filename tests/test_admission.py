@@ -222,3 +222,17 @@ def test_scheduler_refuses_non_finite_times_and_an_absurd_arrival_wedges_nobody(
             manager.mark_written(item.seq_id, item.num_tokens)
         scheduler.complete_batch([StepResult(item.request_id, 9) for item in batch if item.samples], now)
     assert len(scheduler.metrics.records) == 22 and admission.queued_requests == 0
+
+
+def test_a_sequence_group_is_charged_for_every_member():
+    from llmds_torch.kv import BlockManager
+    from llmds_torch.sched import Request, RequestRefused, Scheduler, SchedulerConfig
+
+    manager = BlockManager(num_pages=64, page_size=4)
+    admission = AdmissionController(AdmissionConfig(RateLimits(max_queued_tokens=3 + 2 * 8)))
+    scheduler = Scheduler(manager, SchedulerConfig(), admission=admission)
+    with pytest.raises(RequestRefused):  # three samples of 8 tokens: 3 + 24 > 19
+        scheduler.submit(Request([1, 2, 3], 8, num_seqs=3), now=1.0)
+    assert admission.queued_tokens == 0
+    scheduler.submit(Request([1, 2, 3], 8, num_seqs=2), now=1.0)  # 3 + 16 fits exactly
+    assert admission.queued_tokens == 19

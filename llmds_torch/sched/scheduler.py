@@ -332,8 +332,10 @@ class Scheduler:
             request_id = self._next_id
             if self.admission is not None:
                 try:
+                    # Each of a group's sequences may generate max_new_tokens: charge them all.
                     self.admission.admit(request_id, prompt_len=request.prompt_len,
-                                         max_new_tokens=request.max_new_tokens, now=arrival, tenant=request.tenant)
+                                         max_new_tokens=request.max_new_tokens * request.num_seqs, now=arrival,
+                                         tenant=request.tenant)
                 except RequestRefused as refusal:
                     self.metrics.record_refusal(refusal.reason)
                     raise
@@ -851,4 +853,5 @@ class Scheduler:
             ttft_slo=ttft_slo_of(state, self._params), tpot_slo=tpot_slo_of(state, self._params)))
         if self.admission is not None:
             with self._lock:
-                self.admission.complete(state.request_id, generated_tokens=output_len, now=now)
+                self.admission.complete(state.request_id, generated_tokens=output_len * state.request.num_seqs,
+                                        now=now)

@@ -1,6 +1,7 @@
 """Reading a LlamaForCausalLM from a local Hugging Face-format folder written here with safetensors."""
 
 import builtins
+import re
 import dataclasses
 import json
 
@@ -152,5 +153,8 @@ def test_missing_safetensors_names_the_extra(tmp_path, monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_safetensors)
-    with pytest.raises(MissingOptionalDependency, match=r"pip install llmds-torch\[hf\]"):
+    from llmds_torch.install_hint import install_hint
+
+    assert "[hf]" in install_hint("hf")
+    with pytest.raises(MissingOptionalDependency, match=re.escape(install_hint("hf"))):
         load_hf_model(tmp_path)

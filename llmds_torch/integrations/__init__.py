@@ -2,5 +2,5 @@
 ``llmds_torch`` never imports them.
 
 - :mod:`llmds_torch.integrations.transformers`: Hugging Face decoders on the paged KV cache
-  (``pip install llmds-torch[hf]``).
+  (``pip install -e ".[hf]"`` in a checkout, ``pip install "llmds-torch[hf]"`` from a wheel).
 """

@@ -16,7 +16,7 @@ generation engine and the serving loop drive — ``forward(cache, seq_ids, token
 plus the shape and checks — so continuous batching, chunked prefill, prefix sharing, ``n > 1``,
 beam search and preemption work unchanged.
 
-Needs the ``hf`` extra (``pip install llmds-torch[hf]``).
+Needs the ``hf`` extra (``pip install -e ".[hf]"`` in a checkout, ``pip install "llmds-torch[hf]"`` from a wheel).
 """
 
 import math
@@ -31,6 +31,7 @@ from llmds_torch.integrations.hf_attention import ATTENTION_NAME, PagedStep, reg
 from llmds_torch.integrations.hf_support import AttentionNeeds, check_dtype, check_supported
 from llmds_torch.kv import KVCacheConfig, PagedKVCache
 from llmds_torch.models.engine import EngineConfig, GenerationEngine, GenerationResult
+from llmds_torch.install_hint import install_hint
 from llmds_torch.models.hf_loader import MissingOptionalDependency
 from llmds_torch.models.sampling import SamplingParams
 
@@ -38,7 +39,7 @@ try:
     import transformers
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingOptionalDependency("llmds_torch.integrations.transformers needs the transformers package: "
-                                    "pip install llmds-torch[hf]") from exc
+                                    + install_hint("hf")) from exc
 
 CPU_KV_CACHE_MEMORY = 1 << 30
 CUDA_KV_CACHE_FRACTION = 0.5

@@ -1,7 +1,7 @@
 """Read a ``LlamaForCausalLM`` from a LOCAL Hugging Face-format folder: ``config.json`` plus one or
 more ``*.safetensors`` files. Nothing is downloaded.
 
-Needs the ``safetensors`` package (``pip install llmds-torch[hf]``); it is imported only when a
+Needs the ``safetensors`` package (the ``hf`` extra); it is imported only when a
 folder is actually read.
 """
 
@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from llmds_torch.errors import LLMDSError
+from llmds_torch.install_hint import install_hint
 from llmds_torch.models.config import LlamaConfig
 from llmds_torch.models.llama import LlamaModel
 
@@ -70,8 +71,7 @@ def _import_safetensors():
         from safetensors.torch import load_file
     except ImportError as exc:
         raise MissingOptionalDependency(
-            "reading Hugging Face weights needs the safetensors package: "
-            "pip install llmds-torch[hf]") from exc
+            f"reading Hugging Face weights needs the safetensors package: {install_hint('hf')}") from exc
     return load_file
 
 

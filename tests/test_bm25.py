@@ -10,6 +10,7 @@ from llmds_torch.errors import ConfigError, LLMDSError
 from llmds_torch.retrieval.errors import (
     CorruptIndexFile,
     DuplicateIds,
+    InvalidIds,
     InvalidDocument,
     InvalidQuery,
     InvalidSearchParameter,
@@ -196,7 +197,7 @@ def test_bad_input_is_refused_before_any_change():
         index.add(["x"], ids=[0])
     with pytest.raises(DuplicateIds):
         index.add(["x", "y"], ids=[7, 7])
-    with pytest.raises(DuplicateIds):
+    with pytest.raises(InvalidIds):
         index.add(["x"], ids=[-3])
     with pytest.raises(UnknownIds):
         index.delete([0, 99])

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from llmds_torch.retrieval.errors import InvalidFusionInput
+from llmds_torch.retrieval.errors import DuplicateIds, InvalidFusionInput
 from llmds_torch.retrieval.fusion import (
     convex_combination,
     distribution_based_fusion,
@@ -100,7 +100,7 @@ def test_bad_inputs(method):
         fuse([([1, 2], [0.5, float("nan")])], 5, method=method)
     with pytest.raises(InvalidFusionInput, match="ids"):
         fuse([([1, 2, 3], [0.5, 0.2])], 5, method=method)
-    with pytest.raises(InvalidFusionInput, match="twice"):
+    with pytest.raises(DuplicateIds):
         fuse([([1, 1], [0.5, 0.2])], 5, method=method)
     with pytest.raises(InvalidFusionInput):
         fuse(good, 0, method=method)

@@ -22,7 +22,7 @@ from llmds_torch.retrieval.errors import (
 )
 from llmds_torch.retrieval import hnsw_numba
 from llmds_torch.retrieval.hnsw import HNSW
-from llmds_torch.retrieval.hnsw_errors import InvalidIds
+from llmds_torch.retrieval.errors import InvalidIds
 
 DIM = 24
 N = 2000

@@ -9,6 +9,7 @@ from llmds_torch.retrieval.embedder import HashingEmbedder
 from llmds_torch.retrieval.errors import (
     DimensionMismatch,
     DuplicateIds,
+    InvalidIds,
     InvalidDocument,
     InvalidQuery,
     NonFiniteVectors,
@@ -176,7 +177,7 @@ def test_delete_with_repeated_ids_changes_nothing(corpus):
         pipeline.delete([1, 1])
     with pytest.raises(UnknownIds):
         pipeline.delete([1, 999])
-    with pytest.raises(UnknownIds):
+    with pytest.raises(InvalidIds):
         pipeline.delete(np.array([1.0, 2.0]))
     assert _state(pipeline, queries) == before
     pipeline.delete([1])  # still in step: the single delete works on both sides

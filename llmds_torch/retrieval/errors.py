@@ -1,4 +1,10 @@
-"""Named exceptions of the retrieval package. Each is raised before any index state changes."""
+"""Named exceptions of the retrieval package. Each is raised before any index state changes.
+
+Ids: ``InvalidIds`` for an id that is not a non-negative int64 (or a count that does not match),
+``DuplicateIds`` for one repeated within a call or already present, ``UnknownIds`` for one not in
+the index; the same bad id raises the same class in every index, the pipeline and fusion
+(:mod:`llmds_torch.retrieval.ids` holds the checks).
+"""
 
 from llmds_torch.errors import LLMDSError
 
@@ -11,11 +17,16 @@ class NonFiniteVectors(LLMDSError, ValueError):
     """Vectors or queries containing NaN or infinity (or zero vectors where cosine needs a norm)."""
 
 
-class DuplicateIds(LLMDSError, ValueError):
-    """Ids repeated within one add, or already present in the index."""
+class InvalidIds(LLMDSError, ValueError):
+    """Ids that are not non-negative integers within int64 (bools, floats, negatives, too large), or
+    whose count does not match the vectors / documents they label."""
 
 
-class UnknownIds(LLMDSError, KeyError):
+class DuplicateIds(InvalidIds):
+    """Ids repeated within one call, or already present in the index."""
+
+
+class UnknownIds(InvalidIds, KeyError):
     """Ids that are not in the index (never added, or already deleted)."""
 
     def __str__(self) -> str:  # KeyError would quote the message
@@ -38,6 +49,10 @@ class CorruptVarint(LLMDSError, ValueError):
     """Bytes that are not a valid LEB128 varint stream (truncated, overlong, or over 64 bits)."""
 
 
+class UnsortedIds(LLMDSError, ValueError):
+    """Ids given to delta encoding that are not sorted (non-decreasing), or duplicate postings."""
+
+
 class InvalidDocument(LLMDSError, TypeError):
     """A document that is neither a string nor a list of strings."""
 
@@ -47,7 +62,8 @@ class InvalidQuery(LLMDSError, TypeError):
 
 
 class InvalidFusionInput(LLMDSError, ValueError):
-    """Fusion inputs with NaN or infinite weights or scores, or ids and scores of different lengths."""
+    """Fusion inputs with NaN or infinite weights or scores, or ids and scores of different lengths
+    (bad ids themselves raise the id errors above)."""
 
 
 class SketchMismatch(LLMDSError, ValueError):
@@ -61,12 +77,14 @@ class SketchOverflow(LLMDSError, OverflowError):
 __all__ = [
     "DimensionMismatch",
     "NonFiniteVectors",
+    "InvalidIds",
     "DuplicateIds",
     "UnknownIds",
     "EmptyIndex",
     "InvalidSearchParameter",
     "CorruptIndexFile",
     "CorruptVarint",
+    "UnsortedIds",
     "InvalidDocument",
     "InvalidQuery",
     "InvalidFusionInput",

@@ -12,7 +12,8 @@ import torch
 
 from llmds_torch.errors import ConfigError
 
-from .errors import DimensionMismatch, DuplicateIds, EmptyIndex, InvalidSearchParameter, NonFiniteVectors, UnknownIds
+from .errors import DimensionMismatch, EmptyIndex, InvalidSearchParameter, NonFiniteVectors
+from .ids import check_known_ids, check_new_ids
 
 METRICS = ("l2", "ip", "cosine")
 
@@ -56,18 +57,15 @@ class FlatIndex:
         return x
 
     def add(self, vectors, ids=None) -> torch.Tensor:
-        """Add ``[n, dim]`` vectors; ids default to consecutive from one past the largest so far."""
+        """Add ``[n, dim]`` vectors; ids default to consecutive from one past the largest so far.
+
+        Raises ``InvalidIds`` or ``DuplicateIds`` (see :mod:`llmds_torch.retrieval.ids`) before any change.
+        """
         x = self._as_matrix(vectors, "vectors")
         if ids is None:
             new_ids = torch.arange(self._next_id, self._next_id + x.shape[0], dtype=torch.int64)
         else:
-            new_ids = torch.as_tensor(np.asarray(ids), dtype=torch.int64).reshape(-1)
-            if new_ids.numel() != x.shape[0]:
-                raise DuplicateIds(f"{new_ids.numel()} ids for {x.shape[0]} vectors")
-            if (new_ids < 0).any() or torch.unique(new_ids).numel() != new_ids.numel():
-                raise DuplicateIds("ids must be non-negative and unique")
-            if torch.isin(new_ids, self._ids).any():
-                raise DuplicateIds("some ids are already in the index")
+            new_ids = torch.from_numpy(check_new_ids(ids, x.shape[0], self._ids, "vectors"))
         self._vectors = torch.cat([self._vectors, x])
         self._ids = torch.cat([self._ids, new_ids])
         if new_ids.numel():
@@ -75,10 +73,8 @@ class FlatIndex:
         return new_ids
 
     def delete(self, ids) -> None:
-        ids = torch.as_tensor(np.asarray(ids), dtype=torch.int64).reshape(-1)
-        present = torch.isin(ids, self._ids)
-        if not present.all():
-            raise UnknownIds(f"ids not in the index: {ids[~present][:10].tolist()}")
+        """Remove the vectors of ``ids``; ``InvalidIds`` / ``DuplicateIds`` / ``UnknownIds`` change nothing."""
+        ids = torch.from_numpy(check_known_ids(ids, self._ids))
         keep = ~torch.isin(self._ids, ids)
         self._vectors, self._ids = self._vectors[keep.to(self.device)], self._ids[keep]
 

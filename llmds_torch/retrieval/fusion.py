@@ -1,7 +1,8 @@
 """Fusing ranked lists from several retrievers (dense, sparse, ...) into one top-K.
 
 Each input is a pair ``(ids, scores)`` of 1-D arrays of one length, higher score = better (turn
-distances into scores by negating them first). Every method builds a ``{id: fused score}`` map and
+distances into scores by negating them first); ids are distinct non-negative integers (else
+``InvalidIds`` / ``DuplicateIds``, as everywhere in retrieval). Every method builds a ``{id: fused score}`` map and
 hands it to :func:`top_k`, the one heap all methods share; ties go to the smaller id.
 
 - ``convex``: ``sum_i w_i * norm(s_i(d))`` with ``norm`` min-max (``(s - min) / (max - min)``) or
@@ -20,6 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .errors import InvalidFusionInput
+from .ids import check_distinct_ids
 
 FUSION_METHODS = ("convex", "rrf", "dbsf")
 NORMALIZATIONS = ("min_max", "z_score")
@@ -73,17 +75,13 @@ def _check(results: Sequence, weights) -> tuple[list, np.ndarray]:
     for i, pair in enumerate(results):
         if len(pair) != 2:
             raise InvalidFusionInput(f"result {i} must be an (ids, scores) pair")
-        ids = np.asarray(pair[0]).reshape(-1)
+        ids = check_distinct_ids(pair[0], f"result {i} ids")
         scores = np.asarray(pair[1], dtype=np.float64).reshape(-1)
-        if ids.size and ids.dtype.kind not in "iu":
-            raise InvalidFusionInput(f"result {i} ids must be integers; got dtype {ids.dtype}")
         if ids.shape != scores.shape:
             raise InvalidFusionInput(f"result {i} has {ids.size} ids but {scores.size} scores")
         if not np.all(np.isfinite(scores)):
             raise InvalidFusionInput(f"result {i} holds NaN or infinite scores; drop padding before fusing")
-        if np.unique(ids).size != ids.size:
-            raise InvalidFusionInput(f"result {i} lists an id twice")
-        checked.append((ids.astype(np.int64), scores))
+        checked.append((ids, scores))
     if weights is None:
         weights = np.ones(len(checked))
     weights = np.asarray(weights, dtype=np.float64).reshape(-1)

@@ -99,11 +99,12 @@ from llmds_torch.retrieval.errors import (
     DimensionMismatch,
     DuplicateIds,
     EmptyIndex,
+    InvalidIds,
     InvalidSearchParameter,
     NonFiniteVectors,
     UnknownIds,
 )
-from llmds_torch.retrieval.hnsw_errors import InvalidIds
+from llmds_torch.retrieval.ids import as_ids
 from llmds_torch.retrieval.hnsw_file import check_hnsw_contents
 from llmds_torch.retrieval.hnsw_lockstep import lockstep_search
 from llmds_torch.retrieval import persist
@@ -257,17 +258,7 @@ class HNSW:
     @staticmethod
     def _as_ids(ids, what: str) -> np.ndarray:
         """``ids`` as a 1-D int64 array of non-negative integers."""
-        if isinstance(ids, torch.Tensor):
-            ids = ids.detach().cpu().numpy()
-        arr = np.asarray(ids)
-        if arr.ndim == 0:
-            arr = arr[None]
-        if arr.size and not np.issubdtype(arr.dtype, np.integer):
-            raise InvalidIds(f"{what} must be integers, got dtype {arr.dtype}")
-        arr = arr.astype(np.int64).reshape(-1) if arr.size else np.zeros(0, np.int64)
-        if (arr < 0).any():
-            raise InvalidIds(f"{what} must be non-negative, got {arr[arr < 0][:5].tolist()}")
-        return arr
+        return as_ids(ids, what)
 
     # --------------------------------------------------------------------------------------- add
     def add(self, vectors, ids=None) -> torch.Tensor:

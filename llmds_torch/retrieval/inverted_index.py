@@ -48,7 +48,8 @@ from .postings import (
     encode_blocked_postings,
 )
 from .inverted_index_file import check_inverted_index_contents
-from .errors import CorruptIndexFile, DuplicateIds, InvalidDocument, InvalidQuery, InvalidSearchParameter, UnknownIds
+from .errors import CorruptIndexFile, InvalidDocument, InvalidQuery, InvalidSearchParameter
+from .ids import check_known_ids, check_new_ids
 from .tokenizer import Tokenizer
 
 _FILE_KIND = "inverted_index"
@@ -149,15 +150,10 @@ class InvertedIndex:
 
         Raises
         ------
-        UnknownIds
-            If any id was never added or is already deleted.
+        InvalidIds, DuplicateIds, UnknownIds
+            If an id is not a non-negative int64, repeats, or was never added or is already deleted.
         """
-        ids = np.atleast_1d(np.asarray(ids))
-        if ids.size and ids.dtype.kind not in "iu":
-            raise UnknownIds(f"ids must be integers; got dtype {ids.dtype}")
-        missing = [int(i) for i in ids.tolist() if int(i) not in self._slot_of]
-        if missing:
-            raise UnknownIds(f"ids not in the index: {missing[:10]}{' ...' if len(missing) > 10 else ''}")
+        ids = check_known_ids(ids, self._slot_of)
         slots = np.array(sorted({self._slot_of[int(i)] for i in ids.tolist()}), dtype=np.int64)
         if slots.size == 0:
             return
@@ -228,18 +224,7 @@ class InvertedIndex:
     def _check_new_ids(self, ids, count: int) -> np.ndarray:
         if ids is None:
             return np.arange(self._next_id, self._next_id + count, dtype=np.int64)
-        array = np.asarray(ids)
-        if array.shape != (count,) or (count and array.dtype.kind not in "iu"):
-            raise DuplicateIds(f"ids must be {count} integers, one per document; got {array.dtype} {array.shape}")
-        array = array.astype(np.int64)
-        if count and array.min() < 0:
-            raise DuplicateIds("ids must be non-negative (-1 pads search results)")
-        if np.unique(array).size != count:
-            raise DuplicateIds("ids repeat within this call")
-        present = [i for i in array.tolist() if i in self._slot_of]
-        if present:
-            raise DuplicateIds(f"ids already in the index: {present[:10]}")
-        return array
+        return check_new_ids(ids, count, self._slot_of, "documents")
 
     # ----------------------------------------------------------------------------------- searching
 

@@ -24,17 +24,10 @@ import torch
 from llmds_torch.errors import ConfigError
 
 from .embedder import HashingEmbedder
-from .errors import (
-    DimensionMismatch,
-    DuplicateIds,
-    InvalidDocument,
-    InvalidQuery,
-    InvalidSearchParameter,
-    NonFiniteVectors,
-    UnknownIds,
-)
+from .errors import DimensionMismatch, InvalidDocument, InvalidIds, InvalidQuery, InvalidSearchParameter, NonFiniteVectors
 from .fusion import FUSION_METHODS, NORMALIZATIONS, fuse
 from .hot_cache import HotQueryCache
+from .ids import check_known_ids, check_new_ids
 from .inverted_index import InvertedIndex
 
 STAGES = ("cache", "embed", "dense", "sparse", "fusion")
@@ -133,9 +126,9 @@ class RetrievalPipeline:
 
     def text(self, doc_id: int) -> str:
         """The text of a document."""
-        if doc_id not in self._texts:
-            raise UnknownIds(f"id {doc_id} is not in the pipeline")
-        return self._texts[doc_id]
+        if isinstance(doc_id, (list, tuple, np.ndarray, torch.Tensor)) and np.size(doc_id) != 1:
+            raise InvalidIds(f"text takes one id; got {np.size(doc_id)}")
+        return self._texts[int(check_known_ids(doc_id, self._texts)[0])]
 
     def _timed(self, stage: str, fn, *args):
         start = time.perf_counter()
@@ -154,7 +147,8 @@ class RetrievalPipeline:
         texts : sequence of str, ``[n]``
         vectors : ``[n, dim]`` (torch or numpy), optional; default: ``embedder.embed(texts)``
         ids : sequence of int, optional
-            Non-negative and new; default consecutive from one past the largest id so far.
+            Non-negative and new (else ``InvalidIds`` / ``DuplicateIds``); default consecutive from
+            one past the largest id so far.
 
         Returns
         -------
@@ -189,34 +183,16 @@ class RetrievalPipeline:
     def _check_new_ids(self, ids, count: int) -> np.ndarray:
         if ids is None:
             return np.arange(self._next_id, self._next_id + count, dtype=np.int64)
-        array = np.asarray(_to_numpy(ids)).reshape(-1)
-        if array.size != count or (count and array.dtype.kind not in "iu"):
-            raise DuplicateIds(f"ids must be {count} integers, one per text; got {array.dtype} {array.shape}")
-        array = array.astype(np.int64)
-        if count and (array.min() < 0 or np.unique(array).size != count):
-            raise DuplicateIds("ids must be non-negative and unique")
-        present = [i for i in array.tolist() if i in self._texts]
-        if present:
-            raise DuplicateIds(f"ids already in the pipeline: {present[:10]}")
-        return array
+        return check_new_ids(ids, count, self._texts, "texts")
 
     def delete(self, ids) -> None:
         """Remove documents from both indexes.
 
-        The ids must be distinct integers, all in the pipeline; otherwise ``DuplicateIds`` or
-        ``UnknownIds`` is raised and nothing changes. Should the dense index fail, the sparse index
-        is restored, so the two never disagree.
+        The ids must be distinct non-negative integers, all in the pipeline; otherwise
+        ``InvalidIds``, ``DuplicateIds`` or ``UnknownIds`` is raised and nothing changes. Should the
+        dense index fail, the sparse index is restored, so the two never disagree.
         """
-        array = np.atleast_1d(_to_numpy(ids)).reshape(-1)
-        if array.size and array.dtype.kind not in "iu":
-            raise UnknownIds(f"ids must be integers; got dtype {array.dtype}")
-        ids = [int(i) for i in array.tolist()]
-        if len(set(ids)) != len(ids):
-            values, counts = np.unique(array, return_counts=True)
-            raise DuplicateIds(f"ids repeat within this delete: {values[counts > 1][:10].tolist()}")
-        missing = [i for i in ids if i not in self._texts]
-        if missing:
-            raise UnknownIds(f"ids not in the pipeline: {missing[:10]}")
+        ids = check_known_ids(ids, self._texts).tolist()
         if not ids:
             return
         before = self.sparse_index.snapshot()

@@ -20,9 +20,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from llmds_torch.errors import LLMDSError
-
-from .errors import CorruptVarint
+from .errors import CorruptVarint, UnsortedIds
 
 MAX_VARINT_BYTES = 10
 
@@ -32,10 +30,6 @@ VARINT_TRUNCATED = -1
 VARINT_OVERLONG = -2
 VARINT_OVERFLOW = -3
 _COUNT_MISMATCH = -4
-
-
-class UnsortedIds(LLMDSError, ValueError):
-    """Ids given to delta encoding that are not sorted (non-decreasing), or duplicate postings."""
 
 
 def _as_uint64(values, what: str) -> np.ndarray:

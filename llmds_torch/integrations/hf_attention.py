@@ -18,15 +18,10 @@ from dataclasses import dataclass
 import torch
 
 from llmds_torch.attention import AttentionMetadata, paged_attention
-from llmds_torch.errors import LLMDSError
+from llmds_torch.integrations.errors import PagedAttentionUnavailable
 from llmds_torch.models.step_inputs import StepInputs
 
 ATTENTION_NAME = "llmds_paged"
-
-
-class PagedAttentionUnavailable(LLMDSError, RuntimeError):
-    """The paged attention was called without a step (the model was called directly, not through
-    ``PagedCausalLM``)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,12 +27,13 @@ from pathlib import Path
 import torch
 
 from llmds_torch.errors import ConfigError, ContextWindowExceeded, InvalidTokenIds
+from llmds_torch.integrations.errors import MissingTokenizer
 from llmds_torch.integrations.hf_attention import ATTENTION_NAME, PagedStep, register_paged_attention
 from llmds_torch.integrations.hf_support import AttentionNeeds, check_dtype, check_supported
 from llmds_torch.kv import KVCacheConfig, PagedKVCache
 from llmds_torch.models.engine import EngineConfig, GenerationEngine, GenerationResult
 from llmds_torch.install_hint import install_hint
-from llmds_torch.models.hf_loader import MissingOptionalDependency
+from llmds_torch.models.errors import MissingOptionalDependency
 from llmds_torch.models.sampling import SamplingParams
 
 try:
@@ -43,10 +44,6 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 CPU_KV_CACHE_MEMORY = 1 << 30
 CUDA_KV_CACHE_FRACTION = 0.5
-
-
-class MissingTokenizer(ConfigError):
-    """A text prompt was given, but the model has no tokenizer."""
 
 
 def _pool_pages(needs: AttentionNeeds, page_size: int, page_bytes: int, device: torch.device,

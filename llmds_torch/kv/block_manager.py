@@ -27,18 +27,15 @@ from llmds_torch.kv.allocator import CACHED, FREE, USED, PageAllocator
 from llmds_torch.kv.block_tables import BlockTables
 from llmds_torch.kv.capacity import append_cost, pages_needed
 from llmds_torch.kv.defrag import fragmentation, plan_compaction
+from llmds_torch.kv.errors import InvariantViolation, TransactionError
 from llmds_torch.kv.eviction import make_policy
 from llmds_torch.kv.prefix_index import HashFn, as_bytes, new_cache_salt, sha256
 from llmds_torch.kv.prefix_match import PrefixMatcher
 from llmds_torch.kv.sequence import Sequence, validate_token_array, validate_token_batch, validate_token_ids
-from llmds_torch.kv.transaction import Snapshot, TransactionError
+from llmds_torch.kv.transaction import Snapshot
 from llmds_torch.kv.write_tracker import WriteTracker
 
 NOT_OWNED = -1
-
-
-class InvariantViolation(AssertionError):
-    """``check_invariants`` found inconsistent bookkeeping (a bug, never bad input)."""
 
 
 class BlockManager:

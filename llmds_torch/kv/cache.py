@@ -29,8 +29,8 @@ from llmds_torch.kernels.page_copy import page_copy
 from llmds_torch.kernels.page_move import page_move
 from llmds_torch.kv.block_manager import BlockManager
 from llmds_torch.kv.config import KVCacheConfig
+from llmds_torch.kv.errors import TransactionError
 from llmds_torch.kv.host_tier import HostTier
-from llmds_torch.kv.transaction import TransactionError
 
 BLOCK_TABLE_PAD = -1
 """Value of ``block_table`` entries past a sequence's pages; kernels never read them."""

@@ -16,12 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from llmds_torch.errors import LLMDSError
 from llmds_torch.kv.allocator import CACHED, FREE
-
-
-class TransactionError(LLMDSError, RuntimeError):
-    """A transaction was nested, or a call is not allowed inside one."""
+from llmds_torch.kv.errors import TransactionError  # noqa: F401  (its old import path)
 
 
 @dataclass(slots=True)

@@ -5,12 +5,9 @@ transformers 5 writes it (``rope_parameters``)."""
 from dataclasses import dataclass
 
 from llmds_torch.errors import ConfigError
+from llmds_torch.models.errors import UnsupportedArchitecture
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
-
-
-class UnsupportedArchitecture(ConfigError):
-    """A Hugging Face config describes a model this decoder cannot reproduce exactly."""
 
 
 @dataclass(frozen=True, slots=True)

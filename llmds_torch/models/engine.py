@@ -12,7 +12,8 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from llmds_torch.errors import ConfigError, LLMDSError, RequestTooLarge  # noqa: F401  (re-exported)
+from llmds_torch.errors import ConfigError, RequestTooLarge  # noqa: F401  (re-exported)
+from llmds_torch.models.errors import EngineError
 from llmds_torch.models.interface import CausalLM
 from llmds_torch.models.runner import GeneratedSequence, GenerationResult, ModelRunner, StepOutput
 from llmds_torch.models.sampling import SamplingParams
@@ -20,10 +21,6 @@ from llmds_torch.sched import POLICIES, Request, Scheduler, SchedulerConfig, Unk
 
 __all__ = ["EngineConfig", "EngineError", "GenerationEngine", "GeneratedSequence", "GenerationResult",
            "StepOutput", "RequestTooLarge"]
-
-
-class EngineError(LLMDSError, ValueError):
-    """A ``preempt`` of a request that is not running."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
-from llmds_torch.errors import LLMDSError
 from llmds_torch.install_hint import install_hint
 from llmds_torch.models.config import LlamaConfig
+from llmds_torch.models.errors import CheckpointError, MissingOptionalDependency
 from llmds_torch.models.llama import LlamaModel
 
 # Hugging Face name -> this model's parameter name; ``{i}`` is the layer index.
@@ -36,14 +36,6 @@ _HF_TOP_NAMES = {
 _LAYER_PATTERN = re.compile(r"model\.layers\.(\d+)\.(.+)")
 # Buffers some older checkpoints carry; they are recomputed, never loaded.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
-
-
-class MissingOptionalDependency(LLMDSError, ImportError):
-    """An optional package this feature needs is not installed; the message names the extra."""
-
-
-class CheckpointError(LLMDSError, ValueError):
-    """A Hugging Face folder is missing files or weights, or holds weights of the wrong shape."""
 
 
 def hf_name_to_param(hf_name: str) -> str | None:

@@ -11,11 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from llmds_torch.errors import ConfigError, LLMDSError
-
-
-class InvalidStopTokens(LLMDSError, TypeError):
-    """Stop tokens must be a sequence of int token ids."""
+from llmds_torch.errors import ConfigError
+from llmds_torch.models.errors import InvalidStopTokens
 
 
 @dataclass(frozen=True, slots=True)

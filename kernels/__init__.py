@@ -83,7 +83,6 @@ __all__ = [
     "BACKENDS",
     "interpreter_enabled",
     "resolve_backend",
-    "launch_device",
     "triton_available",
     "KernelInputError",
     "TritonUnavailable",

@@ -21,3 +21,6 @@ class CollectiveFailed(TensorParallelError):
 
 class TensorParallelUnsupported(TensorParallelError, TypeError):
     """The model or cache option has no tensor-parallel form (Hugging Face models, the host tier)."""
+
+
+__all__ = ["TensorParallelError", "HeadsNotDivisible", "ConfigMismatch", "CollectiveFailed", "TensorParallelUnsupported"]

@@ -4,6 +4,8 @@ from .bm25 import METHODS as BM25_METHODS
 from .bm25 import BM25Params
 from .count_min_sketch import CountMinSketch
 from .embedder import HashingEmbedder, default_embedder, load_sentence_embedder
+from . import errors
+from .errors import *  # noqa: F401,F403  (the package exports its errors)
 from .flat_index import FlatIndex
 from .fusion import convex_combination, distribution_based_fusion, fuse, reciprocal_rank_fusion, top_k
 from .hnsw import HNSW
@@ -35,4 +37,4 @@ __all__ = [
     "default_embedder",
     "load_sentence_embedder",
     "stdlib_documents",
-]
+] + errors.__all__

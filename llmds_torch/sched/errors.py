@@ -1,6 +1,6 @@
 """Named exceptions of the scheduler package. Each is raised before any state changes."""
 
-from llmds_torch.errors import LLMDSError, RequestTooLarge  # noqa: F401  (RequestTooLarge: re-exported)
+from llmds_torch.errors import LLMDSError, RequestTooLarge  # RequestTooLarge: re-exported
 
 
 class InvalidPriority(LLMDSError, ValueError):
@@ -68,3 +68,19 @@ class TraceFileNotFound(LLMDSError, FileNotFoundError):
 
 class MalformedTrace(LLMDSError, ValueError):
     """A trace file whose header or rows cannot be parsed; the message names the line."""
+
+
+__all__ = [
+    "InvalidPriority",
+    "KeyAlreadyPresent",
+    "KeyNotFound",
+    "InvalidRequest",
+    "RequestRefused",
+    "RequestTooLarge",
+    "UnknownRequest",
+    "SchedulerStateError",
+    "InvalidStepResult",
+    "NonMonotonicTime",
+    "TraceFileNotFound",
+    "MalformedTrace",
+]

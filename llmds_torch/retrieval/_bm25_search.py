@@ -89,7 +89,7 @@ def _contribution(tf, doc, tfc_one, doc_lengths, avgdl, code, k1, b, delta, abse
     return tfc_by_code(code, np.float64(tf), np.float64(doc_lengths[doc]), avgdl, k1, b, delta) - absent
 
 
-@numba.njit
+@numba.njit(inline="always")
 def _rescaled_bound(bound, scale, code, k1, delta, absent):
     """A bound of ``tfc - tfc(0)`` at the average length ``avgdl`` from ``bound``, one at ``avgdl0``.
 
@@ -126,14 +126,16 @@ of every segment-local term (ascending within a segment; segment ``s`` owns ``te
 ``[n_segments + 1]``, which also indexes ``term_byte_start``); int64 ``[n_segments]`` starts in ``data``, in the block
 arrays and of its slot range; ``bound_scale`` float64 ``[n_segments]`` (see :func:`_rescaled_bound`); its cached terms
 are ``cache_term_start[s]:cache_term_start[s + 1]`` of :data:`CachedImpacts` ``terms``."""
-Scoring = namedtuple("Scoring", ["tfc_one", "doc_lengths", "num_docs", "avgdl", "code", "k1", "b", "delta", "live"])
+Scoring = namedtuple("Scoring", [
+    "tfc_one", "doc_lengths", "num_docs", "avgdl", "code", "k1", "b", "delta", "live", "doc_freq"])
 Scoring.__doc__ = """BM25 inputs: ``tfc_one`` float64 ``[n_slots]`` (see :func:`tfc_of_one`), ``doc_lengths`` ``[n_slots]``,
-the live document count, the average length, the variant's code and parameters, and ``live`` bool ``[n_slots]``."""
+the live document count, the average length, the variant's code and parameters, ``live`` bool ``[n_slots]`` and
+``doc_freq`` int64 ``[n_terms]``, the live documents holding each term (query terms must be below ``n_terms``)."""
 CachedImpacts = namedtuple("CachedImpacts", ["terms", "start", "docs", "impacts"])
 CachedImpacts.__doc__ = "The arrays of an :class:`ImpactCache`."
-Queries = namedtuple("Queries", ["ptr", "terms", "counts", "doc_freqs"])
-Queries.__doc__ = """Queries in CSR form: query ``q``'s global term ids are ``terms[ptr[q]:ptr[q + 1]]`` (int64), with their
-counts in the query (float64) and their live document frequencies (int64, each >= 1)."""
+Queries = namedtuple("Queries", ["ptr", "terms", "counts"])
+Queries.__doc__ = """Queries in CSR form: query ``q``'s vocabulary ids are ``terms[ptr[q]:ptr[q + 1]]`` (int64), with their
+counts in the query (float64)."""
 Results = namedtuple("Results", ["slots", "scores", "sizes"])
 Results.__doc__ = "Per query ``q``: ``slots[q]`` int64 ``[k]`` and ``scores[q]`` float64 ``[k]``, best first; ``sizes[q]`` found."
 Scratch = namedtuple("Scratch", [
@@ -304,11 +306,13 @@ def _cut(theta):
 
 
 @numba.njit
-def _query_weights(counts, doc_freqs, scoring):
-    """Each query term's weight ``count * idf`` (float64 ``[n_terms]``)."""
-    weights = np.empty(counts.shape[0])
-    for j in range(counts.shape[0]):
-        weights[j] = counts[j] * idf_by_code(scoring.code, doc_freqs[j], scoring.num_docs)
+def _query_weights(terms, counts, scoring):
+    """Each query term's weight ``count * idf`` (float64 ``[n_terms]``; 0 for a term no live document holds)."""
+    weights = np.zeros(terms.shape[0])
+    for j in range(terms.shape[0]):
+        df = scoring.doc_freq[terms[j]]
+        if df > 0:
+            weights[j] = counts[j] * idf_by_code(scoring.code, df, scoring.num_docs)
     return weights
 
 
@@ -325,6 +329,8 @@ def _plan_segment(s, terms, weights, postings, segments, scoring, cache, absent)
     low, high = segments.term_start[s], segments.term_start[s + 1]
     cache_low, cache_high = segments.cache_term_start[s], segments.cache_term_start[s + 1]
     for j in range(num_terms):
+        if scoring.doc_freq[terms[j]] == 0:  # only deleted documents hold it
+            continue
         local = np.searchsorted(segments.terms[low:high], terms[j])
         if local == high - low or segments.terms[low + local] != terms[j]:
             continue
@@ -385,51 +391,41 @@ def _decode_block(postings, scoring, absent, pos, base, count, docs, impacts):
 
 
 @numba.njit(inline="always")
-def _track_window(window_max, window, window_best, doc, score):
-    """Carry the running window maximum in a register; store it when ``doc`` opens another window."""
-    if doc >> WINDOW_SHIFT != window:
-        window_max[window] = window_best
-        window = doc >> WINDOW_SHIFT
-        window_best = window_max[window]
-    return window, max(window_best, score)
-
-
-@numba.njit(inline="always")
 def _accumulate(docs, impacts, first, count, weight, only_touched, windows, k, size, num_touched, live, scratch):
     """Add ``weight * impacts[t]`` to the documents ``docs[t]``, ``t`` in ``first:first + count``, keeping the
     heap (of ``live`` documents only), the touched list and (when ``windows``) the window maxima current;
     return ``(size, num_touched)``.
 
-    With ``only_touched``, documents no earlier term touched are passed over. The loops avoid branches on
+    With ``only_touched``, documents no earlier term touched are passed over. The loop avoids branches on
     data (touched or not, a new window maximum): with the documents of frequent terms touched at random,
-    mispredicted branches cost more than the arithmetic.
+    mispredicted branches cost more than the arithmetic; its branches on ``only_touched`` and ``windows``
+    are the same for every posting. Window maxima are carried in a register while the window stays the same.
     """
     acc, state, window_max, heap_scores = scratch.acc, scratch.state, scratch.window_max, scratch.heap_scores
+    touched = scratch.touched
     window = np.int64(docs[first]) >> WINDOW_SHIFT
     window_best = window_max[window]
-    if only_touched:
-        for t in range(first, first + count):
-            doc = np.int64(docs[t])
-            held = state[doc] != 0
+    for t in range(first, first + count):
+        doc = np.int64(docs[t])
+        held = state[doc] != 0
+        if only_touched:
             score = acc[doc] + weight * (impacts[t] * np.float64(held))  # untouched: stays 0
-            acc[doc] = score
-            if windows:
-                window, window_best = _track_window(window_max, window, window_best, doc, score)
-            if score >= heap_scores[0] and held and live[doc]:
-                size = _offer(doc, score, k, size, state, heap_scores, scratch.heap_slots, scratch.heap_pos)
-    else:
-        touched = scratch.touched
-        for t in range(first, first + count):
-            doc = np.int64(docs[t])
+            offer = score >= heap_scores[0] and held
+        else:
             touched[num_touched] = doc  # kept only when new
-            num_touched += state[doc] == 0
+            num_touched += not held
             state[doc] |= _TOUCHED
             score = acc[doc] + weight * impacts[t]
-            acc[doc] = score
-            if windows:
-                window, window_best = _track_window(window_max, window, window_best, doc, score)
-            if (size < k or score >= heap_scores[0]) and live[doc]:
-                size = _offer(doc, score, k, size, state, heap_scores, scratch.heap_slots, scratch.heap_pos)
+            offer = size < k or score >= heap_scores[0]
+        acc[doc] = score
+        if windows:
+            if doc >> WINDOW_SHIFT != window:
+                window_max[window] = window_best
+                window = doc >> WINDOW_SHIFT
+                window_best = window_max[window]
+            window_best = max(window_best, score)
+        if offer and live[doc]:
+            size = _offer(doc, score, k, size, state, heap_scores, scratch.heap_slots, scratch.heap_pos)
     if windows:
         window_max[window] = window_best
     return size, num_touched
@@ -502,12 +498,11 @@ def _score_segment(s, plan, weights, k, prune, size, num_touched, postings, segm
 
 
 @numba.njit
-def _search_one(terms, counts, doc_freqs, k, prune, postings, segments, scoring, cache, scratch, out_slots,
-                out_scores):
+def _search_one(terms, counts, k, prune, postings, segments, scoring, cache, scratch, out_slots, out_scores):
     """Score one query over every segment; write its top k to ``out_slots`` / ``out_scores`` (``[k]``, best
     first); return how many."""
     absent = tfc_by_code(scoring.code, 0.0, scoring.avgdl, scoring.avgdl, scoring.k1, scoring.b, scoring.delta)
-    weights = _query_weights(counts, doc_freqs, scoring)
+    weights = _query_weights(terms, counts, scoring)
     size = 0
     num_touched = 0
     for s in range(segments.slot_start.shape[0]):
@@ -546,9 +541,8 @@ def scratch_nbytes(num_slots: int) -> int:
 def _search_range(first, last, queries, k, prune, postings, segments, scoring, cache, scratch, results):
     for q in range(first, last):
         lo, hi = queries.ptr[q], queries.ptr[q + 1]
-        results.sizes[q] = _search_one(queries.terms[lo:hi], queries.counts[lo:hi], queries.doc_freqs[lo:hi], k,
-                                       prune, postings, segments, scoring, cache, scratch, results.slots[q],
-                                       results.scores[q])
+        results.sizes[q] = _search_one(queries.terms[lo:hi], queries.counts[lo:hi], k, prune, postings, segments,
+                                       scoring, cache, scratch, results.slots[q], results.scores[q])
 
 
 # The compiled entry points take the groups as plain tuples in their fields' order and name them inside:

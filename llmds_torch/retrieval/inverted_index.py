@@ -336,9 +336,8 @@ class InvertedIndex:
         if self._scratch is None or self._scratch.heap_scores.size < k:
             self._scratch = new_scratch(self._slot_ids.size, k, self.block_size)
         results = Results(np.empty((1, k), dtype=np.int64), np.empty((1, k)), np.zeros(1, dtype=np.int64))
-        terms = np.array(terms, dtype=np.int64)
-        queries = Queries(np.array([0, terms.size], dtype=np.int64), terms, np.array(counts, dtype=np.float64),
-                          self._doc_freq[terms])
+        queries = Queries(np.array([0, len(terms)], dtype=np.int64), np.array(terms, dtype=np.int64),
+                          np.array(counts, dtype=np.float64))
         search_range(0, 1, queries, k, bool(prune), *inputs, self._scratch, results)
         size = int(results.sizes[0])
         return self._slot_ids[results.slots[0, :size]], results.scores[0, :size]
@@ -380,9 +379,8 @@ class InvertedIndex:
                           np.zeros(num_queries, dtype=np.int64))
         if all_terms:
             heap = self._heap_size(k)
-            terms = np.array(all_terms, dtype=np.int64)
-            queries = Queries(np.array(query_ptr, dtype=np.int64), terms, np.array(all_counts, dtype=np.float64),
-                              self._doc_freq[terms])
+            queries = Queries(np.array(query_ptr, dtype=np.int64), np.array(all_terms, dtype=np.int64),
+                              np.array(all_counts, dtype=np.float64))
             if parallel and num_queries > 1:
                 num_chunks = min(num_queries, numba.get_num_threads() * 4)
                 search_parallel(num_chunks, queries, heap, bool(prune), *self._search_inputs(), results)
@@ -398,7 +396,7 @@ class InvertedIndex:
         return min(int(k), max(self._slot_ids.size, 1))
 
     def _query_terms(self, query, position: int) -> tuple[list, list]:
-        """Query terms held by live documents (vocabulary ids) and how often each occurs in the query."""
+        """Known query terms (vocabulary ids) and how often each occurs in the query."""
         if isinstance(query, str):
             tokens = self.tokenizer(query)
         elif isinstance(query, (list, tuple)) and all(isinstance(tok, str) for tok in query):
@@ -406,26 +404,26 @@ class InvertedIndex:
         else:
             raise InvalidQuery(f"query {position} is a {type(query).__name__}; queries must be str or lists of str")
         counts: dict[int, int] = {}
-        vocab, doc_freq = self._vocab, self._doc_freq
+        vocab, num_terms = self._vocab, self._doc_freq.size  # terms past the state's (after a restore) are unknown
         for tok in tokens:
             term = vocab.get(tok)
-            if term is not None and term < doc_freq.size and doc_freq[term] > 0:
+            if term is not None and term < num_terms:
                 counts[term] = counts.get(term, 0) + 1
         return list(counts), list(counts.values())
 
     def _search_inputs(self) -> tuple:
-        """``(postings, segments, scoring, cache)``: the named groups of arrays the compiled search reads,
-        derived from the state by the first search after a change."""
+        """``(postings, segments, scoring, cache)``: the groups of arrays the compiled search reads (as plain
+        tuples in the order of their named fields), derived from the state by the first search after a change."""
         if self._search_inputs_cache is None:
             self._search_inputs_cache = self._derive_search_inputs()
-        postings, segments, scoring, cache = self._search_inputs_cache
-        return postings, segments, scoring, cache.arrays()
+        return self._search_inputs_cache[4]
 
     def _derive_search_inputs(self) -> tuple:
         segments, p = self._segments, self.params
         avgdl = _average_length(self._state_dict())
         tfc_one = tfc_of_one(self._doc_lengths, avgdl, p.code, p.k1, p.b, p.delta)
-        scoring = Scoring(tfc_one, self._doc_lengths, len(self), avgdl, p.code, p.k1, p.b, p.delta, self._live)
+        scoring = Scoring(tfc_one, self._doc_lengths, len(self), avgdl, p.code, p.k1, p.b, p.delta, self._live,
+                          self._doc_freq)
         postings = PostingArrays(*(_concatenated([s.postings.arrays()[name] for s in segments], dtype)
                                    for name, dtype in _POSTING_DTYPES), self.block_size)
         table = SegmentTable(
@@ -440,7 +438,9 @@ class InvertedIndex:
         read_term_headers(postings.data, postings.term_byte_start, table.data_start, table.term_start,
                           self.block_size, doc_freqs, header_pos)
         cache = build_impact_cache(postings, doc_freqs, header_pos, table, self.impact_cache_bytes, scoring)
-        return postings, table._replace(cache_term_start=cache.term_start), scoring, cache
+        table = table._replace(cache_term_start=cache.term_start)
+        # The groups also as plain tuples, what the compiled entry points take (converted once, not per query).
+        return postings, table, scoring, cache, (tuple(postings), tuple(table), tuple(scoring), tuple(cache.arrays()))
 
     # ----------------------------------------------------------------------------------- inspection
 
@@ -463,7 +463,8 @@ class InvertedIndex:
         directory = sum(int(s.postings.term_byte_start.nbytes) for s in segments)
         term_maps = sum(int(s.terms.nbytes) for s in segments)
         compressed = sum(s.postings.nbytes() for s in segments) + term_maps
-        cache = self._search_inputs_cache[3] if self._search_inputs_cache else self._derive_search_inputs()[3]
+        self._search_inputs()
+        cache = self._search_inputs_cache[3]
         return {
             "method": self.params.method,
             "num_documents": len(self),

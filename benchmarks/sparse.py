@@ -53,18 +53,22 @@ PREVIOUS_REV = "17f8e91"  # the last commit whose InvertedIndex re-encoded every
 
 
 def previous_inverted_index(rev: str, folder: Path):
-    """The ``InvertedIndex`` class as of git revision ``rev``, loaded beside today's (its ``inverted_index``
-    and ``_bm25_search`` modules under other names in the same package); None when git cannot show it."""
+    """The ``InvertedIndex`` class as of git revision ``rev``, loaded beside today's (its ``inverted_index``,
+    ``inverted_index_file`` and ``_bm25_search`` modules under other names in the same package); None when git
+    cannot show it."""
     root = Path(__file__).resolve().parent.parent
+    names = ("_bm25_search", "inverted_index_file", "inverted_index")
     sources = {}
-    for name in ("_bm25_search", "inverted_index"):
+    for name in names:
         shown = subprocess.run(["git", "show", f"{rev}:llmds_torch/retrieval/{name}.py"], cwd=root,
                                capture_output=True, text=True)
         if shown.returncode != 0:
             return None
-        sources[name] = shown.stdout.replace("from ._bm25_search import", "from ._bm25_search_previous import")
+        sources[name] = shown.stdout
+        for other in names:
+            sources[name] = sources[name].replace(f"from .{other} import", f"from .{other}_previous import")
     module = None
-    for name in ("_bm25_search", "inverted_index"):
+    for name in names:
         path = folder / f"{name}_previous.py"
         path.write_text(sources[name])
         spec = importlib.util.spec_from_file_location(f"llmds_torch.retrieval.{name}_previous", path)

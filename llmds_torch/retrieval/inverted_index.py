@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from itertools import islice
 
 import numba
 import numpy as np
@@ -130,7 +131,10 @@ class InvertedIndex:
             return new_ids
         num_docs = len(token_lists)
         lengths = np.fromiter((len(tokens) for tokens in token_lists), dtype=np.int64, count=num_docs)
-        flat_terms = np.fromiter(self._term_ids(token_lists), dtype=np.int64, count=int(lengths.sum()))
+        vocab = self._vocab  # new terms get the next ids, in order of first appearance
+        flat_terms = np.fromiter((vocab.setdefault(token, len(vocab)) for tokens in token_lists for token in tokens),
+                                 dtype=np.int64, count=int(lengths.sum()))
+        self._terms.extend(reversed(list(islice(reversed(vocab), len(vocab) - len(self._terms)))))
         num_terms = len(self._terms)
         flat_docs = np.repeat(np.arange(num_docs, dtype=np.int64), lengths)
         keys, counts = np.unique(flat_docs * num_terms + flat_terms, return_counts=True)
@@ -264,17 +268,6 @@ class InvertedIndex:
             state[name] = state[name][keep]
         state["id_slots"] = new_slot[state["id_slots"]]
         state["segments"] = segments[:first] + ((merged,) if merged.num_docs else ()) + segments[last:]
-
-    def _term_ids(self, token_lists):
-        """Vocabulary id of every token, adding new terms."""
-        vocab, terms = self._vocab, self._terms
-        for tokens in token_lists:
-            for token in tokens:
-                term = vocab.get(token)
-                if term is None:
-                    term = vocab[token] = len(terms)
-                    terms.append(token)
-                yield term
 
     def _tokenize_documents(self, docs) -> list[list[str]]:
         if isinstance(docs, (str, bytes)) or not isinstance(docs, Sequence):

@@ -95,8 +95,11 @@ def segment_from_decoded(postings: BlockedPostings, terms: np.ndarray, num_docs:
 
 def _forward_index(local_terms: np.ndarray, doc_ids: np.ndarray, num_docs: int) -> tuple[np.ndarray, np.ndarray]:
     """Each document's ascending local term ids as varint gaps (the first from 0) and per-document byte starts."""
-    order = np.lexsort((local_terms, doc_ids))
-    terms, docs = local_terms[order], doc_ids[order]
+    key = doc_ids * max(int(local_terms.max(initial=0)) + 1, 1) + local_terms
+    if key.size > 1 and not bool((key[1:] > key[:-1]).all()):  # postings come sorted by document from add
+        order = np.argsort(key, kind="stable")
+        local_terms, doc_ids = local_terms[order], doc_ids[order]
+    terms, docs = local_terms, doc_ids
     gaps = terms.copy()
     gaps[1:] -= np.where(docs[1:] == docs[:-1], terms[:-1], 0)
     start = np.zeros(num_docs + 1, dtype=np.int64)

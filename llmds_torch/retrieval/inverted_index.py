@@ -51,7 +51,7 @@ from ._bm25_search import (
 from .bm25 import BM25Params
 from .postings import DEFAULT_BLOCK_SIZE
 from .inverted_index_file import check_inverted_index_contents
-from .inverted_index_segment import Segment, build_segment, merge_segments, segments_to_merge
+from .inverted_index_segment import build_segment, merge_segments, segments_to_merge
 from .errors import CorruptIndexFile, DuplicateIds, InvalidDocument, InvalidQuery, InvalidSearchParameter, UnknownIds
 from .tokenizer import Tokenizer
 

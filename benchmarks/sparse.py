@@ -9,8 +9,17 @@
    reported apart, as ``cache_bytes``: it is not part of the index nor of the compression ratio.
 2. Codec decode throughput in integers/s (the vectorized numpy decoder and the numba one).
 3. Count-Min Sketch batched updates/s, against exact counting with collections.Counter.
+4. With ``--updates``: the cost of adding and deleting 1 / 100 / 1,000 documents on a ~50k-document
+   index of real passages (``benchmarks.text_corpus``; Zipf documents when it is not cached), with
+   segments against the previous design that re-encoded the whole index on every change (its code
+   taken from git at ``--previous-rev`` and loaded beside today's), each change followed by one
+   search (which rebuilds what search derives from the statistics); and search speed over the
+   segments that adding in batches of 1,000 leaves, over one merged segment and in bm25s.
 
-Run: ``python -m benchmarks.sparse`` (full sizes) or ``python -m benchmarks.sparse --quick``.
+Part 1 also times the previous design's index (``--previous-rev``) in the same run when git has it.
+
+Run: ``python -m benchmarks.sparse`` (full sizes), ``python -m benchmarks.sparse --quick`` or
+``python -m benchmarks.sparse --updates [--quick]``.
 """
 
 from __future__ import annotations
@@ -22,6 +31,9 @@ import os
 os.environ.setdefault("KMP_BLOCKTIME", "0")
 
 import argparse  # noqa: E402
+import importlib.util  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections import Counter  # noqa: E402
@@ -35,6 +47,35 @@ from llmds_torch.retrieval.count_min_sketch import CountMinSketch  # noqa: E402
 from llmds_torch.retrieval.inverted_index import InvertedIndex  # noqa: E402
 from llmds_torch.retrieval.stdlib_corpus import stdlib_documents  # noqa: E402
 from llmds_torch.retrieval.tokenizer import Tokenizer  # noqa: E402
+
+
+PREVIOUS_REV = "17f8e91"  # the last commit whose InvertedIndex re-encoded everything on add / delete
+
+
+def previous_inverted_index(rev: str, folder: Path):
+    """The ``InvertedIndex`` class as of git revision ``rev``, loaded beside today's (its ``inverted_index``,
+    ``inverted_index_file`` and ``_bm25_search`` modules under other names in the same package); None when git
+    cannot show it."""
+    root = Path(__file__).resolve().parent.parent
+    names = ("_bm25_search", "inverted_index_file", "inverted_index")
+    sources = {}
+    for name in names:
+        shown = subprocess.run(["git", "show", f"{rev}:llmds_torch/retrieval/{name}.py"], cwd=root,
+                               capture_output=True, text=True)
+        if shown.returncode != 0:
+            return None
+        sources[name] = shown.stdout
+        for other in names:
+            sources[name] = sources[name].replace(f"from .{other} import", f"from .{other}_previous import")
+    module = None
+    for name in names:
+        path = folder / f"{name}_previous.py"
+        path.write_text(sources[name])
+        spec = importlib.util.spec_from_file_location(f"llmds_torch.retrieval.{name}_previous", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+    return module.InvertedIndex
 
 
 def zipf_ranks(rng, n, vocab_size, exponent=1.07):
@@ -68,28 +109,34 @@ def top10_agreement(ours_ids, theirs_ids) -> float:
                           zip(ours_ids, theirs_ids)]))
 
 
-def bench_bm25(name, corpus, queries, k=10, single_queries=None):
+def bench_bm25(name, corpus, queries, k=10, single_queries=None, previous=None):
     import bm25s
 
     single_queries = single_queries or queries
     rows = []
-    index, index_s = timed(lambda: InvertedIndex("lucene"))
-    _, index_s = timed(lambda: index.add(corpus))
-    index.search_batch(queries[:8], k)  # load the compiled loops before timing
-    index.search(queries[0], k)
-    stats = index.stats()
-    with tempfile.TemporaryDirectory() as tmp:
-        index.save(Path(tmp) / "index")
-        InvertedIndex.load(Path(tmp) / "index")  # compile the checks before timing
-        _, load_s = timed(lambda: InvertedIndex.load(Path(tmp) / "index"))
-    (ours_ids, _), batch_s = timed(lambda: index.search_batch(queries, k))
-    _, batch_exhaustive_s = timed(lambda: index.search_batch(queries, k, prune=False))
-    _, single_s = timed(lambda: [index.search(q, k) for q in single_queries])
-    rows.append({"corpus": name, "engine": "llmds InvertedIndex", "index_s": index_s, "load_s": load_s,
-                 "qps_single": len(single_queries) / single_s, "qps_batched": len(queries) / batch_s,
-                 "qps_batched_no_pruning": len(queries) / batch_exhaustive_s, "index_bytes": stats["index_bytes"],
-                 "cache_bytes": stats["impact_cache_bytes"], "postings_vs_raw_int32": stats["compression_ratio"],
-                 "top10_agreement": 1.0})
+    engines = [("llmds InvertedIndex", InvertedIndex)] + ([("llmds previous", previous)] if previous else [])
+    for engine, cls in engines:
+        index, index_s = timed(lambda: cls("lucene"))
+        _, index_s = timed(lambda: index.add(corpus))
+        index.search_batch(queries[:8], k)  # load the compiled loops before timing
+        index.search(queries[0], k)
+        engine_stats = index.stats()
+        with tempfile.TemporaryDirectory() as tmp:
+            index.save(Path(tmp) / "index")
+            cls.load(Path(tmp) / "index")  # compile the checks before timing
+            _, load_s = timed(lambda: cls.load(Path(tmp) / "index"))
+        (engine_ids, _), batch_s = timed(lambda: index.search_batch(queries, k))
+        _, batch_exhaustive_s = timed(lambda: index.search_batch(queries, k, prune=False))
+        _, single_s = timed(lambda: [index.search(q, k) for q in single_queries])
+        rows.append({"corpus": name, "engine": engine, "index_s": index_s, "load_s": load_s,
+                     "qps_single": len(single_queries) / single_s, "qps_batched": len(queries) / batch_s,
+                     "qps_batched_no_pruning": len(queries) / batch_exhaustive_s,
+                     "index_bytes": engine_stats["index_bytes"], "cache_bytes": engine_stats["impact_cache_bytes"],
+                     "postings_vs_raw_int32": engine_stats["compression_ratio"], "top10_agreement": 1.0})
+        if cls is InvertedIndex:
+            ours_ids, stats = engine_ids, engine_stats
+        else:
+            rows[-1]["top10_agreement"] = top10_agreement(ours_ids, engine_ids)
 
     for backend in ("numpy", "numba"):
         retriever = bm25s.BM25(method="lucene", backend=backend)
@@ -104,6 +151,125 @@ def bench_bm25(name, corpus, queries, k=10, single_queries=None):
                      "qps_batched_no_pruning": float("nan"), "index_bytes": bm25s_bytes(retriever),
                      "cache_bytes": 0, "postings_vs_raw_int32": float("nan"), "top10_agreement": top10_agreement(ours_ids, their_ids)})
     return rows, stats
+
+
+def _timed_changes(index, batches, change, query, k=10) -> tuple[float, float, float]:
+    """Mean seconds of ``change(index, batch)`` over ``batches``, mean of it followed by one search, and the
+    slowest change with its search; the index returns to its state before."""
+    before = index.snapshot()
+    change_s, with_search_s = [], []
+    for batch in batches:
+        start = time.perf_counter()
+        change(index, batch)
+        middle = time.perf_counter()
+        index.search(query, k)
+        change_s.append(middle - start)
+        with_search_s.append(time.perf_counter() - start)
+    index.restore(before)
+    return float(np.mean(change_s)), float(np.mean(with_search_s)), float(np.max(with_search_s))
+
+
+def bench_updates(corpus, queries, previous, quick: bool, k=10):
+    """Add / delete costs with segments and with the previous design, and search over segments."""
+    import bm25s
+
+    rng = np.random.default_rng(1)
+    sizes = (1, 100, 1000)
+    base_docs, spare = corpus[:-max(sizes) - 1], corpus[-max(sizes) - 1:]  # every add adds spare documents anew
+    update_rows, engines = [], [("segments", InvertedIndex)] + ([("previous (re-encode all)", previous)]
+                                                                 if previous else [])
+    for engine, cls in engines:
+        index = cls("lucene")
+        index.add(base_docs)
+        index.search(queries[0], k)
+        index.delete([0])  # compile the change paths before timing
+        index.add([spare[0]])
+        index.search(queries[0], k)
+        for size in sizes:
+            repeats = (3 if size == 1000 else 5) if cls is previous else (40 if size == 1 else 20 if size == 100 else 5)
+            repeats = min(repeats, 3) if quick else repeats
+            adds = [spare[1:1 + size]] * repeats
+            add_s, add_search_s, add_worst_s = _timed_changes(index, adds, lambda ix, b: ix.add(b), queries[1], k)
+            ids = np.sort(rng.choice(np.arange(1, len(base_docs)), repeats * size, replace=False))
+            deletes = [ids[i * size:(i + 1) * size] for i in range(repeats)]
+            del_s, del_search_s, del_worst_s = _timed_changes(index, deletes, lambda ix, b: ix.delete(b), queries[1], k)
+            update_rows.append({"engine": engine, "index_docs": len(index), "batch": size, "repeats": repeats,
+                                "add_ms": 1e3 * add_s, "add_then_search_ms": 1e3 * add_search_s,
+                                "add_worst_ms": 1e3 * add_worst_s, "delete_ms": 1e3 * del_s,
+                                "delete_then_search_ms": 1e3 * del_search_s, "delete_worst_ms": 1e3 * del_worst_s})
+    for row in update_rows:
+        if previous and row["engine"] == "segments":
+            base = next(r for r in update_rows if r["engine"] != "segments" and r["batch"] == row["batch"])
+            for name in ("add_ms", "add_then_search_ms", "delete_ms", "delete_then_search_ms"):
+                row[f"{name}_speedup"] = base[name] / row[name]
+
+    search_rows = []
+    segmented = InvertedIndex("lucene")
+    for i in range(0, len(base_docs), 1000):
+        segmented.add(base_docs[i:i + 1000])
+    merged = InvertedIndex("lucene")
+    merged.add(base_docs)
+    rebuilt = InvertedIndex("lucene")
+    for i in range(0, len(base_docs), 1000):
+        rebuilt.add(base_docs[i:i + 1000])
+    rebuilt.optimize()
+    single = queries[:len(queries) // 2]
+    engines = [("segments (batches of 1,000)", segmented), ("one segment (added at once)", merged),
+               ("one segment (optimize())", rebuilt)]
+    if previous:
+        engines.append(("previous (one index)", previous("lucene")))
+        engines[-1][1].add(base_docs)
+    for name, index in engines:
+        index.search_batch(queries[:8], k)
+        index.search(queries[0], k)
+        _, batch_s = timed(lambda: index.search_batch(queries, k))
+        _, single_s = timed(lambda: [index.search(q, k) for q in single])
+        search_rows.append({"engine": f"llmds {name}", "segments": getattr(index, "num_segments", 1),
+                            "qps_single": len(single) / single_s, "qps_batched": len(queries) / batch_s})
+    retriever = bm25s.BM25(method="lucene", backend="numba")
+    retriever.index(base_docs, show_progress=False)
+    retriever.retrieve(queries[:8], k=k, show_progress=False, n_threads=0)
+    _, batch_s = timed(lambda: retriever.retrieve(queries, k=k, show_progress=False, n_threads=0))
+    _, single_s = timed(lambda: [retriever.retrieve([q], k=k, show_progress=False) for q in single])
+    search_rows.append({"engine": "bm25s (numba)", "segments": 1, "qps_single": len(single) / single_s,
+                        "qps_batched": len(queries) / batch_s})
+    for row in search_rows:
+        row["qps_single_vs_bm25s"] = row["qps_single"] / search_rows[-1]["qps_single"]
+        row["qps_batched_vs_bm25s"] = row["qps_batched"] / search_rows[-1]["qps_batched"]
+    return update_rows, search_rows
+
+
+def updates_main(args) -> None:
+    from benchmarks import text_corpus
+
+    tokenizer = Tokenizer()
+    n = 5_000 if args.quick else 51_000
+    cached = list(text_corpus.CACHE_DIR.glob("corpus_51000_*.json"))
+    if cached:
+        import json
+
+        texts = json.loads(cached[0].read_text(encoding="utf-8"))[:n]
+        corpus_name = f"real passages ({cached[0].name})"
+    else:
+        texts = [" ".join(doc) for doc in zipf_corpus(np.random.default_rng(0), n, 200_000)]
+        corpus_name = "zipf"
+    corpus = [tokenizer(text) for text in texts]
+    rng = np.random.default_rng(0)
+    vocab = sorted({t for doc in corpus[:2000] for t in doc})
+    queries = [list(dict.fromkeys(rng.choice(vocab, int(rng.integers(2, 5))).tolist())) for _ in range(1000)]
+    with tempfile.TemporaryDirectory() as tmp:
+        previous = previous_inverted_index(args.previous_rev, Path(tmp))
+        update_rows, search_rows = bench_updates(corpus, queries, previous, args.quick)
+    print(f"\nadd / delete on {update_rows[0]['index_docs']} documents of {corpus_name}; ms per call "
+          "(mean over repeats)")
+    print_table(update_rows)
+    print("\nsearch (lucene, k=10) over segments, one segment, bm25s")
+    print_table(search_rows)
+    write_results("sparse_updates" + ("_quick" if args.quick else ""), {
+        "quick": args.quick, "corpus": corpus_name, "updates": update_rows, "search": search_rows,
+        "previous_rev": args.previous_rev if previous else None,
+        "setup": {"documents": len(corpus), "queries": len(queries), "hardware": hardware()["cpu"]},
+    })
 
 
 def bench_codec(rng, n):
@@ -139,7 +305,12 @@ def bench_sketch(rng, n, batch):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes (seconds)")
+    parser.add_argument("--updates", action="store_true", help="only the add / delete / segments benchmark")
+    parser.add_argument("--previous-rev", default=PREVIOUS_REV,
+                        help="git revision of the index to compare against (default: %(default)s)")
     args = parser.parse_args(argv)
+    if args.updates:
+        return updates_main(args)
     rng = np.random.default_rng(0)
     num_docs, vocab, num_queries, num_single = (5_000, 20_000, 200, 100) if args.quick else (50_000, 200_000, 2_000, 1_000)
     stdlib_limit = 500 if args.quick else None
@@ -153,8 +324,10 @@ def main(argv=None):
         terms = list(dict.fromkeys(t for t in terms if t in known_set))
         if terms:
             queries.append(terms)
+    previous_folder = tempfile.TemporaryDirectory()
+    previous = previous_inverted_index(args.previous_rev, Path(previous_folder.name))
     bm25_rows, zipf_stats = bench_bm25(f"zipf {num_docs // 1000}k docs", corpus, queries,
-                                       single_queries=queries[:num_single])
+                                       single_queries=queries[:num_single], previous=previous)
 
     tokenizer = Tokenizer()
     docs = stdlib_documents(max_documents=stdlib_limit)
@@ -163,7 +336,7 @@ def main(argv=None):
     std_queries = [list(dict.fromkeys(rng.choice(vocab_std, int(rng.integers(2, 5))).tolist()))
                    for _ in range(num_queries)]
     std_rows, std_stats = bench_bm25(f"stdlib {len(docs)} docs", stdlib_corpus, std_queries,
-                                     single_queries=std_queries[:num_single])
+                                     single_queries=std_queries[:num_single], previous=previous)
     bm25_rows += std_rows
     for row in bm25_rows:
         for backend in ("numpy", "numba"):
@@ -182,18 +355,24 @@ def main(argv=None):
     print_table(sketch_rows)
 
     ours = [r for r in bm25_rows if r["engine"] == "llmds InvertedIndex"]
+    for row in ours:
+        before = next((r for r in bm25_rows if r["corpus"] == row["corpus"] and r["engine"] == "llmds previous"), None)
+        if before:
+            for name in ("qps_single", "qps_batched", "qps_batched_no_pruning", "index_s", "load_s"):
+                row[f"{name}_vs_previous"] = row[name] / before[name]
+    others = [r for r in bm25_rows if r["engine"] != "llmds previous"]
     goals = {
         "compressed_postings_at_most_40pct_of_raw_int32": all(r["postings_vs_raw_int32"] <= 0.40 for r in ours),
         "qps_batched_at_least_bm25s": all(
-            r["qps_batched"] >= max(b["qps_batched"] for b in bm25_rows if b["corpus"] == r["corpus"] and b is not r)
+            r["qps_batched"] >= max(b["qps_batched"] for b in others if b["corpus"] == r["corpus"] and b is not r)
             for r in ours),
         "qps_single_at_least_bm25s": all(
-            r["qps_single"] >= max(b["qps_single"] for b in bm25_rows if b["corpus"] == r["corpus"] and b is not r)
+            r["qps_single"] >= max(b["qps_single"] for b in others if b["corpus"] == r["corpus"] and b is not r)
             for r in ours),
     }
     print("\ngoals:", goals)
     write_results("sparse" + ("_quick" if args.quick else ""), {
-        "quick": args.quick, "bm25": bm25_rows, "zipf_index_stats": zipf_stats, "stdlib_index_stats": std_stats,
+        "quick": args.quick, "previous_rev": args.previous_rev if previous else None, "bm25": bm25_rows, "zipf_index_stats": zipf_stats, "stdlib_index_stats": std_stats,
         "codec": codec_rows, "sketch": sketch_rows, "goals": goals,
         "setup": {"num_docs": num_docs, "vocab": vocab, "num_queries": num_queries, "single_queries": num_single,
                   "hardware": hardware()["cpu"]},

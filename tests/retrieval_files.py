@@ -24,12 +24,15 @@ def small_hnsw(path) -> HNSW:
 
 
 def small_inverted_index(path) -> InvertedIndex:
-    """60 documents over 40 words (Zipf-ish, so some terms span several blocks of 4), 6 deleted."""
+    """60 documents over 40 words (Zipf-ish, so some terms span several blocks of 4) in two segments of 40 and 20
+    documents, 6 deleted (their postings kept in the segments)."""
     rng = np.random.default_rng(1)
     docs = [[WORDS[min(int(w), 39)] for w in rng.zipf(1.3, size=rng.integers(1, 25))] for _ in range(60)]
     index = InvertedIndex(block_size=4, impact_cache_bytes=600)
-    index.add(docs)
+    index.add(docs[:40])
+    index.add(docs[40:])
     index.delete([3, 10, 11, 40, 41, 59])
+    assert index.num_segments == 2 and index.stats()["dead_documents"] == 6
     index.save(path)
     return index
 

@@ -4,7 +4,8 @@ Every case runs in one subprocess (a crash there fails the test and names the ca
 be refused with ``CorruptIndexFile`` at load, or load and then search, add and delete correctly
 (results only of live ids, pruned top-k equal to exhaustive, sketch estimates never negative).
 Edits are deterministic: each array gets extreme and random in-range values, zeroing, a row
-dropped, another dtype, a shuffle and removal; each metadata field gets values of every JSON type.
+dropped, another dtype, a shuffle and removal; each metadata field gets values of every JSON type,
+fields of nested objects too, also of the objects in a list (the inverted index's segments).
 """
 
 import copy
@@ -58,17 +59,23 @@ def _meta_edits(meta: dict) -> list:
     """(label, edited meta) pairs: every field (and every field of a nested object) set to each value, or removed."""
     edits = []
     for name, value in meta.items():
-        paths = [(name,)] + ([(name, inner) for inner in value] if isinstance(value, dict) and name != "rng_state"
-                             else [])
+        paths = [(name,)]
+        if isinstance(value, dict) and name != "rng_state":
+            paths += [(name, inner) for inner in value]
+        if isinstance(value, list) and value and all(isinstance(entry, dict) for entry in value):
+            paths += [(name, i) for i in range(len(value))] + [(name, i, inner) for i, entry in enumerate(value)
+                                                               for inner in entry]
         for path in paths:
             for new in META_VALUES + ["<removed>"]:
                 edited = copy.deepcopy(meta)
-                holder = edited if len(path) == 1 else edited[path[0]]
+                holder = edited
+                for step in path[:-1]:
+                    holder = holder[step]
                 if new == "<removed>":
                     holder.pop(path[-1])
                 else:
                     holder[path[-1]] = new
-                edits.append((f"{'.'.join(path)} = {new!r}", edited))
+                edits.append((f"{'.'.join(map(str, path))} = {new!r}", edited))
     return edits
 
 
@@ -111,6 +118,8 @@ def test_edited_files_are_refused_or_work_and_never_crash(tmp_path):
     bad = [r for r in reports if r["outcome"] in ("wrong", "error")]
     assert not bad, f"{len(bad)} of {len(reports)} cases misbehaved, e.g. {bad[:5]}"
     outcomes = {r["case"]: r["outcome"] for r in reports}
+    segment_cases = [o for c, o in outcomes.items() if c.startswith((f"{INDEX_KIND}: segment", f"{INDEX_KIND}: segments"))]
+    assert segment_cases.count("refused") > 50  # every segment's arrays and fields were edited
     for kind in (HNSW_KIND, INDEX_KIND, SKETCH_KIND):  # the fuzz reaches both sides of the checks
         assert outcomes.pop(f"{kind}: unaltered") == "ok"
         of_kind = [o for c, o in outcomes.items() if c.startswith(kind)]

@@ -173,10 +173,6 @@ def test_valid_hnsw_file_loads_and_searches_as_saved(hnsw_file):
 
 
 # ------------------------------------------------------------------------------------ InvertedIndex
-def _all_dead(meta, arrays):
-    arrays["live"][:] = False
-
-
 def _slot_ids_repeat(meta, arrays):
     live = np.flatnonzero(arrays["live"])
     arrays["slot_ids"][live[1]] = arrays["slot_ids"][live[0]]
@@ -191,8 +187,8 @@ def _doc_length_off_by_one(meta, arrays):
 
 
 def _block_maxima_zeroed(meta, arrays):
-    assert arrays["postings.block_max_impact"].size > 0
-    arrays["postings.block_max_impact"][:] = 0
+    assert arrays["segment0.postings.block_max_impact"].size > 0
+    arrays["segment0.postings.block_max_impact"][:] = 0
 
 
 def _vocab_repeats(meta, arrays):
@@ -203,6 +199,12 @@ def _vocab_repeats(meta, arrays):
     arrays["vocab_offsets"] = np.concatenate([[0], np.cumsum([len(t) for t in terms])]).astype(np.int64)
 
 
+def _segment_field(segment, name, value):
+    def change(meta, arrays):
+        meta["segments"][segment][name] = value
+    return change
+
+
 def _tokenizer_field(name, value):
     def change(meta, arrays):
         meta["tokenizer"][name] = value
@@ -210,13 +212,20 @@ def _tokenizer_field(name, value):
 
 
 INDEX_CASES = {
-    "every document deleted": (_all_dead, "deleted"),
     "negative slot id": (lambda m, a: _set("slot_ids", int(np.flatnonzero(a["live"])[0]), -2)(m, a), "slot_ids"),
     "slot ids repeat": (_slot_ids_repeat, "slot_ids"),
     "negative document length": (_doc_length_negative, "doc_lengths"),
     "document length off by one": (_doc_length_off_by_one, "doc_lengths"),
     "block maxima zeroed": (_block_maxima_zeroed, "block_max_impact"),
-    "huge num_postings": (_meta("num_postings", 2**40), "num_postings"),
+    "huge num_postings": (_segment_field(0, "num_postings", 2**40), "num_postings"),
+    "segment average length changed": (_segment_field(1, "avgdl", 3.0), "segment1.postings.block_max_impact"),
+    "segment average length zero": (_segment_field(0, "avgdl", 0.0), "avgdl"),
+    "segments cover too few documents": (_segment_field(1, "num_docs", 19), "segments"),
+    "segment entry a number": (lambda m, a: m["segments"].__setitem__(0, 5), "segments"),
+    "segment arrays missing": (lambda m, a: a.pop("segment1.terms"), "segment1.terms"),
+    "segment term map descends": (lambda m, a: a.__setitem__("segment0.terms", a["segment0.terms"][::-1].copy()),
+                                  "segment0.terms"),
+    "segment term map past the vocabulary": (lambda m, a: _set("segment1.terms", -1, 10**6)(m, a), "segment1.terms"),
     "k1 a string": (_meta("k1", "1.5"), "k1"),
     "b out of range": (_meta("b", 3.0), "b"),
     "block size a float": (_meta("block_size", 4.0), "block_size"),
@@ -226,7 +235,8 @@ INDEX_CASES = {
     "next id below an id": (_meta("next_id", 1), "next_id"),
     "vocabulary repeats a term": (_vocab_repeats, "vocab"),
     "vocabulary offsets past the bytes": (lambda m, a: _set("vocab_offsets", -1, 10**6)(m, a), "vocab_offsets"),
-    "postings stream cut": (lambda m, a: a.update({"postings.data": a["postings.data"][:-3].copy()}), "postings"),
+    "postings stream cut": (lambda m, a: a.update({"segment1.postings.data": a["segment1.postings.data"][:-3].copy()}),
+                            "segment1.postings"),
     "doc lengths of the wrong dtype": (lambda m, a: a.update(doc_lengths=a["doc_lengths"].astype(np.int32)),
                                        "doc_lengths"),
 }
@@ -238,6 +248,21 @@ def test_crafted_inverted_index_file_is_refused_by_field(index_file, tmp_path, c
     path = _altered(index_file[0], INDEX_KIND, tmp_path, change)
     with pytest.raises(CorruptIndexFile, match=field):
         InvertedIndex.load(path)
+
+
+def test_inverted_index_file_with_every_document_deleted_loads_empty(index_file, tmp_path):
+    """Deleted documents keep their postings in the file until their segment is merged; search skips them."""
+    loaded = InvertedIndex.load(_altered(index_file[0], INDEX_KIND, tmp_path, lambda m, a: a["live"].fill(False)))
+    assert len(loaded) == 0
+    assert loaded.search(["w0", "w1"], 5)[0].size == 0
+    assert (loaded.search_batch([["w0"], ["w2"]], 3)[0] == -1).all()
+
+
+def test_older_inverted_index_layout_is_refused_by_version(index_file, tmp_path):
+    meta, arrays, version = read(index_file[0], INDEX_KIND)
+    write(tmp_path / "old", INDEX_KIND, version - 1, meta, arrays)
+    with pytest.raises(CorruptIndexFile, match=f"version {version - 1}"):
+        InvertedIndex.load(tmp_path / "old")
 
 
 def test_valid_inverted_index_file_loads_and_searches_as_saved(index_file):
@@ -372,9 +397,9 @@ def test_varint_count_beyond_the_stream_is_refused_before_allocating():
 def test_offsets_past_2_to_the_63_are_refused(index_file, tmp_path):
     """A uint64 term offset that reads as a negative int64 must not index the stream from its end."""
     def change(meta, arrays):
-        starts = arrays["postings.term_byte_start"].astype(np.uint64)
+        starts = arrays["segment0.postings.term_byte_start"].astype(np.uint64)
         starts[0] = 2**64 - 10**9
-        arrays["postings.term_byte_start"] = starts
-        arrays["postings.block_byte_start"] = arrays["postings.block_byte_start"].astype(np.uint64)
+        arrays["segment0.postings.term_byte_start"] = starts
+        arrays["segment0.postings.block_byte_start"] = arrays["segment0.postings.block_byte_start"].astype(np.uint64)
     with pytest.raises(CorruptIndexFile, match="postings"):
         InvertedIndex.load(_altered(index_file[0], INDEX_KIND, tmp_path, change))

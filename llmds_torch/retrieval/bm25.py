@@ -113,6 +113,9 @@ def idf_by_code(code, doc_freq, num_docs):
     return np.log((n + 1.0) / df)
 
 
+_PARAMETER_RANGES = (("k1", 0.0, np.inf), ("b", 0.0, 1.0), ("delta", 0.0, np.inf))
+
+
 @dataclass(frozen=True, slots=True)
 class BM25Params:
     """Which variant and its parameters (names as bm25s has them).
@@ -135,13 +138,13 @@ class BM25Params:
     delta: float = 0.5
 
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise ConfigError(f"unknown BM25 method {self.method!r}; choose one of {METHODS}")
-        for name, low, high in (("k1", 0.0, np.inf), ("b", 0.0, 1.0), ("delta", 0.0, np.inf)):
+        for name, low, high in _PARAMETER_RANGES:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not (low <= value <= high) or np.isnan(value):
                 raise ConfigError(f"{name} must be a number in [{low}, {high}]; got {value!r}")
             object.__setattr__(self, name, float(value))
+        if self.method not in METHODS:
+            raise ConfigError(f"unknown BM25 method {self.method!r}; choose one of {METHODS}")
         if self.k1 == 0.0:  # tfc(0) would be 0 / 0 for every method
             raise ConfigError("k1 must be > 0 (with k1 = 0 the score of an absent term is 0 / 0)")
 

@@ -63,10 +63,16 @@ def repeated(ids: np.ndarray) -> np.ndarray:
     return values[counts > 1]
 
 
-def contained(ids: np.ndarray, present) -> np.ndarray:
-    """Bool ``[n]``: which of ``ids`` are in ``present`` (a dict, set, or numpy / torch array of ids)."""
+def contained(ids: np.ndarray, present, present_sorted: bool = False) -> np.ndarray:
+    """Bool ``[n]``: which of ``ids`` are in ``present`` (a dict, set, or numpy / torch array of ids;
+    ``present_sorted``: the array is sorted ascending, so a binary search answers)."""
     if isinstance(present, torch.Tensor):
         present = present.cpu().numpy()
+    if isinstance(present, np.ndarray) and present_sorted:
+        if present.size == 0:
+            return np.zeros(ids.size, dtype=bool)
+        at = np.minimum(np.searchsorted(present, ids), present.size - 1)
+        return present[at] == ids
     if isinstance(present, np.ndarray):
         return np.isin(ids, present)
     return np.fromiter((value in present for value in ids.tolist()), dtype=bool, count=ids.size)
@@ -81,7 +87,8 @@ def check_distinct_ids(ids, what: str = "ids") -> np.ndarray:
     return array
 
 
-def check_new_ids(ids, count: int, present: Container | np.ndarray | torch.Tensor, items: str = "items") -> np.ndarray:
+def check_new_ids(ids, count: int, present: Container | np.ndarray | torch.Tensor, items: str = "items",
+                  present_sorted: bool = False) -> np.ndarray:
     """Ids for ``count`` new ``items``: int64 ``[count]``.
 
     Raises ``InvalidIds`` (not ids, or not ``count`` of them) or ``DuplicateIds`` (repeated, or
@@ -91,20 +98,20 @@ def check_new_ids(ids, count: int, present: Container | np.ndarray | torch.Tenso
     if array.size != count:
         raise InvalidIds(f"got {array.size} ids for {count} {items}; give one id per item")
     array = check_distinct_ids(array)
-    already = array[contained(array, present)]
+    already = array[contained(array, present, present_sorted)]
     if already.size:
         raise DuplicateIds(f"ids {already[:_SHOWN].tolist()} are already present; delete them first or use new ids")
     return array
 
 
-def check_known_ids(ids, present: Container | np.ndarray | torch.Tensor) -> np.ndarray:
+def check_known_ids(ids, present: Container | np.ndarray | torch.Tensor, present_sorted: bool = False) -> np.ndarray:
     """Ids of present entries (to delete): int64 ``[n]``.
 
     Raises ``InvalidIds`` (not ids), ``DuplicateIds`` (repeated) or ``UnknownIds`` (not in
     ``present``: never added, or already deleted).
     """
     array = check_distinct_ids(ids)
-    missing = array[~contained(array, present)]
+    missing = array[~contained(array, present, present_sorted)]
     if missing.size:
         raise UnknownIds(f"ids {missing[:_SHOWN].tolist()} are not in the index (never added or already deleted)")
     return array

@@ -1,24 +1,32 @@
-"""BM25 inverted index over compressed, blocked postings with exact top-k search.
+"""BM25 inverted index over compressed, blocked postings in segments, with exact top-k search.
 
-Postings live in one :class:`~llmds_torch.retrieval.postings.BlockedPostings`: per term, doc gaps with
-the term frequency folded in (tf = 1 is one bit) as LEB128 varints; terms longer than ``block_size``
-are cut into blocks that record their largest contribution ``tfc - tfc(0)``, which bounds the block's
-best score for pruning. Search runs in compiled loops (``_bm25_search``); see there for why pruning
-never changes results. Per document, the contribution of a tf = 1 posting is precomputed at each
-rebuild, so most postings cost one lookup; the most frequent terms are also kept decoded, with their
-contributions, in a bounded impact cache (``impact_cache_bytes``) that search reads instead.
+Postings live in segments (:class:`~llmds_torch.retrieval.inverted_index_segment.Segment`), as in
+Lucene: each ``add`` writes its documents as a new segment of
+:class:`~llmds_torch.retrieval.postings.BlockedPostings` (per term, doc gaps with the term frequency
+folded in as LEB128 varints; terms longer than ``block_size`` cut into blocks that record their
+largest contribution ``tfc - tfc(0)``, which bounds the block's best score for pruning), so adding
+costs what the new documents cost, not the index. ``delete`` only marks documents dead; a log merge
+policy rewrites adjacent segments of similar size as one (and a segment more than half dead alone),
+dropping dead documents, so the segment count stays logarithmic in the index size; :meth:`optimize`
+merges everything into one segment. Search runs in compiled loops over all segments with one top k
+(``_bm25_search``; see there for why pruning never changes results).
 
-Documents are stored in slots (insertion order); the caller's ids map to slots. ``add`` and
-``delete`` rebuild the postings from decoded arrays in vectorized numpy, so add documents in
-batches rather than one at a time. Deleted documents leave the statistics: N, avgdl and document
-frequencies are always those of the live documents, so scores equal those of an index built from
-the live documents alone.
+Deleted documents leave the statistics at once: N, avgdl and document frequencies are always those
+of the live documents (a forward index per segment names the terms whose frequency a delete
+lowers), so scores equal those of an index built from the live documents alone. What search derives
+from the statistics (per document the contribution of a tf = 1 posting, and the impact cache of the
+most frequent terms' decoded postings, bounded by ``impact_cache_bytes``) is rebuilt by the first
+search after a change.
+
+Documents are stored in slots (insertion order; a merge closes the gaps of dead documents), and the
+caller's ids map to slots.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from itertools import islice
 
 import numba
 import numpy as np
@@ -31,30 +39,28 @@ from ._bm25_search import (
     Queries,
     Results,
     Scoring,
+    SegmentTable,
     build_impact_cache,
     new_scratch,
-    posting_contributions,
+    read_term_headers,
     scratch_nbytes,
     search_parallel,
     search_range,
     tfc_of_one,
 )
 from .bm25 import BM25Params
-from .postings import (
-    DEFAULT_BLOCK_SIZE,
-    BlockedPostings,
-    block_max_impacts,
-    decode_blocked_postings,
-    encode_blocked_postings,
-)
+from .postings import DEFAULT_BLOCK_SIZE
 from .inverted_index_file import check_inverted_index_contents
+from .inverted_index_segment import build_segment, merge_segments, segments_to_merge
 from .errors import CorruptIndexFile, InvalidDocument, InvalidQuery, InvalidSearchParameter
 from .ids import check_known_ids, check_new_ids
 from .tokenizer import Tokenizer
 
 _FILE_KIND = "inverted_index"
-_FILE_VERSION = 3  # 2: tf folded into the doc gap, block metadata only for multi-block terms; 3: NFKC + casefold tokens
+_FILE_VERSION = 4  # 2: tf folded into the doc gap, block metadata only for multi-block terms; 3: NFKC + casefold
+# tokens; 4: segments
 DEFAULT_IMPACT_CACHE_BYTES = 16 * 2**20
+DEFAULT_MERGE_FACTOR = 8
 MAX_PADDED_RESULTS = 2**27
 
 
@@ -75,36 +81,38 @@ class InvertedIndex:
         Memory for decoded postings of the most frequent terms (doc id and contribution, 12 bytes a
         posting), which search reads instead of decoding them (default 16 MiB; 0 turns it off).
         Results are identical with any budget. Not part of the index's size (``stats`` reports it).
+    merge_factor : int
+        Adjacent segments of one size level merged at once (default 8, at least 2): more segments
+        make adding cheaper and search slower.
     """
 
     def __init__(self, method: str = "lucene", k1: float = 1.5, b: float = 0.75, delta: float = 0.5,
                  tokenizer: Tokenizer | None = None, block_size: int = DEFAULT_BLOCK_SIZE,
-                 impact_cache_bytes: int = DEFAULT_IMPACT_CACHE_BYTES):
+                 impact_cache_bytes: int = DEFAULT_IMPACT_CACHE_BYTES, merge_factor: int = DEFAULT_MERGE_FACTOR):
         self.params = BM25Params(method, k1, b, delta)
         if not isinstance(block_size, int) or not 1 <= block_size <= 65535:
             raise ConfigError(f"block_size must be an int in [1, 65535]; got {block_size!r}")
         if not isinstance(impact_cache_bytes, int) or isinstance(impact_cache_bytes, bool) or impact_cache_bytes < 0:
             raise ConfigError(f"impact_cache_bytes must be an int >= 0; got {impact_cache_bytes!r}")
+        if not isinstance(merge_factor, int) or isinstance(merge_factor, bool) or merge_factor < 2:
+            raise ConfigError(f"merge_factor must be an int >= 2; got {merge_factor!r}")
         self.tokenizer = tokenizer if tokenizer is not None else Tokenizer()
         self.block_size = block_size
         self.impact_cache_bytes = impact_cache_bytes
+        self.merge_factor = merge_factor
+        # The vocabulary only grows (a term that lost its documents keeps its id, with frequency 0).
         self._vocab: dict[str, int] = {}
         self._terms: list[str] = []
-        self._slot_ids = np.empty(0, dtype=np.int64)      # [n_slots] caller's id of each slot
-        self._doc_lengths = np.empty(0, dtype=np.int64)   # [n_slots] tokens per document
-        self._live = np.empty(0, dtype=bool)              # [n_slots]
-        self._slot_of: dict[int, int] = {}
-        self._next_id = 0
-        self._commit({}, [], encode_blocked_postings([], [], [], 0, block_size), self._slot_ids, self._doc_lengths,
-                     self._live, {}, 0)
+        empty = np.empty(0, dtype=np.int64)
+        self.restore(((), empty, empty, np.empty(0, dtype=bool), empty, empty, empty, 0, 0))
 
     # ----------------------------------------------------------------------------------- building
 
     def __len__(self) -> int:
-        return len(self._slot_of)
+        return int(self._id_keys.size)
 
     def add(self, docs: Sequence, ids=None) -> np.ndarray:
-        """Add documents; return their ids.
+        """Add documents as a new segment (merging segments as the merge policy asks); return their ids.
 
         Parameters
         ----------
@@ -122,90 +130,137 @@ class InvertedIndex:
         new_ids = self._check_new_ids(ids, len(token_lists))
         if not token_lists:
             return new_ids
+        num_docs = len(token_lists)
+        lengths = np.fromiter((len(tokens) for tokens in token_lists), dtype=np.int64, count=num_docs)
+        vocab = self._vocab  # new terms get the next ids, in order of first appearance
+        flat_terms = np.fromiter((vocab.setdefault(token, len(vocab)) for tokens in token_lists for token in tokens),
+                                 dtype=np.int64, count=int(lengths.sum()))
+        self._terms.extend(reversed(list(islice(reversed(vocab), len(vocab) - len(self._terms)))))
+        num_terms = len(self._terms)
+        flat_docs = np.repeat(np.arange(num_docs, dtype=np.int64), lengths)
+        keys, counts = np.unique(flat_docs * num_terms + flat_terms, return_counts=True)
+        docs_of, terms_of = keys // max(num_terms, 1), keys % max(num_terms, 1)
 
-        vocab, terms = dict(self._vocab), list(self._terms)
+        state = self._state_dict()
+        state["total_length"] += int(lengths.sum())
+        state["num_live"] = len(self) + num_docs
+        segment = build_segment(terms_of, docs_of, counts, lengths, _average_length(state), self.params,
+                                self.block_size)
+        doc_freq = np.zeros(num_terms, dtype=np.int64)
+        doc_freq[:self._doc_freq.size] = self._doc_freq
+        state["doc_freq"] = doc_freq + np.bincount(terms_of, minlength=num_terms)
         first_slot = self._slot_ids.size
-        lengths = np.fromiter((len(tokens) for tokens in token_lists), dtype=np.int64, count=len(token_lists))
-        flat_terms = np.fromiter(
-            (vocab.setdefault(tok, len(vocab)) for tokens in token_lists for tok in tokens),
-            dtype=np.int64, count=int(lengths.sum()))
-        terms.extend(list(vocab)[len(terms):])
-        flat_slots = np.repeat(np.arange(first_slot, first_slot + len(token_lists), dtype=np.int64), lengths)
-        keys, counts = np.unique(flat_slots * len(vocab) + flat_terms, return_counts=True)
-        new_slots, new_terms = keys // max(len(vocab), 1), keys % max(len(vocab), 1)
-
-        old_terms, old_docs, old_tfs = decode_blocked_postings(self._postings)
-        doc_lengths = np.concatenate([self._doc_lengths, lengths])
-        live = np.concatenate([self._live, np.ones(len(token_lists), dtype=bool)])
-        postings = self._encode(np.concatenate([old_terms, new_terms]), np.concatenate([old_docs, new_slots]),
-                                np.concatenate([old_tfs, counts]), doc_lengths, live, len(vocab))
-        slot_of = dict(self._slot_of)
-        slot_of.update(zip(new_ids.tolist(), range(first_slot, first_slot + len(token_lists))))
-        self._commit(vocab, terms, postings, np.concatenate([self._slot_ids, new_ids]), doc_lengths, live, slot_of,
-                     max(self._next_id, int(new_ids.max()) + 1))
+        order = np.argsort(new_ids, kind="stable")
+        at = np.searchsorted(self._id_keys, new_ids[order])
+        state["id_keys"] = np.insert(self._id_keys, at, new_ids[order])
+        state["id_slots"] = np.insert(self._id_slots, at, first_slot + order)
+        state["slot_ids"] = np.concatenate([self._slot_ids, new_ids])
+        state["doc_lengths"] = np.concatenate([self._doc_lengths, lengths])
+        state["live"] = np.concatenate([self._live, np.ones(num_docs, dtype=bool)])
+        state["segments"] = self._segments + (segment,)
+        state["next_id"] = max(self._next_id, int(new_ids.max()) + 1)
+        self._merge_as_policy_says(state)
+        self.restore(self._state_tuple(state))
         return new_ids
 
     def delete(self, ids) -> None:
-        """Remove documents by id; all ids must be present (else nothing changes).
+        """Mark documents dead by id; all ids must be present (else nothing changes).
+
+        Their postings stay in their segment until it is merged; the statistics drop them at once.
 
         Raises
         ------
         InvalidIds, DuplicateIds, UnknownIds
             If an id is not a non-negative int64, repeats, or was never added or is already deleted.
         """
-        ids = check_known_ids(ids, self._slot_of)
-        slots = np.array(sorted({self._slot_of[int(i)] for i in ids.tolist()}), dtype=np.int64)
-        if slots.size == 0:
+        unique_ids = np.sort(check_known_ids(ids, self._id_keys, present_sorted=True))
+        if unique_ids.size == 0:
             return
-        terms, docs, tfs = decode_blocked_postings(self._postings)
-        keep = ~np.isin(docs, slots)
-        live = self._live.copy()
-        live[slots] = False
-        postings = self._encode(terms[keep], docs[keep], tfs[keep], self._doc_lengths, live, len(self._vocab))
-        slot_of = dict(self._slot_of)
-        for i in ids.tolist():
-            slot_of.pop(int(i), None)
-        self._commit(self._vocab, self._terms, postings, self._slot_ids, self._doc_lengths, live, slot_of,
-                     self._next_id)
+        at = np.searchsorted(self._id_keys, unique_ids)
+        slots = self._id_slots[at]
+        starts = self._segment_starts()
+        segment_of = np.searchsorted(starts, slots, side="right") - 1
+        removed = [self._segments[s].global_terms_of(slots[segment_of == s] - starts[s])
+                   for s in np.unique(segment_of).tolist()]
+        state = self._state_dict()
+        state["doc_freq"] = self._doc_freq - np.bincount(np.concatenate(removed), minlength=self._doc_freq.size)
+        state["total_length"] -= int(self._doc_lengths[slots].sum())
+        state["num_live"] = len(self) - slots.size
+        state["live"] = self._live.copy()
+        state["live"][slots] = False
+        state["id_keys"], state["id_slots"] = np.delete(self._id_keys, at), np.delete(self._id_slots, at)
+        self._merge_as_policy_says(state)
+        self.restore(self._state_tuple(state))
 
-    _STATE = ("_vocab", "_terms", "_postings", "_slot_ids", "_doc_lengths", "_live", "_slot_of", "_next_id",
-              "_avgdl", "_tfc_one", "_impact_cache")
+    def optimize(self) -> None:
+        """Merge every segment into one, dropping the postings of deleted documents."""
+        if len(self._segments) > 1 or not self._live.all():
+            state = self._state_dict()
+            self._merge(state, 0, len(self._segments))
+            self.restore(self._state_tuple(state))
 
-    def _commit(self, vocab, terms, postings, slot_ids, doc_lengths, live, slot_of, next_id) -> None:
-        """Replace the whole state in one step, after computing what search derives from it.
+    @property
+    def num_segments(self) -> int:
+        return len(self._segments)
 
-        Nothing is assigned until everything is computed, so an error leaves the index unchanged.
-        The arrays and dicts given are owned by the index from here on (never modified in place).
-        """
-        avgdl = _average_length(doc_lengths, live)
-        p = self.params
-        tfc_one = tfc_of_one(doc_lengths, avgdl, p.code, p.k1, p.b, p.delta)
-        impact_cache = build_impact_cache(postings, self.impact_cache_bytes, tfc_one, doc_lengths, avgdl, p.code,
-                                          p.k1, p.b, p.delta)
-        self.restore((vocab, terms, postings, slot_ids, doc_lengths, live, slot_of, next_id, avgdl, tfc_one,
-                      impact_cache))
+    _STATE = ("_segments", "_slot_ids", "_doc_lengths", "_live", "_id_keys", "_id_slots", "_doc_freq",
+              "_total_length", "_next_id")
 
     def snapshot(self) -> tuple:
         """The index's state, for :meth:`restore` (O(1): the index never modifies its state in place)."""
         return tuple(getattr(self, name) for name in self._STATE)
 
     def restore(self, snapshot: tuple) -> None:
-        """Return to a state taken by :meth:`snapshot` of this index (undoes later adds and deletes)."""
+        """Return to a state taken by :meth:`snapshot` of this index (undoes later adds and deletes).
+
+        State: the segments; per slot ``[n_slots]`` the caller's id, the length and whether it is live;
+        the live ids ascending with their slots; the live document frequency of each term; the live
+        documents' total length; the next default id. Arrays are replaced, never modified in place.
+        """
         for name, value in zip(self._STATE, snapshot):
             setattr(self, name, value)
+        self._search_inputs_cache = None  # derived from the state by the next search
         self._scratch = None  # allocated by the first single-query search
 
-    def _encode(self, terms, docs, tfs, doc_lengths, live, num_terms) -> BlockedPostings:
-        """Postings with block maxima of their impacts (see :meth:`_impacts`)."""
-        impacts = self._impacts(docs, tfs, doc_lengths, live)
-        return encode_blocked_postings(terms, docs, tfs, num_terms, self.block_size, impacts)
+    def _state_dict(self) -> dict:
+        state = {name[1:]: getattr(self, name) for name in self._STATE}
+        state["num_live"] = len(self)
+        return state
 
-    def _impacts(self, docs, tfs, doc_lengths, live) -> np.ndarray:
-        """``tfc - tfc(0)`` of each posting at the average length of the ``live`` documents: float64 ``[n]``."""
-        avgdl = _average_length(doc_lengths, live)
-        p = self.params
-        tfc_one = tfc_of_one(doc_lengths, avgdl, p.code, p.k1, p.b, p.delta)
-        return posting_contributions(tfs, docs, tfc_one, doc_lengths, avgdl, p.code, p.k1, p.b, p.delta)
+    def _state_tuple(self, state: dict) -> tuple:
+        return tuple(state[name[1:]] for name in self._STATE)
+
+    def _segment_starts(self, segments=None) -> np.ndarray:
+        """First slot of each segment, int64 ``[n_segments]``."""
+        sizes = [segment.num_docs for segment in (self._segments if segments is None else segments)]
+        return (np.cumsum(sizes) - sizes).astype(np.int64)
+
+    def _merge_as_policy_says(self, state: dict) -> None:
+        while True:
+            starts = self._segment_starts(state["segments"])
+            num_docs = [segment.num_docs for segment in state["segments"]]
+            live = np.add.reduceat(state["live"].astype(np.int64), starts).tolist() if starts.size else []
+            plan = segments_to_merge(live, num_docs, self.merge_factor)
+            if plan is None:
+                return
+            self._merge(state, *plan)
+
+    def _merge(self, state: dict, first: int, last: int) -> None:
+        """Rewrite segments ``first:last`` of ``state`` as one without dead documents, closing their slot gaps."""
+        segments = state["segments"]
+        starts = self._segment_starts(segments)
+        low = int(starts[first])
+        high = low + sum(segment.num_docs for segment in segments[first:last])
+        live = state["live"]
+        merged = merge_segments(segments[first:last], live[low:high], state["doc_lengths"][low:high],
+                                _average_length(state), self.params, self.block_size)
+        keep = np.ones(live.size, dtype=bool)
+        keep[low:high] = live[low:high]
+        new_slot = np.cumsum(keep) - 1
+        for name in ("slot_ids", "doc_lengths", "live"):
+            state[name] = state[name][keep]
+        state["id_slots"] = new_slot[state["id_slots"]]
+        state["segments"] = segments[:first] + ((merged,) if merged.num_docs else ()) + segments[last:]
 
     def _tokenize_documents(self, docs) -> list[list[str]]:
         if isinstance(docs, (str, bytes)) or not isinstance(docs, Sequence):
@@ -224,7 +279,7 @@ class InvertedIndex:
     def _check_new_ids(self, ids, count: int) -> np.ndarray:
         if ids is None:
             return np.arange(self._next_id, self._next_id + count, dtype=np.int64)
-        return check_new_ids(ids, count, self._slot_of, "documents")
+        return check_new_ids(ids, count, self._id_keys, "documents", present_sorted=True)
 
     # ----------------------------------------------------------------------------------- searching
 
@@ -251,12 +306,13 @@ class InvertedIndex:
         if not terms:
             return np.empty(0, dtype=np.int64), np.empty(0)
         k = self._heap_size(k)
+        inputs = self._search_inputs()
         if self._scratch is None or self._scratch.heap_scores.size < k:
-            self._scratch = new_scratch(self._slot_ids.size, k, self._postings.block_size)
+            self._scratch = new_scratch(self._slot_ids.size, k, self.block_size)
         results = Results(np.empty((1, k), dtype=np.int64), np.empty((1, k)), np.zeros(1, dtype=np.int64))
         queries = Queries(np.array([0, len(terms)], dtype=np.int64), np.array(terms, dtype=np.int64),
                           np.array(counts, dtype=np.float64))
-        search_range(0, 1, queries, k, bool(prune), *self._search_inputs(), self._scratch, results)
+        search_range(0, 1, queries, k, bool(prune), *inputs, self._scratch, results)
         size = int(results.sizes[0])
         return self._slot_ids[results.slots[0, :size]], results.scores[0, :size]
 
@@ -304,7 +360,7 @@ class InvertedIndex:
                 search_parallel(num_chunks, queries, heap, bool(prune), *self._search_inputs(), results)
             else:
                 search_range(0, num_queries, queries, heap, bool(prune), *self._search_inputs(),
-                             new_scratch(self._slot_ids.size, heap, self._postings.block_size), results)
+                             new_scratch(self._slot_ids.size, heap, self.block_size), results)
         found = results.slots >= 0
         ids = np.where(found, self._slot_ids[np.where(found, results.slots, 0)] if self._slot_ids.size else -1, -1)
         return ids, results.scores
@@ -322,83 +378,121 @@ class InvertedIndex:
         else:
             raise InvalidQuery(f"query {position} is a {type(query).__name__}; queries must be str or lists of str")
         counts: dict[int, int] = {}
-        vocab = self._vocab
+        vocab, num_terms = self._vocab, self._doc_freq.size  # terms past the state's (after a restore) are unknown
         for tok in tokens:
             term = vocab.get(tok)
-            if term is not None:
+            if term is not None and term < num_terms:
                 counts[term] = counts.get(term, 0) + 1
         return list(counts), list(counts.values())
 
     def _search_inputs(self) -> tuple:
-        """``(postings, scoring, cache)``: the named groups of arrays the compiled search reads."""
-        p, params = self._postings, self.params
-        postings = PostingArrays(p.data, p.term_byte_start, p.block_byte_start, p.block_last_doc, p.block_max_impact,
-                                 p.block_size)
-        scoring = Scoring(self._tfc_one, self._doc_lengths, len(self._slot_of), self._avgdl, params.code, params.k1,
-                          params.b, params.delta)
-        return postings, scoring, self._impact_cache.arrays()
+        """``(postings, segments, scoring, cache)``: the groups of arrays the compiled search reads (as plain
+        tuples in the order of their named fields), derived from the state by the first search after a change."""
+        if self._search_inputs_cache is None:
+            self._search_inputs_cache = self._derive_search_inputs()
+        return self._search_inputs_cache[4]
+
+    def _derive_search_inputs(self) -> tuple:
+        segments, p = self._segments, self.params
+        avgdl = _average_length(self._state_dict())
+        tfc_one = tfc_of_one(self._doc_lengths, avgdl, p.code, p.k1, p.b, p.delta)
+        scoring = Scoring(tfc_one, self._doc_lengths, len(self), avgdl, p.code, p.k1, p.b, p.delta, self._live,
+                          self._doc_freq)
+        postings = PostingArrays(*(_concatenated([s.postings.arrays()[name] for s in segments], dtype)
+                                   for name, dtype in _POSTING_DTYPES), self.block_size)
+        table = SegmentTable(
+            _concatenated([s.terms for s in segments], np.int32),
+            _starts([s.terms.size for s in segments], True),
+            _starts([s.postings.data.size for s in segments]),
+            _starts([s.postings.num_blocks for s in segments]),
+            _starts([s.num_docs for s in segments]),
+            np.array([min(1.0, s.avgdl / avgdl) for s in segments], dtype=np.float64),
+            np.zeros(len(segments) + 1, dtype=np.int64))
+        doc_freqs, header_pos = np.empty(table.terms.size, dtype=np.int64), np.empty(table.terms.size, dtype=np.int64)
+        read_term_headers(postings.data, postings.term_byte_start, table.data_start, table.term_start,
+                          self.block_size, doc_freqs, header_pos)
+        cache = build_impact_cache(postings, doc_freqs, header_pos, table, self.impact_cache_bytes, scoring)
+        table = table._replace(cache_term_start=cache.term_start)
+        # The groups also as plain tuples, what the compiled entry points take (converted once, not per query).
+        return postings, table, scoring, cache, (tuple(postings), tuple(table), tuple(scoring), tuple(cache.arrays()))
 
     # ----------------------------------------------------------------------------------- inspection
 
     def stats(self) -> dict:
         """Sizes and counts, including compressed postings against raw int32 (doc id + tf) postings.
 
-        ``compressed_postings_bytes`` counts every byte search reads from the postings: the varint
-        stream (term headers, gaps, tfs), the term directory (one offset per term) and the block
-        metadata (offset, last doc id, largest contribution per block of a multi-block term). The
-        vocabulary strings and the per-document arrays are not in it; ``index_bytes`` adds the
-        per-document arrays. The impact cache (``impact_cache_*``) is counted in neither: it is
-        decoded copies of postings, bounded by ``impact_cache_bytes``.
+        ``compressed_postings_bytes`` counts every byte search reads from the postings of all
+        segments: the varint streams (term headers, gaps, tfs), the term directories (one offset per
+        term), the block metadata (offset, last doc id, largest contribution per block of a
+        multi-block term) and each segment's map from its terms to the vocabulary. Postings of
+        deleted documents count until their segment is merged (``dead_documents``). The vocabulary
+        strings, the per-document arrays and the forward indexes are not in it; ``index_bytes`` adds
+        the last two. The impact cache (``impact_cache_*``) is counted in neither: it is decoded
+        copies of postings, bounded by ``impact_cache_bytes``.
         """
-        postings = self._postings
-        raw = 8 * postings.num_postings
-        compressed = postings.nbytes()
-        stream, directory = int(postings.data.nbytes), int(postings.term_byte_start.nbytes)
+        segments = self._segments
+        num_postings = sum(s.postings.num_postings for s in segments)
+        raw = 8 * num_postings
+        stream = sum(int(s.postings.data.nbytes) for s in segments)
+        directory = sum(int(s.postings.term_byte_start.nbytes) for s in segments)
+        term_maps = sum(int(s.terms.nbytes) for s in segments)
+        compressed = sum(s.postings.nbytes() for s in segments) + term_maps
+        self._search_inputs()
+        cache = self._search_inputs_cache[3]
         return {
             "method": self.params.method,
-            "num_documents": len(self._slot_of),
-            "num_terms": int(np.count_nonzero(postings.doc_freq())),
-            "num_postings": postings.num_postings,
-            "num_blocks": postings.num_blocks,
+            "num_documents": len(self),
+            "num_segments": len(segments),
+            "dead_documents": int(self._slot_ids.size - len(self)),
+            "num_terms": int(np.count_nonzero(self._doc_freq)),
+            "num_postings": num_postings,
+            "num_blocks": sum(s.postings.num_blocks for s in segments),
             "block_size": self.block_size,
-            "avg_doc_length": self._avgdl if self._slot_of else 0.0,
+            "avg_doc_length": _average_length(self._state_dict()) if len(self) else 0.0,
             "compressed_postings_bytes": compressed,
             "varint_stream_bytes": stream,
             "term_directory_bytes": directory,
-            "block_metadata_bytes": compressed - stream - directory,
+            "segment_term_map_bytes": term_maps,
+            "block_metadata_bytes": compressed - stream - directory - term_maps,
             "raw_int32_postings_bytes": raw,
             "compression_ratio": compressed / raw if raw else 0.0,
+            "forward_index_bytes": sum(s.nbytes() for s in segments) - compressed,
             "index_bytes": self.nbytes(),
             "search_scratch_bytes": scratch_nbytes(self._slot_ids.size),
-            "impact_cache_terms": int(self._impact_cache.terms.size),
-            "impact_cache_postings": int(self._impact_cache.docs.size),
-            "impact_cache_bytes": self._impact_cache.nbytes(),
+            "impact_cache_terms": int(cache.terms.size),
+            "impact_cache_postings": int(cache.docs.size),
+            "impact_cache_bytes": cache.nbytes(),
         }
 
     def nbytes(self) -> int:
-        """Bytes of the postings with their metadata and of the per-document arrays, including the
-        precomputed tf = 1 contributions (not the vocabulary, nor the per-thread search scratch)."""
-        return (self._postings.nbytes() + self._slot_ids.nbytes + self._doc_lengths.nbytes + self._live.nbytes
-                + self._tfc_one.nbytes)
+        """Bytes of the segments (postings with their metadata, term maps, forward indexes) and of the
+        per-document arrays, including the precomputed tf = 1 contributions (not the vocabulary, the
+        impact cache, nor the per-thread search scratch)."""
+        return (sum(s.nbytes() for s in self._segments) + self._slot_ids.nbytes + self._doc_lengths.nbytes
+                + self._live.nbytes + 8 * self._slot_ids.size + self._doc_freq.nbytes)
 
     # ----------------------------------------------------------------------------------- persistence
 
     def save(self, path: str | os.PathLike, *, key: bytes | None = None) -> None:
         """Write the index to ``path`` (versioned, no pickle; SHA-256 checksummed, or HMAC-SHA256 signed
-        with ``key``, see :mod:`llmds_torch.retrieval.persist`)."""
+        with ``key``, see :mod:`llmds_torch.retrieval.persist`). Segments are saved as they are, postings
+        of deleted documents included; forward indexes are rebuilt on load."""
         encoded = [term.encode("utf-8") for term in self._terms]
         offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
         np.cumsum([len(e) for e in encoded], out=offsets[1:])
-        arrays = {f"postings.{name}": array for name, array in self._postings.arrays().items()}
-        arrays.update(
-            vocab_bytes=np.frombuffer(b"".join(encoded), dtype=np.uint8), vocab_offsets=offsets,
-            slot_ids=self._slot_ids, doc_lengths=self._doc_lengths, live=self._live)
+        arrays = dict(vocab_bytes=np.frombuffer(b"".join(encoded), dtype=np.uint8), vocab_offsets=offsets,
+                      slot_ids=self._slot_ids, doc_lengths=self._doc_lengths, live=self._live)
+        for i, segment in enumerate(self._segments):
+            arrays.update({f"segment{i}.postings.{name}": array for name, array in segment.postings.arrays().items()})
+            arrays[f"segment{i}.terms"] = segment.terms
         meta = {
             "method": self.params.method, "k1": self.params.k1, "b": self.params.b, "delta": self.params.delta,
-            "block_size": self.block_size, "next_id": self._next_id, "num_postings": self._postings.num_postings,
-            "impact_cache_bytes": self.impact_cache_bytes,
+            "block_size": self.block_size, "next_id": self._next_id, "impact_cache_bytes": self.impact_cache_bytes,
+            "merge_factor": self.merge_factor,
             "tokenizer": {"lowercase": self.tokenizer.lowercase, "stopwords": sorted(self.tokenizer.stopwords),
                           "min_length": self.tokenizer.min_length},
+            "segments": [{"num_docs": s.num_docs, "num_postings": s.postings.num_postings, "avgdl": s.avgdl}
+                         for s in self._segments],
         }
         persist.save(path, _FILE_KIND, _FILE_VERSION, arrays, meta, key)
 
@@ -406,8 +500,10 @@ class InvertedIndex:
     def load(cls, path: str | os.PathLike, *, key: bytes | None = None) -> "InvertedIndex":
         """Read an index written by :meth:`save` (with the same ``key``, if any).
 
-        Every field is checked before use (see :mod:`llmds_torch.retrieval.inverted_index_file`), and
-        the stored block maxima must equal those recomputed from the decoded postings, so pruning is exact.
+        Every field of every segment is checked before use (see
+        :mod:`llmds_torch.retrieval.inverted_index_file`), including each segment's block maxima against
+        those recomputed from its decoded postings, so pruning is exact. Files of layout version 3 and
+        older (one unsegmented index) are refused by their version.
 
         Raises
         ------
@@ -416,22 +512,39 @@ class InvertedIndex:
         """
         bundle = persist.load(path, _FILE_KIND, key)
         if bundle.kind_version != _FILE_VERSION:
-            raise CorruptIndexFile(f"inverted index layout version {bundle.kind_version}; this build reads {_FILE_VERSION}")
+            raise CorruptIndexFile(f"inverted index layout version {bundle.kind_version}; this build reads "
+                                   f"{_FILE_VERSION} (segmented); rebuild the index from its documents")
         c = check_inverted_index_contents(bundle.meta, bundle.arrays)
         p = c["params"]
-        index = cls(p.method, p.k1, p.b, p.delta, c["tokenizer"], c["block_size"], c["impact_cache_bytes"])
-        slot_ids, doc_lengths, live, postings = c["slot_ids"], c["doc_lengths"], c["live"], c["postings"]
-        terms_ids, docs, tfs = c["terms_docs_tfs"]
-        exact = block_max_impacts(terms_ids, index._impacts(docs, tfs, doc_lengths, live), postings.num_terms,
-                                  postings.block_size)
-        if not np.array_equal(postings.block_max_impact, exact):
-            raise CorruptIndexFile("array 'postings.block_max_impact' differs from the maxima of the postings' "
-                                   "contributions (pruning would be wrong)")
-        terms = c["terms"]
-        slot_of = {int(slot_ids[s]): int(s) for s in np.flatnonzero(live)}
-        index._commit({term: i for i, term in enumerate(terms)}, terms, postings, slot_ids, doc_lengths, live,
-                      slot_of, c["next_id"])
+        index = cls(p.method, p.k1, p.b, p.delta, c["tokenizer"], c["block_size"], c["impact_cache_bytes"],
+                    c["merge_factor"])
+        index._terms = c["terms"]
+        index._vocab = {term: i for i, term in enumerate(index._terms)}
+        slot_ids, live = c["slot_ids"], c["live"]
+        live_slots = np.flatnonzero(live)
+        order = np.argsort(slot_ids[live_slots], kind="stable")
+        index.restore((tuple(c["segments"]), slot_ids, c["doc_lengths"], live, slot_ids[live_slots][order],
+                       live_slots[order].astype(np.int64), c["doc_freq"], int(c["doc_lengths"][live].sum()),
+                       c["next_id"]))
         return index
+
+
+_POSTING_DTYPES = (("data", np.uint8), ("term_byte_start", np.uint32), ("block_byte_start", np.uint32),
+                   ("block_last_doc", np.int32), ("block_max_impact", np.float32))
+
+
+def _concatenated(arrays: list, empty_dtype) -> np.ndarray:
+    """One array of ``arrays`` in order (the array itself when there is one)."""
+    if len(arrays) == 1:
+        return arrays[0]
+    return np.concatenate(arrays) if arrays else np.empty(0, dtype=empty_dtype)
+
+
+def _starts(sizes: list, with_end: bool = False) -> np.ndarray:
+    """Where each of consecutive parts of ``sizes`` starts, int64 ``[n]`` (``[n + 1]`` with the end)."""
+    ends = np.cumsum(np.asarray(sizes, dtype=np.int64))
+    starts = ends - np.asarray(sizes, dtype=np.int64)
+    return np.append(starts, ends[-1] if ends.size else 0) if with_end else starts
 
 
 def _check_k(k) -> None:
@@ -439,8 +552,7 @@ def _check_k(k) -> None:
         raise InvalidSearchParameter(f"k must be an int >= 1; got {k!r}")
 
 
-def _average_length(doc_lengths: np.ndarray, live: np.ndarray) -> float:
+def _average_length(state: dict) -> float:
     """Mean length of the live documents (1.0 when there are none or all are empty, so nothing divides by 0)."""
-    live_lengths = doc_lengths[live]
-    total = int(live_lengths.sum())
-    return total / live_lengths.size if live_lengths.size and total > 0 else 1.0
+    total, live = state["total_length"], state["num_live"]
+    return total / live if live and total > 0 else 1.0

@@ -107,8 +107,9 @@ class PageAllocator:
             pages = self.free_list[-n:]
             del self.free_list[-n:]
             pages.reverse()
-            self.state[pages] = USED
-            self.refcount[pages] = 1
+            taken = np.array(pages)
+            self.state[taken] = USED
+            self.refcount[taken] = 1
             return pages
         pages = []
         for _ in range(n):
@@ -129,12 +130,12 @@ class PageAllocator:
         if not pages:
             return
         arr = np.asarray(pages, dtype=np.int64)
-        cached = arr[self.state[arr] == CACHED]
-        if cached.size:
+        was_cached = self.state[arr] == CACHED
+        if np.count_nonzero(was_cached):
             self._before_policy_change()
-        for page in cached.tolist():
-            if page in self.policy:
-                self.policy.remove(page)
+            for page in arr[was_cached].tolist():
+                if page in self.policy:
+                    self.policy.remove(page)
         self.state[arr] = USED
         self.refcount[arr] += 1
 

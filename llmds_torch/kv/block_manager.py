@@ -29,6 +29,7 @@ from llmds_torch.kv.block_tables import BlockTables
 from llmds_torch.kv.capacity import append_cost, pages_needed
 from llmds_torch.kv.defrag import fragmentation, plan_compaction
 from llmds_torch.kv.eviction import make_policy
+from llmds_torch.kv.invariants import InvariantViolation, check_invariants  # noqa: F401 (public here too)
 from llmds_torch.kv.prefix_index import HashFn, as_bytes, new_cache_salt, sha256
 from llmds_torch.kv.prefix_match import PrefixMatcher
 from llmds_torch.kv.sequence import Sequence, le_bytes, token_array, validate_token_array, validate_token_batch, validate_token_ids
@@ -36,10 +37,6 @@ from llmds_torch.kv.transaction import Snapshot, TransactionError
 from llmds_torch.kv.write_tracker import WriteTracker
 
 NOT_OWNED = -1
-
-
-class InvariantViolation(AssertionError):
-    """``check_invariants`` found inconsistent bookkeeping (a bug, never bad input)."""
 
 
 class BlockManager:
@@ -447,7 +444,8 @@ class BlockManager:
         first, last = start // page_size, (end - 1) // page_size + 1
         pages = self.tables.table[seq.row, first:last]
         self.page_owner[pages] = seq.seq_id
-        self.page_fill[pages] = np.minimum(page_size, len(seq.tokens) - np.arange(first, last) * page_size)
+        self.page_fill[pages] = page_size  # every page but the last is reserved to its end
+        self.page_fill[pages[-1]] = len(seq.tokens) - (last - 1) * page_size
 
     def _copy_on_write(self, seq: Sequence, new: int) -> None:
         """Give ``seq`` the fresh page ``new`` in place of its shared last page."""
@@ -531,8 +529,15 @@ class BlockManager:
         np.ndarray
             int64 ``[sum of pending tokens]``.
         """
-        seqs, rows, ids, distinct = self._batch(seq_ids)
         t, page_size = self.tables, self.page_size
+        if num_tokens is None and len(seq_ids) == 1:  # one sequence: its pending run, no batch arrays
+            seq = self._seq(seq_ids[0])
+            start, end = seq.num_written, len(seq.tokens)
+            if end - start > 1:
+                mapping = t.run_slots(seq.row, start, end, page_size)
+                self.writes.issue(mapping, [seq], True)
+                return mapping
+        seqs, rows, ids, distinct = self._batch(seq_ids)
         if num_tokens is None and distinct and len(seqs):
             written = t.num_written[rows]
             if ((t.num_tokens[rows] - written) == 1).all():  # a decode step: one slot each
@@ -559,7 +564,7 @@ class BlockManager:
         return mapping
 
     def _slots(self, seq: Sequence, start: int, end: int) -> np.ndarray:
-        return self.tables.slots([seq.row], [start], [end], self.page_size)
+        return self.tables.run_slots(seq.row, start, end, self.page_size)
 
     def check_write(self, layer: int, slots: np.ndarray) -> None:
         """Raise ``ValueError`` unless ``layer`` is valid and every slot is pending and not yet
@@ -795,60 +800,5 @@ class BlockManager:
         )
 
     def check_invariants(self) -> None:
-        """Raise ``InvariantViolation`` if the bookkeeping is inconsistent: every page in exactly
-        one state, refcount = block-table references, the index naming only cached or used
-        published pages, pending slots only in pages owned by one sequence."""
-        a = self.allocator
-
-        def fail(msg):
-            raise InvariantViolation(msg)
-
-        refs = np.zeros(self.num_pages, dtype=np.int64)
-        for seq in self.seqs.values():
-            np.add.at(refs, np.asarray(seq.pages, dtype=np.int64), 1)
-            if len(seq.pages) != pages_needed(seq.num_tokens, self.page_size):
-                fail(f"sequence {seq.seq_id} has {len(seq.pages)} pages for {seq.num_tokens} tokens")
-            if self.tables.table[seq.row, :self.tables.num_pages[seq.row]].tolist() != seq.pages or \
-                    (self.tables.table[seq.row, len(seq.pages):] != -1).any():
-                fail(f"block-table row {seq.row} of sequence {seq.seq_id} differs from its pages")
-            if self.tables.num_tokens[seq.row] != len(seq.tokens):
-                fail(f"block-table token count of sequence {seq.seq_id} differs from its tokens")
-            if seq.num_written < seq.num_tokens:
-                pending_pages = {seq.pages[i // self.page_size] for i in range(seq.num_written, seq.num_tokens)}
-                for page in pending_pages:
-                    if a.refcount[page] != 1 or self.page_owner[page] != seq.seq_id:
-                        fail(f"page {page} with pending slots of sequence {seq.seq_id} is shared or unowned")
-            if len(seq.keys) != seq.num_tokens // self.page_size or seq.num_published != seq.num_written // self.page_size:
-                fail(f"sequence {seq.seq_id} has {len(seq.keys)} page keys, {seq.num_published} published, for "
-                     f"{seq.num_tokens} tokens ({seq.num_written} written)")
-        pending = dict(self.pending_keys)
-        self.prefix.rebuild_pending(self.seqs.values())
-        if pending != self.pending_keys:
-            fail("pending page keys differ from the sequences' unpublished full pages")
-        if not np.array_equal(refs, a.refcount):
-            bad = np.flatnonzero(refs != a.refcount)[:5]
-            fail(f"refcount differs from block-table references at pages {bad.tolist()}")
-        free = np.zeros(self.num_pages, dtype=np.int64)
-        np.add.at(free, np.asarray(a.free_list, dtype=np.int64), 1)
-        if (free > 1).any():
-            fail("a page appears twice in the free list")
-        if not np.array_equal(free == 1, a.state == FREE):
-            fail("free list and FREE state disagree")
-        if not np.array_equal(a.state == USED, refs > 0):
-            fail("USED state and positive refcount disagree")
-        cached = a.state == CACHED
-        in_policy = np.zeros(self.num_pages, dtype=bool)
-        in_policy[list(a.policy)] = True
-        if not np.array_equal(in_policy, cached & (a.pins == 0)):
-            fail("evictable set differs from unpinned cached pages")
-        if not np.array_equal(cached & ~a.published, np.zeros_like(cached)):
-            fail("a cached page is not published")
-        for key, page in self.index.page_of.items():
-            if a.state[page] == FREE or self.index.key_of.get(page) != key or not a.published[page]:
-                fail(f"index entry for page {page} is stale")
-        index = self.index
-        for child, page in index.child_of.items():
-            if index._child_key.get(page) != child or page not in index.key_of or index.tokens_of[page] != child[2]:
-                fail(f"token-bytes entry of page {page} is stale")
-        if int(np.count_nonzero(a.published)) != len(self.index):
-            fail("published flags and index size disagree")
+        """Raise ``InvariantViolation`` if the bookkeeping is inconsistent (see ``invariants``)."""
+        check_invariants(self)

@@ -29,6 +29,7 @@ class PrefixMatcher:
         self.hash_fn = hash_fn
         self.verify_tokens = verify_tokens
         self.index = PrefixIndex()
+        self._plain_salt_block = chain_prefix(cache_salt, b"", b"")  # no request salt, no extra key
         self.pending_keys: dict[bytes, int] = {}  # key -> full pages reserved under it, not yet published
         self._keys_memo: tuple[bytes, bytes, list[bytes]] | None = None  # (token bytes, salt block, keys)
         self._match_memo = None  # (token bytes, salt block, index version, result of match)
@@ -45,6 +46,8 @@ class PrefixMatcher:
         return run[2][:], run[3][:]
 
     def salt_block(self, salt, extra_key) -> bytes:
+        if salt is None and extra_key is None:
+            return self._plain_salt_block
         return chain_prefix(self.cache_salt, as_bytes(salt, "salt"), as_bytes(extra_key, "extra_key"))
 
     def match(self, token_bytes: bytes, salt_block: bytes) -> tuple[list[int], list[bytes], int]:

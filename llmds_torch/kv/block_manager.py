@@ -131,15 +131,19 @@ class BlockManager:
         return [self._seq(s) for s in seq_ids]
 
     def num_tokens(self, seq_id: int) -> int:
+        """Tokens reserved so far (prompt plus appended)."""
         return self._seq(seq_id).num_tokens
 
     def num_written(self, seq_id: int) -> int:
+        """Tokens whose KV every layer has written."""
         return self._seq(seq_id).num_written
 
     def num_cached_tokens(self, seq_id: int) -> int:
+        """Prompt tokens whose KV was found in the cache (a multiple of ``page_size``)."""
         return self._seq(seq_id).num_cached
 
     def token_ids(self, seq_id: int) -> list[int]:
+        """Every token of the sequence (prompt plus appended)."""
         return self._seq(seq_id).tokens.tolist()
 
     def pending_token_ids(self, seq_id: int) -> list[int]:

@@ -36,6 +36,18 @@ BLOCK_TABLE_PAD = -1
 """Value of ``block_table`` entries past a sequence's pages; kernels never read them."""
 
 
+class ManagerMethod:
+    """A ``BlockManager`` method exposed on ``PagedKVCache`` as is: ``cache.name`` is the bound
+    method of ``cache.manager`` (same signature, same docstring)."""
+
+    def __set_name__(self, owner, name: str) -> None:
+        self.name = name
+        self.__doc__ = getattr(BlockManager, name).__doc__
+
+    def __get__(self, cache, owner=None):
+        return self if cache is None else getattr(cache.manager, self.name)
+
+
 @dataclass(frozen=True, slots=True)
 class DefragReport:
     """What one ``defragment`` call did."""
@@ -123,9 +135,20 @@ class PagedKVCache:
             host.flush(self.pool)
 
     # ------------------------------------------------------------------ sequences
-    def can_attach(self, token_ids, *, salt=None, extra_key=None) -> bool:
-        """Whether ``attach`` would succeed now; given an int, assumes no prefix hit."""
-        return self.manager.can_attach(token_ids, salt=salt, extra_key=extra_key)
+    # Bookkeeping that moves no KV: the block manager's own methods, reached through the cache.
+    can_attach = ManagerMethod()
+    pending_prefix_tokens = ManagerMethod()
+    num_cached_tokens = ManagerMethod()
+    num_tokens = ManagerMethod()
+    num_written = ManagerMethod()
+    token_ids = ManagerMethod()
+    pending_token_ids = ManagerMethod()
+    can_append = ManagerMethod()
+    available_pages = ManagerMethod()
+    pages_to_append = ManagerMethod()
+    fork = ManagerMethod()
+    pin_prefix = ManagerMethod()
+    unpin_prefix = ManagerMethod()
 
     def attach(self, token_ids, *, salt=None, extra_key=None) -> int:
         """A new sequence for prompt ``token_ids``; reuses cached full pages of its prefix and
@@ -134,12 +157,6 @@ class PagedKVCache:
         if self.host is not None:
             self.host.promote(self.pool, token_ids, salt=salt, extra_key=extra_key)
         return self.manager.attach(token_ids, salt=salt, extra_key=extra_key)
-
-    def pending_prefix_tokens(self, token_ids, *, salt=None, extra_key=None) -> int:
-        """Leading tokens of this prompt, beyond its cached prefix, on full pages that a live
-        sequence reserved with the same tokens but has not written yet (a multiple of
-        ``page_size``): a scheduler may hold the prompt back until they are published, then hit them."""
-        return self.manager.pending_prefix_tokens(token_ids, salt=salt, extra_key=extra_key)
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -170,37 +187,6 @@ class PagedKVCache:
             raise
         self._defragment_if_fragmented()
 
-    def num_cached_tokens(self, seq_id: int) -> int:
-        """Prompt tokens whose KV was found in the cache (a multiple of ``page_size``)."""
-        return self.manager.num_cached_tokens(seq_id)
-
-    def num_tokens(self, seq_id: int) -> int:
-        """Tokens reserved so far (prompt plus appended)."""
-        return self.manager.num_tokens(seq_id)
-
-    def num_written(self, seq_id: int) -> int:
-        """Tokens whose KV every layer has written."""
-        return self.manager.num_written(seq_id)
-
-    def token_ids(self, seq_id: int) -> list[int]:
-        return self.manager.token_ids(seq_id)
-
-    def pending_token_ids(self, seq_id: int) -> list[int]:
-        """Reserved tokens whose KV is not written yet, in position order."""
-        return self.manager.pending_token_ids(seq_id)
-
-    def can_append(self, seq_ids, num_tokens: int = 1) -> bool:
-        """Whether appending ``num_tokens`` to each of ``seq_ids`` fits now."""
-        return self.manager.can_append(seq_ids, num_tokens)
-
-    def available_pages(self) -> int:
-        """Pages an allocation could obtain now: free, evictable, and growth up to ``max_num_pages``."""
-        return self.manager.available_pages()
-
-    def pages_to_append(self, seq_ids, num_tokens: int = 1) -> int:
-        """Pages (new ones and copy-on-write copies) appending ``num_tokens`` to each would take."""
-        return self.manager.pages_to_append(seq_ids, num_tokens)
-
     def append(self, seq_id: int, token_ids) -> None:
         """Reserve slots for more tokens; a shared page about to be written is copied first."""
         self.append_batch([seq_id], [token_ids])
@@ -216,10 +202,6 @@ class PagedKVCache:
             page_copy(self.pool, src, dst, backend=self.config.backend, validate_indices=False)
             self.cow_bytes += len(copies) * self.config.page_bytes
 
-    def fork(self, seq_id: int) -> int:
-        """A child sequence sharing every page (for beam search and parallel sampling)."""
-        return self.manager.fork(seq_id)
-
     def detach(self, seq_id: int) -> None:
         """Release a sequence: published pages become cached, the others free."""
         self.manager.detach(seq_id)
@@ -230,13 +212,6 @@ class PagedKVCache:
         threshold = self.config.defrag_threshold
         if threshold is not None and self.manager.fragmentation() > threshold:
             self.defragment(order="lowest")
-
-    def pin_prefix(self, token_ids, *, salt=None, extra_key=None) -> int:
-        """Keep this prefix's published pages from ever being evicted; returns pages pinned."""
-        return self.manager.pin_prefix(token_ids, salt=salt, extra_key=extra_key)
-
-    def unpin_prefix(self, token_ids, *, salt=None, extra_key=None) -> int:
-        return self.manager.unpin_prefix(token_ids, salt=salt, extra_key=extra_key)
 
     # ------------------------------------------------------------------ reading and writing KV
     def get(self, seq_id: int) -> tuple[torch.Tensor, torch.Tensor]:

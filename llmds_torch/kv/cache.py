@@ -29,6 +29,7 @@ from llmds_torch.kernels.page_copy import page_copy
 from llmds_torch.kernels.page_move import page_move
 from llmds_torch.kv.block_manager import BlockManager
 from llmds_torch.kv.config import KVCacheConfig
+from llmds_torch.kv.device_upload import DeviceUpload
 from llmds_torch.kv.host_tier import HostTier
 from llmds_torch.kv.transaction import TransactionError
 
@@ -83,6 +84,7 @@ class PagedKVCache:
         self.host = HostTier(config, self.manager) if config.host_pages else None
         self.bytes_moved = 0
         self.cow_bytes = 0
+        self._upload = DeviceUpload(self.device)  # step tables to the device, one pinned transfer on CUDA
         self._last_slots: tuple[torch.Tensor, np.ndarray, int] | None = None  # (issued, host copy, version)
         self._copied_slots: tuple[torch.Tensor, np.ndarray, int] | None = None  # a caller's tensor, copied once
 
@@ -238,9 +240,19 @@ class PagedKVCache:
         the cache O(1) bookkeeping per layer and no device-to-host copy."""
         slots = self.manager.slot_mapping(list(seq_ids), num_tokens)
         self._flush_host()
-        tensor = torch.from_numpy(slots).to(self.device)
+        (tensor,) = self._upload(slots)
         self._last_slots = (tensor, slots, tensor._version)
         return tensor
+
+    def step_inputs(self, seq_ids) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``slot_mapping``, ``block_table`` and ``seq_lens`` of one step, sent to the pool's device
+        in one transfer (through a pinned buffer on CUDA)."""
+        ids = list(seq_ids)
+        slots = self.manager.slot_mapping(ids)
+        self._flush_host()
+        tensors = self._upload(slots, self.manager.block_table(ids), self.manager.seq_lens(ids))
+        self._last_slots = (tensors[0], slots, tensors[0]._version)
+        return tensors
 
     def _host_slots(self, slot_mapping: torch.Tensor) -> np.ndarray:
         """The host copy of ``slot_mapping``: the issued one, a slice of it, or one copied back once
@@ -285,11 +297,11 @@ class PagedKVCache:
     def block_table(self, seq_ids) -> torch.Tensor:
         """Pages of each sequence, int32 ``[batch, max_pages]`` on the pool's device, padded with
         ``BLOCK_TABLE_PAD`` (-1)."""
-        return torch.from_numpy(self.manager.block_table(list(seq_ids))).to(self.device)
+        return self._upload(self.manager.block_table(list(seq_ids)))[0]
 
     def seq_lens(self, seq_ids) -> torch.Tensor:
         """Reserved tokens of each sequence (pending ones included), int32 ``[batch]``."""
-        return torch.from_numpy(self.manager.seq_lens(list(seq_ids))).to(self.device)
+        return self._upload(self.manager.seq_lens(list(seq_ids)))[0]
 
     def page_table_csr(self, seq_ids) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The block table in FlashInfer's CSR form, all int32 on the pool's device.
@@ -300,8 +312,7 @@ class PagedKVCache:
         kv_indices : ``[kv_indptr[-1]]`` the pages of every sequence, concatenated
         kv_last_page_len : ``[batch]`` tokens in each sequence's last page (1..page_size)
         """
-        arrays = self.manager.page_table_csr(list(seq_ids))
-        return tuple(torch.from_numpy(x).to(self.device) for x in arrays)
+        return self._upload(*self.manager.page_table_csr(list(seq_ids)))
 
     # ------------------------------------------------------------------ compaction
     def defragment(self, *, order: str = "sequence", shrink: bool | int = False) -> DefragReport:

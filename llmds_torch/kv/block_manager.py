@@ -11,10 +11,11 @@ Terms: a *slot* is one token position in one page, ``slot = page * page_size + o
 once all its slots are written.
 
 The parts it coordinates, each in its own module: ``allocator`` (page states, refcounts, free list,
-pins, eviction), ``prefix_match`` (cached-prefix lookup, page keys, pending keys), ``block_tables``
-(every sequence's pages and counts as arrays), ``write_tracker`` (which layers wrote which slots),
-``capacity`` (``pages_needed``, the cost of an append), ``defrag`` (compaction planning) and
-``transaction`` (undo of a block of calls).
+pins, eviction; ``page_release`` its compiled release loop), ``prefix_match`` (cached-prefix lookup,
+page keys, pending keys), ``block_tables`` (every sequence's pages, counts and slot runs as arrays),
+``write_tracker`` (which layers wrote which slots), ``capacity`` (``pages_needed``, the cost of an
+append), ``defrag`` (compaction planning), ``transaction`` (undo of a block of calls) and
+``invariants`` (consistency checks).
 """
 
 from array import array

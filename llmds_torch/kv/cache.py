@@ -41,12 +41,21 @@ class ManagerMethod:
     """A ``BlockManager`` method exposed on ``PagedKVCache`` as is: ``cache.name`` is the bound
     method of ``cache.manager`` (same signature, same docstring)."""
 
-    def __set_name__(self, owner, name: str) -> None:
+    def __init__(self, name: str):
         self.name = name
         self.__doc__ = getattr(BlockManager, name).__doc__
 
     def __get__(self, cache, owner=None):
         return self if cache is None else getattr(cache.manager, self.name)
+
+
+def exposes_manager_methods(*names: str):
+    """Class decorator: each of ``names`` becomes a ``ManagerMethod`` of the class."""
+    def expose(cls):
+        for name in names:
+            setattr(cls, name, ManagerMethod(name))
+        return cls
+    return expose
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +75,10 @@ class DefragReport:
     pool_bytes_after: int
 
 
+# Bookkeeping that moves no KV: the block manager's own methods, reached through the cache.
+@exposes_manager_methods("can_attach", "pending_prefix_tokens", "num_cached_tokens", "num_tokens", "num_written",
+                         "token_ids", "pending_token_ids", "can_append", "available_pages", "pages_to_append", "fork",
+                         "pin_prefix", "unpin_prefix")
 class PagedKVCache:
     """A paged KV cache: pool tensor, block tables, prefix sharing, copy-on-write, compaction.
 
@@ -137,21 +150,6 @@ class PagedKVCache:
             host.flush(self.pool)
 
     # ------------------------------------------------------------------ sequences
-    # Bookkeeping that moves no KV: the block manager's own methods, reached through the cache.
-    can_attach = ManagerMethod()
-    pending_prefix_tokens = ManagerMethod()
-    num_cached_tokens = ManagerMethod()
-    num_tokens = ManagerMethod()
-    num_written = ManagerMethod()
-    token_ids = ManagerMethod()
-    pending_token_ids = ManagerMethod()
-    can_append = ManagerMethod()
-    available_pages = ManagerMethod()
-    pages_to_append = ManagerMethod()
-    fork = ManagerMethod()
-    pin_prefix = ManagerMethod()
-    unpin_prefix = ManagerMethod()
-
     def attach(self, token_ids, *, salt=None, extra_key=None) -> int:
         """A new sequence for prompt ``token_ids``; reuses cached full pages of its prefix and
         reserves slots for the rest (with the host tier on, prefix pages found there are brought

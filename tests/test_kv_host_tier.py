@@ -232,9 +232,15 @@ class HostTierMachine(CacheMachine):
             return
         a = m.allocator
         protected = sum(1 for p in hits if a.state[p] == 2 and a.pins[p] == 0)
-        expected = len(hits) + max(0, min(on_host, m.available_pages() - protected))
+        promoted = max(0, min(on_host, m.available_pages() - protected))
+        low = high = len(hits) + promoted
+        if promoted == on_host:  # the chain is whole again: pages published on the device after it hit too
+            while high < usable and keys[high] in m.index.page_of:
+                high += 1
+        evicts = promoted > a.num_free + m.max_num_pages - m.num_pages  # may evict some of those pages
         seq = self.cache.attach(prompt)
-        assert self.cache.num_cached_tokens(seq) == expected * PAGE
+        cached = self.cache.num_cached_tokens(seq) // PAGE
+        assert (low <= cached <= high) if evicts else cached == high
         self.live.append(seq)
 
     @invariant()

@@ -11,6 +11,7 @@ import numpy as np
 
 from llmds_torch.errors import OutOfPages
 from llmds_torch.kv.eviction import EvictionPolicy
+from llmds_torch.kv.page_release import release_buffer, release_pages
 
 FREE, USED, CACHED = 0, 1, 2
 STATE_NAMES = {FREE: "free", USED: "in use", CACHED: "cached"}
@@ -52,6 +53,7 @@ class PageAllocator:
         self.on_evict = on_evict
         self.evictions = 0
         self.journal: Journal | None = None
+        self._release_out: np.ndarray | None = None  # scratch of ``release``
 
     # -- journal (transactions) -------------------------------------------------------------
     def start_journal(self) -> None:
@@ -105,8 +107,9 @@ class PageAllocator:
             pages = self.free_list[-n:]
             del self.free_list[-n:]
             pages.reverse()
-            self.state[pages] = USED
-            self.refcount[pages] = 1
+            taken = np.array(pages)
+            self.state[taken] = USED
+            self.refcount[taken] = 1
             return pages
         pages = []
         for _ in range(n):
@@ -127,12 +130,12 @@ class PageAllocator:
         if not pages:
             return
         arr = np.asarray(pages, dtype=np.int64)
-        cached = arr[self.state[arr] == CACHED]
-        if cached.size:
+        was_cached = self.state[arr] == CACHED
+        if np.count_nonzero(was_cached):
             self._before_policy_change()
-        for page in cached.tolist():
-            if page in self.policy:
-                self.policy.remove(page)
+            for page in arr[was_cached].tolist():
+                if page in self.policy:
+                    self.policy.remove(page)
         self.state[arr] = USED
         self.refcount[arr] += 1
 
@@ -147,28 +150,21 @@ class PageAllocator:
 
     def release(self, pages: Iterable[int]) -> None:
         """Drop one reference from each page (distinct pages), in the given order. A page reaching
-        refcount 0 becomes cached when it holds a published prefix, otherwise free. Array
-        operations; only pages becoming cached and unpinned go one by one (to the eviction policy)."""
+        refcount 0 becomes cached when it holds a published prefix, otherwise free. One compiled
+        loop over the pages; then the free list and the eviction policy take theirs in one call each."""
         pages = pages if isinstance(pages, np.ndarray) else np.fromiter(pages, dtype=np.int64)
-        if not pages.size:
+        n = pages.shape[0]
+        if not n:
             return
-        self.refcount[pages] -= 1
-        done = pages[self.refcount[pages] == 0]
-        if not done.size:
-            return
-        published = self.published[done]
-        if not published.any():
-            self.state[done] = FREE
-            self.free_list.extend(done.tolist())
-            return
-        cached, free = done[published], done[~published]
-        if free.size:
-            self.state[free] = FREE
-            self.free_list.extend(free.tolist())
-        if cached.size:
+        self._release_out = out = release_buffer(n, self._release_out)
+        num_free, num_cached, num_evictable = release_pages(pages, self.refcount, self.state, self.published,
+                                                            self.pins, FREE, CACHED, out)
+        if num_free:
+            self.free_list.extend(out[:num_free].tolist())
+        if num_cached:
             self._before_policy_change()
-            self.state[cached] = CACHED
-            evictable = cached[self.pins[cached] == 0].tolist()
+        if num_evictable:
+            evictable = out[n:n + num_evictable].tolist()
             insert_new = getattr(self.policy, "insert_new", None)
             if insert_new is not None:  # the built-in policies take them in one call
                 insert_new(evictable)

@@ -11,12 +11,14 @@ Terms: a *slot* is one token position in one page, ``slot = page * page_size + o
 once all its slots are written.
 
 The parts it coordinates, each in its own module: ``allocator`` (page states, refcounts, free list,
-pins, eviction), ``prefix_match`` (cached-prefix lookup, page keys, pending keys), ``block_tables``
-(every sequence's pages and counts as arrays), ``write_tracker`` (which layers wrote which slots),
-``capacity`` (``pages_needed``, the cost of an append), ``defrag`` (compaction planning) and
-``transaction`` (undo of a block of calls).
+pins, eviction; ``page_release`` its compiled release loop), ``prefix_match`` (cached-prefix lookup,
+page keys, pending keys), ``block_tables`` (every sequence's pages, counts and slot runs as arrays),
+``write_tracker`` (which layers wrote which slots), ``capacity`` (``pages_needed``, the cost of an
+append), ``defrag`` (compaction planning), ``transaction`` (undo of a block of calls) and
+``invariants`` (consistency checks).
 """
 
+from array import array
 from collections.abc import Callable, Iterator, Sequence as SequenceOf
 from contextlib import contextmanager
 
@@ -29,9 +31,10 @@ from llmds_torch.kv.capacity import append_cost, pages_needed
 from llmds_torch.kv.defrag import fragmentation, plan_compaction
 from llmds_torch.kv.errors import InvariantViolation, TransactionError
 from llmds_torch.kv.eviction import make_policy
+from llmds_torch.kv.invariants import check_invariants
 from llmds_torch.kv.prefix_index import HashFn, as_bytes, new_cache_salt, sha256
 from llmds_torch.kv.prefix_match import PrefixMatcher
-from llmds_torch.kv.sequence import Sequence, validate_token_array, validate_token_batch, validate_token_ids
+from llmds_torch.kv.sequence import Sequence, le_bytes, token_array, validate_token_array, validate_token_batch, validate_token_ids
 from llmds_torch.kv.transaction import Snapshot
 from llmds_torch.kv.write_tracker import WriteTracker
 
@@ -85,7 +88,7 @@ class BlockManager:
         self.index = self.prefix.index
         self.cache_salt = self.prefix.cache_salt
         self.allocator = PageAllocator(num_pages, make_policy(eviction_policy), self._evicted)
-        self._prompt_memo = None  # (the caller's list, a copy, tokens, token bytes)
+        self._prompt_memo = None  # (the caller's list, a copy, its token bytes)
         self._txn: Snapshot | None = None
         self.seqs: dict[int, Sequence] = {}
         self._next_seq_id = 0
@@ -130,21 +133,25 @@ class BlockManager:
         return [self._seq(s) for s in seq_ids]
 
     def num_tokens(self, seq_id: int) -> int:
+        """Tokens reserved so far (prompt plus appended)."""
         return self._seq(seq_id).num_tokens
 
     def num_written(self, seq_id: int) -> int:
+        """Tokens whose KV every layer has written."""
         return self._seq(seq_id).num_written
 
     def num_cached_tokens(self, seq_id: int) -> int:
+        """Prompt tokens whose KV was found in the cache (a multiple of ``page_size``)."""
         return self._seq(seq_id).num_cached
 
     def token_ids(self, seq_id: int) -> list[int]:
-        return list(self._seq(seq_id).tokens)
+        """Every token of the sequence (prompt plus appended)."""
+        return self._seq(seq_id).tokens.tolist()
 
     def pending_token_ids(self, seq_id: int) -> list[int]:
         """The reserved tokens whose KV is not written yet (``tokens[num_written:]``)."""
         seq = self._seq(seq_id)
-        return seq.tokens[seq.num_written:]
+        return seq.tokens[seq.num_written:].tolist()
 
     def pages(self, seq_id: int) -> list[int]:
         return list(self._seq(seq_id).pages)
@@ -191,17 +198,16 @@ class BlockManager:
         self.counters["grows"] += 1
 
     # ------------------------------------------------------------------ prefix lookup
-    def _prompt(self, token_ids) -> tuple[list[int], bytes]:
-        """Validated prompt tokens and their little-endian int32 bytes (the same list passed to
-        ``can_attach`` and then ``attach`` is converted once)."""
+    def _prompt(self, token_ids) -> tuple[array, bytes]:
+        """The validated prompt tokens: a new int32 ``array`` and their little-endian int32 bytes
+        (the same list passed to ``can_attach`` and then ``attach`` is validated once)."""
         memo = self._prompt_memo
         if memo is not None and memo[0] is token_ids and memo[1] == token_ids:
-            return memo[2], memo[3]
-        arr = validate_token_array(token_ids)
-        tokens, token_bytes = arr.tolist(), arr.astype("<i4").tobytes()
+            return token_array(memo[2]), memo[2]
+        token_bytes = validate_token_array(token_ids).astype("<i4").tobytes()
         if type(token_ids) is list:
-            self._prompt_memo = (token_ids, list(token_ids), tokens, token_bytes)
-        return tokens, token_bytes
+            self._prompt_memo = (token_ids, list(token_ids), token_bytes)
+        return token_array(token_bytes), token_bytes
 
     def pending_prefix_tokens(self, token_ids, *, salt=None, extra_key=None) -> int:
         """Leading tokens of this prompt, after its published (cached) prefix, that lie on full
@@ -256,13 +262,16 @@ class BlockManager:
         if self._txn is not None:
             raise TransactionError(f"{what} cannot run inside a transaction")
 
-    def _attach_need(self, tokens: list[int], token_bytes: bytes, salt_block: bytes) -> tuple[list[int], list[bytes], int, int]:
-        hit_pages, keys, collisions = self.prefix.match(token_bytes, salt_block)
-        new_pages = pages_needed(len(tokens), self.page_size) - len(hit_pages)
+    def _attach_need(self, num_tokens: int, hit_pages: list[int]) -> tuple[bool, int]:
+        """(whether attaching fits now, pages it takes from what is obtainable)."""
+        new_pages = pages_needed(num_tokens, self.page_size) - len(hit_pages)
+        obtainable = self._obtainable()
+        if new_pages + len(hit_pages) <= obtainable:  # fits even if every hit page were evictable
+            return True, new_pages
         # Hit pages that sit in the evictable set (cached, unpinned) stop being evictable once taken.
         a, hits = self.allocator, np.asarray(hit_pages, dtype=np.int64)
-        taken_from_cached = int(np.count_nonzero((a.state[hits] == CACHED) & (a.pins[hits] == 0)))
-        return hit_pages, keys, new_pages + taken_from_cached, collisions
+        needed = new_pages + int(np.count_nonzero((a.state[hits] == CACHED) & (a.pins[hits] == 0)))
+        return needed <= obtainable, needed
 
     def _check_context(self, num_tokens: int, what: str) -> None:
         if self.max_context_len is not None and num_tokens > self.max_context_len:
@@ -276,20 +285,22 @@ class BlockManager:
             needed = pages_needed(int(token_ids), self.page_size)
             fits_context = self.max_context_len is None or token_ids <= self.max_context_len
             return fits_context and needed <= self._obtainable()
-        tokens, token_bytes = self._prompt(token_ids)
-        if self.max_context_len is not None and len(tokens) > self.max_context_len:
+        _, token_bytes = self._prompt(token_ids)
+        num_tokens = len(token_bytes) // 4
+        if self.max_context_len is not None and num_tokens > self.max_context_len:
             return False
-        return self._attach_need(tokens, token_bytes, self.prefix.salt_block(salt, extra_key))[2] <= self._obtainable()
+        hit_pages, _, _ = self.prefix.match(token_bytes, self.prefix.salt_block(salt, extra_key))
+        return self._attach_need(num_tokens, hit_pages)[0]
 
     def attach(self, token_ids, *, salt=None, extra_key=None) -> int:
         """Start a sequence with prompt ``token_ids``; reuse cached full pages of its prefix,
         allocate the rest. Returns the new sequence id."""
         tokens, token_bytes = self._prompt(token_ids)
-        tokens = list(tokens)  # the sequence's own list (it grows)
         self._check_context(len(tokens), "the prompt")
         salt_block = self.prefix.salt_block(salt, extra_key)
-        hit_pages, keys, needed, collisions = self._attach_need(tokens, token_bytes, salt_block)
-        if needed > self._obtainable():
+        hit_pages, keys, collisions = self.prefix.match(token_bytes, salt_block)
+        fits, needed = self._attach_need(len(tokens), hit_pages)
+        if not fits:
             self._refuse(f"attach needs {needed} pages; {self.allocator.num_free} free, "
                          f"{self.allocator.num_evictable} evictable, {self.max_num_pages - self.num_pages} "
                          f"more may be grown")
@@ -316,19 +327,20 @@ class BlockManager:
         """Pages an allocation could obtain now: free, evictable, and growth up to ``max_num_pages``."""
         return self._obtainable()
 
-    def _batch(self, seq_ids) -> tuple[list[Sequence], np.ndarray, np.ndarray]:
-        """The sequences of ``seq_ids``, their block-table rows (int64 ``[batch]``) and ids (int64
-        ``[batch]``). The last answer is reused while no sequence was released, so the calls of
-        one decode step look a batch up once."""
+    def _batch(self, seq_ids) -> tuple[list[Sequence], np.ndarray, np.ndarray, bool]:
+        """The sequences of ``seq_ids``, their block-table rows (int64 ``[batch]``), ids (int64
+        ``[batch]``) and whether they are distinct. The last answer is reused while no sequence was
+        released, so the calls of one decode step look a batch up once."""
         key = tuple(seq_ids)
         memo = self._batch_memo
         if memo is not None and memo[0] == key and memo[1] == self._epoch:
-            return memo[2], memo[3], memo[4]
+            return memo[2]
         seqs = self._seqs(key)
         rows = np.fromiter((seq.row for seq in seqs), dtype=np.int64, count=len(seqs))
         ids = np.fromiter((seq.seq_id for seq in seqs), dtype=np.int64, count=len(seqs))
-        self._batch_memo = (key, self._epoch, seqs, rows, ids)
-        return seqs, rows, ids
+        answer = seqs, rows, ids, len(set(ids.tolist())) == len(seqs)
+        self._batch_memo = (key, self._epoch, answer)
+        return answer
 
     def _append_cost(self, rows: np.ndarray, add) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(tokens now, copy-on-write needed, new pages, pages now), each ``[batch]``."""
@@ -342,14 +354,14 @@ class BlockManager:
         """Pages (new ones and copy-on-write copies) appending ``num_tokens`` to each of
         ``seq_ids`` (an id or a list) would take."""
         ids = [seq_ids] if isinstance(seq_ids, (int, np.integer)) else seq_ids
-        _, rows, _ = self._batch(ids)
+        rows = self._batch(ids)[1]
         _, cow, extra, _ = self._append_cost(rows, num_tokens)
         return int(extra.sum() + cow.sum())
 
     def can_append(self, seq_ids, num_tokens: int = 1) -> bool:
         """Whether appending ``num_tokens`` to each of ``seq_ids`` (an id or a list) fits now."""
         ids = [seq_ids] if isinstance(seq_ids, (int, np.integer)) else seq_ids
-        _, rows, _ = self._batch(ids)
+        rows = self._batch(ids)[1]
         if self.max_context_len is not None and (self.tables.num_tokens[rows] + num_tokens > self.max_context_len).any():
             return False
         return self.pages_to_append(ids, num_tokens) <= self._obtainable()
@@ -366,8 +378,8 @@ class BlockManager:
         copy is found with array operations over the whole batch."""
         if len(seq_ids) != len(token_ids):
             raise ValueError(f"{len(seq_ids)} sequence ids but {len(token_ids)} token lists")
-        seqs, rows, ids = self._batch(seq_ids)
-        if len(set(ids.tolist())) != len(seqs):
+        seqs, rows, ids, distinct = self._batch(seq_ids)
+        if not distinct:
             raise ValueError("append_batch got the same sequence id twice")
         flat, counts = validate_token_batch(token_ids)  # one check for the whole batch
         if counts is not None and max(counts) == 1:
@@ -390,7 +402,13 @@ class BlockManager:
             for seq in seqs:
                 self._txn.touch(seq)
         i, unused, refcount = 0, [], self.allocator.refcount
-        for j in np.flatnonzero(cow | (extra > 0)).tolist():
+        grow = np.flatnonzero(extra) if counts is None and fresh and not cow.any() else ()
+        if len(grow) == len(fresh) > 0:  # a decode step: one new page each at most
+            t.push(rows[grow], np.asarray(fresh, dtype=np.int32))
+            for j, page in zip(grow.tolist(), fresh):
+                seqs[j].pages.append(page)
+            fresh = []
+        for j in np.flatnonzero(cow | (extra > 0)).tolist() if fresh else ():
             seq = seqs[j]
             if cow[j]:
                 # A parent and its fork in one batch: after the first copies the shared page, the
@@ -409,8 +427,7 @@ class BlockManager:
             for seq, token in zip(seqs, flat):
                 seq.tokens.append(token)
             t.num_tokens[rows] = new
-            for j in np.flatnonzero(new % page_size == 0).tolist():
-                self.prefix.extend_keys(seqs[j])
+            self.prefix.extend_keys([seqs[j] for j in np.flatnonzero(new % page_size == 0).tolist()])
             pages = t.table[rows, (new - 1) // page_size]
             self.page_owner[pages] = ids
             self.page_fill[pages] = old % page_size + 1
@@ -421,7 +438,7 @@ class BlockManager:
                 seq.tokens.extend(flat[offset:offset + n])
                 offset += n
                 t.num_tokens[seq.row] = start + n
-                self.prefix.extend_keys(seq)
+                self.prefix.extend_keys([seq])
                 self._reserve(seq, start, start + n)
         self.allocator.release(unused)
 
@@ -433,7 +450,8 @@ class BlockManager:
         first, last = start // page_size, (end - 1) // page_size + 1
         pages = self.tables.table[seq.row, first:last]
         self.page_owner[pages] = seq.seq_id
-        self.page_fill[pages] = np.minimum(page_size, len(seq.tokens) - np.arange(first, last) * page_size)
+        self.page_fill[pages] = page_size  # every page but the last is reserved to its end
+        self.page_fill[pages[-1]] = len(seq.tokens) - (last - 1) * page_size
 
     def _copy_on_write(self, seq: Sequence, new: int) -> None:
         """Give ``seq`` the fresh page ``new`` in place of its shared last page."""
@@ -463,7 +481,7 @@ class BlockManager:
         for page in seq.pages:
             self.allocator.incref(page)
         row = self.tables.new_row(seq.pages, len(seq.tokens), seq.num_written)
-        child = Sequence(child_id, list(seq.tokens), list(seq.pages), seq.salt_block, self.tables, row,
+        child = Sequence(child_id, seq.tokens[:], list(seq.pages), seq.salt_block, self.tables, row,
                          seq.num_cached, list(seq.keys), seq.num_published, seq.prompt_bytes)
         self.seqs[child_id] = child
         self.prefix.add_pending(child.keys[child.num_published:])
@@ -472,17 +490,22 @@ class BlockManager:
     def detach(self, seq_id: int) -> None:
         """Release the sequence's pages, tail first (so under LRU a prefix's tail is evicted
         before its head). Published pages become cached, the others free."""
-        seq = self._seq(seq_id)
+        seq = self.seqs.get(seq_id) if type(seq_id) is int else None
+        if seq is None:
+            seq = self._seq(seq_id)
         if self._txn is not None and seq_id < self._txn.first_new_seq_id:
             raise TransactionError(f"sequence {seq_id} existed before the transaction; detach it outside")
-        self.prefix.drop_pending(seq.keys[seq.num_published:])
-        self.writes.flush()
-        pages = self.tables.table[seq.row, len(seq.pages) - 1::-1]  # tail first
-        if seq.num_written < len(seq.tokens):  # pages reserved for writing go back unowned
+        if seq.num_published < len(seq.keys):
+            self.prefix.drop_pending(seq.keys[seq.num_published:])
+        if self.writes.issued is not None:
+            self.writes.flush()
+        t, row = self.tables, seq.row
+        pages = t.table[row, len(seq.pages) - 1::-1]  # tail first
+        if t.num_written[row] < len(seq.tokens):  # pages reserved for writing go back unowned
             owner = self.page_owner
             owner[pages[owner[pages] == seq_id]] = NOT_OWNED
         self.allocator.release(pages)
-        self.tables.release(seq.row)
+        t.release(row)
         del self.seqs[seq_id]
         self._epoch += 1
 
@@ -512,9 +535,15 @@ class BlockManager:
         np.ndarray
             int64 ``[sum of pending tokens]``.
         """
-        seqs, rows, ids = self._batch(seq_ids)
-        distinct = len(set(ids.tolist())) == len(seqs)
         t, page_size = self.tables, self.page_size
+        if num_tokens is None and len(seq_ids) == 1:  # one sequence: its pending run, no batch arrays
+            seq = self._seq(seq_ids[0])
+            start, end = seq.num_written, len(seq.tokens)
+            if end - start > 1:
+                mapping = t.run_slots(seq.row, start, end, page_size)
+                self.writes.issue(mapping, [seq], True)
+                return mapping
+        seqs, rows, ids, distinct = self._batch(seq_ids)
         if num_tokens is None and distinct and len(seqs):
             written = t.num_written[rows]
             if ((t.num_tokens[rows] - written) == 1).all():  # a decode step: one slot each
@@ -530,16 +559,10 @@ class BlockManager:
                 if not 0 <= n <= len(seq.tokens) - seq.num_written:
                     raise ValueError(f"sequence {seq.seq_id} has {len(seq.tokens) - seq.num_written} pending "
                                      f"tokens; asked to map {n}")
-        slots, covers_all = [], True
-        for i, seq in enumerate(seqs):
-            start, end = seq.num_written, len(seq.tokens)
-            if counts is not None and counts[i] < end - start:
-                end, covers_all = start + counts[i], False
-            if end - start == 1:  # a decode step: plain ints, one array at the end
-                slots.append(seq.pages[start // page_size] * page_size + start % page_size)
-            elif end > start:
-                slots.extend(self._slots(seq, start, end).tolist())
-        mapping = np.array(slots, dtype=np.int64)
+        start = t.num_written[rows]
+        end = t.num_tokens[rows] if counts is None else start + np.asarray(counts, dtype=np.int64)
+        covers_all = counts is None or bool((end == t.num_tokens[rows]).all())
+        mapping = t.slots(rows, start, end, page_size) if len(seqs) else np.zeros(0, dtype=np.int64)
         if distinct:
             self.writes.issue(mapping, seqs, covers_all)
         else:
@@ -547,12 +570,7 @@ class BlockManager:
         return mapping
 
     def _slots(self, seq: Sequence, start: int, end: int) -> np.ndarray:
-        if end - start == 1:
-            page = seq.pages[start // self.page_size]
-            return np.array([page * self.page_size + start % self.page_size], dtype=np.int64)
-        positions = np.arange(start, end, dtype=np.int64)
-        pages = np.asarray(seq.pages, dtype=np.int64)
-        return pages[positions // self.page_size] * self.page_size + positions % self.page_size
+        return self.tables.run_slots(seq.row, start, end, self.page_size)
 
     def check_write(self, layer: int, slots: np.ndarray) -> None:
         """Raise ``ValueError`` unless ``layer`` is valid and every slot is pending and not yet
@@ -582,10 +600,8 @@ class BlockManager:
         writes = self.writes
         issued = writes.issued
         if issued is not None and slots is issued.slots:  # the O(1) path, checks included
-            if not checked:
-                if not 0 <= layer < self.num_layers:
-                    raise ValueError(f"layer {layer} out of range [0, {self.num_layers})")
-                writes.check_issued(layer)
+            if not checked and not 0 <= layer < self.num_layers:
+                raise ValueError(f"layer {layer} out of range [0, {self.num_layers})")
             issued = writes.count_layer(layer)
             if issued is not None:
                 self._written(issued)
@@ -618,15 +634,13 @@ class BlockManager:
                     txn.touch(seq)
             t = self.tables
             t.num_written[issued.rows] = lengths = t.num_tokens[issued.rows]
-            for j in np.flatnonzero(lengths % page_size == 0).tolist():
-                self._publish(issued.sequences[j])
+            self._publish([issued.sequences[j] for j in np.flatnonzero(lengths % page_size == 0).tolist()])
             return
         for seq in issued.sequences:
             if txn is not None:
                 txn.touch(seq)
-            seq.num_written = num_tokens = len(seq.tokens)
-            if seq.num_published < num_tokens // page_size:
-                self._publish(seq)
+            seq.num_written = len(seq.tokens)
+        self._publish(issued.sequences)
 
     def mark_written(self, seq_id: int, num_tokens: int | None = None) -> None:
         """Declare the KV of the sequence's pending tokens (or the first ``num_tokens`` of them)
@@ -656,7 +670,7 @@ class BlockManager:
         for i in range(first, last + 1):
             if min((i + 1) * page_size, seq.num_tokens) <= end and self.page_owner[seq.pages[i]] == seq.seq_id:
                 self.page_owner[seq.pages[i]] = NOT_OWNED
-        self._publish(seq)
+        self._publish([seq])
 
     def _complete(self, seq: Sequence) -> None:
         """All reserved tokens of ``seq`` are written: release its pages from writing, publish."""
@@ -666,31 +680,35 @@ class BlockManager:
         for i in range(seq.num_written // page_size, (len(seq.tokens) - 1) // page_size + 1):
             owner[seq.pages[i]] = NOT_OWNED
         seq.num_written = len(seq.tokens)
-        if seq.num_published < seq.num_written // page_size:
-            self._publish(seq)
+        self._publish([seq])
 
-    def _publish(self, seq: Sequence) -> None:
-        """Index the full, fully written pages of ``seq`` under their (already computed) keys."""
-        page_size = self.page_size
-        start, full = seq.num_published, seq.num_written // page_size
-        if start >= full:
+    def _publish(self, seqs: list[Sequence]) -> None:
+        """Index the full, fully written pages of each sequence under their (already computed) keys."""
+        page_size, step = self.page_size, 4 * self.page_size
+        keys, pages, chunks, parents, salts = [], [], [], [], []
+        for seq in seqs:
+            start, full = seq.num_published, seq.num_written // page_size
+            if start >= full:
+                continue
+            if full * step <= len(seq.prompt_bytes):
+                data = seq.prompt_bytes[start * step:full * step]
+            else:
+                data = le_bytes(seq.tokens[start * page_size:full * page_size])
+            new_keys = seq.keys[start:full]
+            keys += new_keys
+            pages += seq.pages[start:full]
+            chunks += [data[j * step:(j + 1) * step] for j in range(full - start)]
+            parents.append(seq.keys[start - 1] if start else b"")
+            parents += new_keys[:-1]
+            salts += [seq.salt_block] * (full - start)
+            seq.num_published = full
+        if not keys:
             return
-        if full * page_size * 4 <= len(seq.prompt_bytes):
-            token_bytes = seq.prompt_bytes[start * page_size * 4:full * page_size * 4]
-        else:
-            token_bytes = np.asarray(seq.tokens[start * page_size:full * page_size], dtype="<i4").tobytes()
-        step, txn = 4 * page_size, self._txn
-        keys = seq.keys
-        for j in range(full - start):
-            i = start + j
-            page = seq.pages[i]
-            if self.index.publish(keys[i], page, token_bytes[j * step:(j + 1) * step], keys[i - 1] if i else b"",
-                                  seq.salt_block):
-                self.allocator.published[page] = True
-                if txn is not None:
-                    txn.published_pages.append(page)
-        self.prefix.drop_pending(seq.keys[start:full])
-        seq.num_published = full
+        indexed = self.index.publish_many(keys, pages, chunks, parents, salts)
+        self.allocator.published[indexed] = True
+        if self._txn is not None:
+            self._txn.published_pages.extend(indexed)
+        self.prefix.drop_pending(keys)
 
     # ------------------------------------------------------------------ pins
     def _published_chain(self, token_ids, salt, extra_key) -> list[int]:
@@ -788,60 +806,5 @@ class BlockManager:
         )
 
     def check_invariants(self) -> None:
-        """Raise ``InvariantViolation`` if the bookkeeping is inconsistent: every page in exactly
-        one state, refcount = block-table references, the index naming only cached or used
-        published pages, pending slots only in pages owned by one sequence."""
-        a = self.allocator
-
-        def fail(msg):
-            raise InvariantViolation(msg)
-
-        refs = np.zeros(self.num_pages, dtype=np.int64)
-        for seq in self.seqs.values():
-            np.add.at(refs, np.asarray(seq.pages, dtype=np.int64), 1)
-            if len(seq.pages) != pages_needed(seq.num_tokens, self.page_size):
-                fail(f"sequence {seq.seq_id} has {len(seq.pages)} pages for {seq.num_tokens} tokens")
-            if self.tables.table[seq.row, :self.tables.num_pages[seq.row]].tolist() != seq.pages or \
-                    (self.tables.table[seq.row, len(seq.pages):] != -1).any():
-                fail(f"block-table row {seq.row} of sequence {seq.seq_id} differs from its pages")
-            if self.tables.num_tokens[seq.row] != len(seq.tokens):
-                fail(f"block-table token count of sequence {seq.seq_id} differs from its tokens")
-            if seq.num_written < seq.num_tokens:
-                pending_pages = {seq.pages[i // self.page_size] for i in range(seq.num_written, seq.num_tokens)}
-                for page in pending_pages:
-                    if a.refcount[page] != 1 or self.page_owner[page] != seq.seq_id:
-                        fail(f"page {page} with pending slots of sequence {seq.seq_id} is shared or unowned")
-            if len(seq.keys) != seq.num_tokens // self.page_size or seq.num_published != seq.num_written // self.page_size:
-                fail(f"sequence {seq.seq_id} has {len(seq.keys)} page keys, {seq.num_published} published, for "
-                     f"{seq.num_tokens} tokens ({seq.num_written} written)")
-        pending = dict(self.pending_keys)
-        self.prefix.rebuild_pending(self.seqs.values())
-        if pending != self.pending_keys:
-            fail("pending page keys differ from the sequences' unpublished full pages")
-        if not np.array_equal(refs, a.refcount):
-            bad = np.flatnonzero(refs != a.refcount)[:5]
-            fail(f"refcount differs from block-table references at pages {bad.tolist()}")
-        free = np.zeros(self.num_pages, dtype=np.int64)
-        np.add.at(free, np.asarray(a.free_list, dtype=np.int64), 1)
-        if (free > 1).any():
-            fail("a page appears twice in the free list")
-        if not np.array_equal(free == 1, a.state == FREE):
-            fail("free list and FREE state disagree")
-        if not np.array_equal(a.state == USED, refs > 0):
-            fail("USED state and positive refcount disagree")
-        cached = a.state == CACHED
-        in_policy = np.zeros(self.num_pages, dtype=bool)
-        in_policy[list(a.policy)] = True
-        if not np.array_equal(in_policy, cached & (a.pins == 0)):
-            fail("evictable set differs from unpinned cached pages")
-        if not np.array_equal(cached & ~a.published, np.zeros_like(cached)):
-            fail("a cached page is not published")
-        for key, page in self.index.page_of.items():
-            if a.state[page] == FREE or self.index.key_of.get(page) != key or not a.published[page]:
-                fail(f"index entry for page {page} is stale")
-        index = self.index
-        for child, page in index.child_of.items():
-            if index._child_key.get(page) != child or page not in index.key_of or index.tokens_of[page] != child[2]:
-                fail(f"token-bytes entry of page {page} is stale")
-        if int(np.count_nonzero(a.published)) != len(self.index):
-            fail("published flags and index size disagree")
+        """Raise ``InvariantViolation`` if the bookkeeping is inconsistent (see ``invariants``)."""
+        check_invariants(self)

@@ -70,6 +70,13 @@ class BlockTables:
         self.table[row, start:start + len(pages)] = pages
         self.num_pages[row] = start + len(pages)
 
+    def push(self, rows: np.ndarray, pages: np.ndarray) -> None:
+        """Append one page to each of ``rows`` (distinct): ``pages[i]`` to row ``rows[i]``."""
+        cols = self.num_pages[rows]
+        self.fit(int(cols.max()) + 1)
+        self.table[rows, cols] = pages
+        self.num_pages[rows] = cols + 1
+
     def put(self, row: int, index: int, page: int) -> None:
         self.table[row, index] = page
 
@@ -85,6 +92,25 @@ class BlockTables:
         np.cumsum(counts, out=indptr[1:])
         padded = self.padded(rows)
         return indptr, padded[padded != PAD] if padded.size else np.zeros(0, dtype=np.int32)
+
+    def slots(self, rows: np.ndarray, start: np.ndarray, end: np.ndarray, page_size: int) -> np.ndarray:
+        """Slots of positions ``[start[i], end[i])`` of each row, row after row: int64
+        ``[sum(end - start)]``, ``slot = page * page_size + position % page_size``."""
+        if len(rows) == 1:
+            return self.run_slots(int(rows[0]), int(start[0]), int(end[0]), page_size)
+        else:
+            counts = end - start
+            which = np.repeat(np.arange(len(rows)), counts)
+            positions = np.arange(which.size, dtype=np.int64) + np.repeat(start - (np.cumsum(counts) - counts), counts)
+            pages = self.table[rows[which], positions // page_size]
+        return pages.astype(np.int64) * page_size + positions % page_size
+
+    def run_slots(self, row: int, start: int, end: int, page_size: int) -> np.ndarray:
+        """``slots`` of one row: its whole pages holding ``[start, end)``, cut to that range."""
+        first = start // page_size
+        pages = self.table[row, first:-(-end // page_size)].astype(np.int64) * page_size
+        skip = start - first * page_size
+        return (pages[:, None] + np.arange(page_size)).ravel()[skip:skip + end - start]
 
     def renumber(self, old_to_new: np.ndarray) -> None:
         """Follow a compaction: every page id ``p`` becomes ``old_to_new[p]``."""

@@ -29,11 +29,33 @@ from llmds_torch.kernels.page_copy import page_copy
 from llmds_torch.kernels.page_move import page_move
 from llmds_torch.kv.block_manager import BlockManager
 from llmds_torch.kv.config import KVCacheConfig
+from llmds_torch.kv.device_upload import DeviceUpload
 from llmds_torch.kv.errors import TransactionError
 from llmds_torch.kv.host_tier import HostTier
 
 BLOCK_TABLE_PAD = -1
 """Value of ``block_table`` entries past a sequence's pages; kernels never read them."""
+
+
+class ManagerMethod:
+    """A ``BlockManager`` method exposed on ``PagedKVCache`` as is: ``cache.name`` is the bound
+    method of ``cache.manager`` (same signature, same docstring)."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.__doc__ = getattr(BlockManager, name).__doc__
+
+    def __get__(self, cache, owner=None):
+        return self if cache is None else getattr(cache.manager, self.name)
+
+
+def exposes_manager_methods(*names: str):
+    """Class decorator: each of ``names`` becomes a ``ManagerMethod`` of the class."""
+    def expose(cls):
+        for name in names:
+            setattr(cls, name, ManagerMethod(name))
+        return cls
+    return expose
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +75,10 @@ class DefragReport:
     pool_bytes_after: int
 
 
+# Bookkeeping that moves no KV: the block manager's own methods, reached through the cache.
+@exposes_manager_methods("can_attach", "pending_prefix_tokens", "num_cached_tokens", "num_tokens", "num_written",
+                         "token_ids", "pending_token_ids", "can_append", "available_pages", "pages_to_append", "fork",
+                         "pin_prefix", "unpin_prefix")
 class PagedKVCache:
     """A paged KV cache: pool tensor, block tables, prefix sharing, copy-on-write, compaction.
 
@@ -71,6 +97,7 @@ class PagedKVCache:
         self.host = HostTier(config, self.manager) if config.host_pages else None
         self.bytes_moved = 0
         self.cow_bytes = 0
+        self._upload = DeviceUpload(self.device)  # step tables to the device, one pinned transfer on CUDA
         self._last_slots: tuple[torch.Tensor, np.ndarray, int] | None = None  # (issued, host copy, version)
         self._copied_slots: tuple[torch.Tensor, np.ndarray, int] | None = None  # a caller's tensor, copied once
 
@@ -123,10 +150,6 @@ class PagedKVCache:
             host.flush(self.pool)
 
     # ------------------------------------------------------------------ sequences
-    def can_attach(self, token_ids, *, salt=None, extra_key=None) -> bool:
-        """Whether ``attach`` would succeed now; given an int, assumes no prefix hit."""
-        return self.manager.can_attach(token_ids, salt=salt, extra_key=extra_key)
-
     def attach(self, token_ids, *, salt=None, extra_key=None) -> int:
         """A new sequence for prompt ``token_ids``; reuses cached full pages of its prefix and
         reserves slots for the rest (with the host tier on, prefix pages found there are brought
@@ -134,12 +157,6 @@ class PagedKVCache:
         if self.host is not None:
             self.host.promote(self.pool, token_ids, salt=salt, extra_key=extra_key)
         return self.manager.attach(token_ids, salt=salt, extra_key=extra_key)
-
-    def pending_prefix_tokens(self, token_ids, *, salt=None, extra_key=None) -> int:
-        """Leading tokens of this prompt, beyond its cached prefix, on full pages that a live
-        sequence reserved with the same tokens but has not written yet (a multiple of
-        ``page_size``): a scheduler may hold the prompt back until they are published, then hit them."""
-        return self.manager.pending_prefix_tokens(token_ids, salt=salt, extra_key=extra_key)
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -170,37 +187,6 @@ class PagedKVCache:
             raise
         self._defragment_if_fragmented()
 
-    def num_cached_tokens(self, seq_id: int) -> int:
-        """Prompt tokens whose KV was found in the cache (a multiple of ``page_size``)."""
-        return self.manager.num_cached_tokens(seq_id)
-
-    def num_tokens(self, seq_id: int) -> int:
-        """Tokens reserved so far (prompt plus appended)."""
-        return self.manager.num_tokens(seq_id)
-
-    def num_written(self, seq_id: int) -> int:
-        """Tokens whose KV every layer has written."""
-        return self.manager.num_written(seq_id)
-
-    def token_ids(self, seq_id: int) -> list[int]:
-        return self.manager.token_ids(seq_id)
-
-    def pending_token_ids(self, seq_id: int) -> list[int]:
-        """Reserved tokens whose KV is not written yet, in position order."""
-        return self.manager.pending_token_ids(seq_id)
-
-    def can_append(self, seq_ids, num_tokens: int = 1) -> bool:
-        """Whether appending ``num_tokens`` to each of ``seq_ids`` fits now."""
-        return self.manager.can_append(seq_ids, num_tokens)
-
-    def available_pages(self) -> int:
-        """Pages an allocation could obtain now: free, evictable, and growth up to ``max_num_pages``."""
-        return self.manager.available_pages()
-
-    def pages_to_append(self, seq_ids, num_tokens: int = 1) -> int:
-        """Pages (new ones and copy-on-write copies) appending ``num_tokens`` to each would take."""
-        return self.manager.pages_to_append(seq_ids, num_tokens)
-
     def append(self, seq_id: int, token_ids) -> None:
         """Reserve slots for more tokens; a shared page about to be written is copied first."""
         self.append_batch([seq_id], [token_ids])
@@ -216,10 +202,6 @@ class PagedKVCache:
             page_copy(self.pool, src, dst, backend=self.config.backend, validate_indices=False)
             self.cow_bytes += len(copies) * self.config.page_bytes
 
-    def fork(self, seq_id: int) -> int:
-        """A child sequence sharing every page (for beam search and parallel sampling)."""
-        return self.manager.fork(seq_id)
-
     def detach(self, seq_id: int) -> None:
         """Release a sequence: published pages become cached, the others free."""
         self.manager.detach(seq_id)
@@ -230,13 +212,6 @@ class PagedKVCache:
         threshold = self.config.defrag_threshold
         if threshold is not None and self.manager.fragmentation() > threshold:
             self.defragment(order="lowest")
-
-    def pin_prefix(self, token_ids, *, salt=None, extra_key=None) -> int:
-        """Keep this prefix's published pages from ever being evicted; returns pages pinned."""
-        return self.manager.pin_prefix(token_ids, salt=salt, extra_key=extra_key)
-
-    def unpin_prefix(self, token_ids, *, salt=None, extra_key=None) -> int:
-        return self.manager.unpin_prefix(token_ids, salt=salt, extra_key=extra_key)
 
     # ------------------------------------------------------------------ reading and writing KV
     def get(self, seq_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -263,9 +238,19 @@ class PagedKVCache:
         the cache O(1) bookkeeping per layer and no device-to-host copy."""
         slots = self.manager.slot_mapping(list(seq_ids), num_tokens)
         self._flush_host()
-        tensor = torch.from_numpy(slots).to(self.device)
+        (tensor,) = self._upload(slots)
         self._last_slots = (tensor, slots, tensor._version)
         return tensor
+
+    def step_inputs(self, seq_ids) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``slot_mapping``, ``block_table`` and ``seq_lens`` of one step, sent to the pool's device
+        in one transfer (through a pinned buffer on CUDA)."""
+        ids = list(seq_ids)
+        slots = self.manager.slot_mapping(ids)
+        self._flush_host()
+        tensors = self._upload(slots, self.manager.block_table(ids), self.manager.seq_lens(ids))
+        self._last_slots = (tensors[0], slots, tensors[0]._version)
+        return tensors
 
     def _host_slots(self, slot_mapping: torch.Tensor) -> np.ndarray:
         """The host copy of ``slot_mapping``: the issued one, a slice of it, or one copied back once
@@ -310,11 +295,11 @@ class PagedKVCache:
     def block_table(self, seq_ids) -> torch.Tensor:
         """Pages of each sequence, int32 ``[batch, max_pages]`` on the pool's device, padded with
         ``BLOCK_TABLE_PAD`` (-1)."""
-        return torch.from_numpy(self.manager.block_table(list(seq_ids))).to(self.device)
+        return self._upload(self.manager.block_table(list(seq_ids)))[0]
 
     def seq_lens(self, seq_ids) -> torch.Tensor:
         """Reserved tokens of each sequence (pending ones included), int32 ``[batch]``."""
-        return torch.from_numpy(self.manager.seq_lens(list(seq_ids))).to(self.device)
+        return self._upload(self.manager.seq_lens(list(seq_ids)))[0]
 
     def page_table_csr(self, seq_ids) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The block table in FlashInfer's CSR form, all int32 on the pool's device.
@@ -325,8 +310,7 @@ class PagedKVCache:
         kv_indices : ``[kv_indptr[-1]]`` the pages of every sequence, concatenated
         kv_last_page_len : ``[batch]`` tokens in each sequence's last page (1..page_size)
         """
-        arrays = self.manager.page_table_csr(list(seq_ids))
-        return tuple(torch.from_numpy(x).to(self.device) for x in arrays)
+        return self._upload(*self.manager.page_table_csr(list(seq_ids)))
 
     # ------------------------------------------------------------------ compaction
     def defragment(self, *, order: str = "sequence", shrink: bool | int = False) -> DefragReport:

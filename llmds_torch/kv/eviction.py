@@ -40,7 +40,9 @@ class LRUPolicy:
 
     def insert_new(self, pages: list[int]) -> None:
         """``insert`` of each page in order, none of them evictable yet."""
-        self._order.update(dict.fromkeys(pages))
+        order = self._order
+        for page in pages:
+            order[page] = None
 
     def remove(self, page: int) -> None:
         del self._order[page]

@@ -90,10 +90,10 @@ class HostTier:
             self._save(device_pool)
         if not len(self.index):
             return 0
-        tokens, token_bytes = m._prompt(token_ids)
+        _, token_bytes = m._prompt(token_ids)
         salt_block = m.prefix.salt_block(salt, extra_key)
         hits, keys, _ = m.prefix.match(token_bytes, salt_block)
-        start, usable = len(hits), (len(tokens) - 1) // page_size
+        start, usable = len(hits), (len(token_bytes) // 4 - 1) // page_size
         if start >= usable:
             return 0
         if keys[start] not in self.index or not m.can_attach(token_ids, salt=salt, extra_key=extra_key):

@@ -85,6 +85,7 @@ class PrefixIndex:
         self.child_of: dict[tuple[bytes, bytes, bytes], int] = {}
         self._child_key: dict[int, tuple[bytes, bytes, bytes]] = {}
         self.version = 0  # changes whenever an entry is added, dropped or renumbered
+        self.removals = 0  # changes whenever an entry is dropped or renumbered (entries never change otherwise)
 
     def __len__(self) -> int:
         return len(self.page_of)
@@ -115,10 +116,30 @@ class PrefixIndex:
             self._child_key[page] = child
         return True
 
+    def publish_many(self, keys: list[bytes], pages: list[int], chunks: list[bytes], parents: list[bytes],
+                     salt_blocks: list[bytes]) -> list[int]:
+        """``publish`` of many pages in order: ``pages[j]`` under ``keys[j]``, the hash of
+        ``parents[j]``, ``salt_blocks[j]`` and ``chunks[j]``. Returns the pages indexed (those whose
+        key was not published yet, nor earlier in the list)."""
+        page_of = self.page_of
+        if not page_of.keys().isdisjoint(keys) or len(set(keys)) < len(keys):
+            return [p for k, p, c, prev, salt in zip(keys, pages, chunks, parents, salt_blocks)
+                    if self.publish(k, p, c, prev, salt)]
+        # No key is published yet, so no (parent, salt, tokens) entry exists either (its key would).
+        children = list(zip(parents, salt_blocks, chunks))
+        self.version += 1
+        page_of.update(zip(keys, pages))
+        self.key_of.update(zip(pages, keys))
+        self.tokens_of.update(zip(pages, chunks))
+        self.child_of.update(zip(children, pages))
+        self._child_key.update(zip(pages, children))
+        return pages
+
     def forget(self, page: int) -> None:
         key = self.key_of.pop(page, None)
         if key is not None:
             self.version += 1
+            self.removals += 1
             del self.page_of[key]
             del self.tokens_of[page]
             child = self._child_key.pop(page, None)
@@ -128,6 +149,7 @@ class PrefixIndex:
     def renumber(self, old_to_new: np.ndarray) -> None:
         """Follow a compaction: ``old_to_new[page]`` is each page's new id."""
         self.version += 1
+        self.removals += 1
         self.key_of = {int(old_to_new[p]): k for p, k in self.key_of.items()}
         self.tokens_of = {int(old_to_new[p]): t for p, t in self.tokens_of.items()}
         self.page_of = {k: p for p, k in self.key_of.items()}

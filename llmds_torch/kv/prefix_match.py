@@ -6,10 +6,8 @@ only the pages after the cached prefix are hashed; the key lookup behind them st
 unverified, takes) a page published under a colliding key.
 """
 
-import numpy as np
-
 from llmds_torch.kv.prefix_index import HashFn, PrefixIndex, as_bytes, chain_prefix, page_keys
-from llmds_torch.kv.sequence import Sequence
+from llmds_torch.kv.sequence import Sequence, le_bytes
 
 
 class PrefixMatcher:
@@ -31,11 +29,25 @@ class PrefixMatcher:
         self.hash_fn = hash_fn
         self.verify_tokens = verify_tokens
         self.index = PrefixIndex()
+        self._plain_salt_block = chain_prefix(cache_salt, b"", b"")  # no request salt, no extra key
         self.pending_keys: dict[bytes, int] = {}  # key -> full pages reserved under it, not yet published
         self._keys_memo: tuple[bytes, bytes, list[bytes]] | None = None  # (token bytes, salt block, keys)
         self._match_memo = None  # (token bytes, salt block, index version, result of match)
+        self._run = None  # (salt block, token bytes, pages, keys, index removals) of the last cached run walked
+
+    def _known_run(self, token_bytes: bytes, salt_block: bytes, usable: int) -> tuple[list[int], list[bytes]]:
+        """The pages and keys of the last cached run walked, when these tokens start with it and no
+        index entry was dropped since: the walk would find the same pages (publishing only adds
+        entries), so a shared system prompt is matched with one byte comparison."""
+        run = self._run
+        if run is None or run[4] != self.index.removals or run[0] != salt_block or len(run[2]) > usable \
+                or not token_bytes.startswith(run[1]):
+            return [], []
+        return run[2][:], run[3][:]
 
     def salt_block(self, salt, extra_key) -> bytes:
+        if salt is None and extra_key is None:
+            return self._plain_salt_block
         return chain_prefix(self.cache_salt, as_bytes(salt, "salt"), as_bytes(extra_key, "extra_key"))
 
     def match(self, token_bytes: bytes, salt_block: bytes) -> tuple[list[int], list[bytes], int]:
@@ -50,16 +62,19 @@ class PrefixMatcher:
             return list(pages), list(keys), collisions
         num_tokens = len(token_bytes) // 4
         step, usable = 4 * page_size, (num_tokens - 1) // page_size
-        pages, keys, previous = [], [], b""
+        pages, keys = self._known_run(token_bytes, salt_block, usable)
+        previous = keys[-1] if keys else b""
         if index.child_of:
-            child_of, key_of = index.child_of, index.key_of
-            for i in range(usable):
+            child_of, key_of, known = index.child_of, index.key_of, len(pages)
+            for i in range(known, usable):
                 page = child_of.get((previous, salt_block, token_bytes[i * step:(i + 1) * step]))
                 if page is None:
                     break
                 pages.append(page)
                 previous = key_of[page]
                 keys.append(previous)
+            if len(pages) > known:
+                self._run = (salt_block, token_bytes[:len(pages) * step], pages[:], keys[:], index.removals)
         memo = self._keys_memo
         if memo is not None and memo[1] == salt_block and memo[0] == token_bytes:
             keys.extend(memo[2][len(keys):])
@@ -109,14 +124,16 @@ class PrefixMatcher:
         for seq in seqs:
             self.add_pending(seq.keys[seq.num_published:])
 
-    def extend_keys(self, seq: Sequence) -> None:
-        """Hash the pages of ``seq`` that became full since its last key; they are pending."""
-        page_size = self.page_size
-        full, known = len(seq.tokens) // page_size, len(seq.keys)
-        if full <= known:
-            return
-        token_bytes = np.asarray(seq.tokens[known * page_size:full * page_size], dtype="<i4").tobytes()
-        keys = page_keys(token_bytes, page_size, full - known, seq.salt_block,
-                         seq.keys[-1] if seq.keys else b"", self.hash_fn)
-        seq.keys.extend(keys)
-        self.add_pending(keys)
+    def extend_keys(self, seqs: list[Sequence]) -> None:
+        """Hash the pages of each sequence that became full since its last key; they are pending."""
+        page_size, pending = self.page_size, self.pending_keys
+        for seq in seqs:
+            known = len(seq.keys)
+            full = len(seq.tokens) // page_size
+            if full <= known:
+                continue
+            keys = page_keys(le_bytes(seq.tokens[known * page_size:full * page_size]), page_size, full - known,
+                             seq.salt_block, seq.keys[-1] if known else b"", self.hash_fn)
+            seq.keys.extend(keys)
+            for key in keys:
+                pending[key] = pending.get(key, 0) + 1

@@ -1,5 +1,7 @@
 """One sequence's view of the cache: its tokens, its pages, and how far its KV is written."""
 
+import sys
+from array import array
 from dataclasses import dataclass, field
 from itertools import chain
 
@@ -24,7 +26,7 @@ class Sequence:
     """
 
     seq_id: int
-    tokens: list[int]
+    tokens: array  # int32 ("i"): freed in one piece, built from the prompt's bytes without Python ints
     pages: list[int]
     salt_block: bytes
     tables: BlockTables
@@ -45,6 +47,24 @@ class Sequence:
     @num_written.setter
     def num_written(self, value: int) -> None:
         self.tables.num_written[self.row] = value
+
+
+def token_array(token_bytes: bytes) -> array:
+    """An int32 ``array`` of token ids from their little-endian int32 bytes."""
+    tokens = array("i")
+    tokens.frombytes(token_bytes)
+    if sys.byteorder != "little":
+        tokens.byteswap()
+    return tokens
+
+
+def le_bytes(tokens: array) -> bytes:
+    """Tokens of an int32 ``array`` as little-endian int32 bytes."""
+    if sys.byteorder == "little":
+        return tokens.tobytes()
+    swapped = array("i", tokens)
+    swapped.byteswap()
+    return swapped.tobytes()
 
 
 def validate_token_ids(token_ids, *, allow_empty: bool = False) -> list[int]:
@@ -80,6 +100,18 @@ def validate_token_array(token_ids, *, allow_empty: bool = False) -> np.ndarray:
     return arr
 
 
+def _in_range(tokens, *, allow_empty: bool = False) -> list[int]:
+    """``validate_token_ids`` of Python ints (checked by the caller): one C conversion to int32,
+    which refuses values beyond int32, and a minimum; the full check only to word an error."""
+    try:
+        packed = array("i", tokens)
+    except OverflowError:
+        packed = None
+    if packed is None or not packed or np.frombuffer(packed, dtype=np.int32).min() < 0:
+        return validate_token_ids(tokens, allow_empty=allow_empty)
+    return tokens if type(tokens) is list else list(tokens)
+
+
 def _is_token(t) -> bool:
     return isinstance(t, (int, np.integer)) and not isinstance(t, bool)
 
@@ -106,14 +138,24 @@ def validate_token_batch(token_ids) -> tuple[list[int], list[int] | None]:
                                   f"least one token per sequence, got shape {token_ids.shape}")
         return validate_token_ids(token_ids.reshape(-1), allow_empty=True), [token_ids.shape[1]] * token_ids.shape[0]
     types = set(map(type, token_ids))
-    if types <= {int} or all(_is_token(t) for t in token_ids):
+    if types <= {int}:
+        return _in_range(token_ids, allow_empty=True), None
+    if all(_is_token(t) for t in token_ids):
         return validate_token_ids(token_ids, allow_empty=True), None
     if types <= {list, tuple}:
+        try:
+            flat = [t for (t,) in token_ids]  # one token each, the common decode form
+        except ValueError:
+            flat = None
+        if flat is not None and set(map(type, flat)) <= {int}:
+            return _in_range(flat), None
         counts = list(map(len, token_ids))
         if 0 in counts:
             raise InvalidTokenIds("token_ids is empty; at least one token is required")
         flat = list(chain.from_iterable(token_ids))
-        if not set(map(type, flat)) <= {int} and not all(_is_token(t) for t in flat):
+        if set(map(type, flat)) <= {int}:
+            return _in_range(flat), counts
+        if not all(_is_token(t) for t in flat):
             raise InvalidTokenIds("token_ids must all be integers")
         return validate_token_ids(flat), counts
     lists = [validate_token_ids([t] if _is_token(t) else t) for t in token_ids]

@@ -71,10 +71,14 @@ class WriteTracker:
             raise ValueError(f"layer {layer} already wrote some of these slots")
 
     def count_layer(self, layer: int) -> Issued | None:
-        """Count ``layer`` as written for the issued mapping; return it once every layer wrote (its
-        slots are then marked written and the shortcut ends)."""
+        """Count ``layer`` as written for the issued mapping (``ValueError`` if it already was);
+        return the mapping once every layer wrote (its slots are then marked written and the
+        shortcut ends)."""
         issued = self.issued
-        issued.layers |= 1 << layer
+        bit = 1 << layer
+        if issued.layers & bit:
+            raise ValueError(f"layer {layer} already wrote some of these slots")
+        issued.layers |= bit
         if issued.layers != self.every_layer:
             return None
         self.issued = None

@@ -67,15 +67,19 @@ def _tile_mask(row_mask, d, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
 
 
 @triton.jit
-def _kv_block_offsets(block_table_ptr, batch, n, n_mask, d, stride_bt_batch, stride_bt_page, stride_cache_page,
-                      stride_cache_slot, stride_cache_dim, PAGE_SIZE: tl.constexpr):
-    """Offsets ``[BLOCK_N, BLOCK_D]``, from a KV head's base in the pool, of the K rows of token
-    positions ``n`` ``[BLOCK_N]`` (each token's page looked up in the block table); the V rows are
-    ``stride_cache_kv`` further."""
+def _key_block(k_base, block_table_ptr, batch, n, n_mask, d, stride_bt_batch, stride_bt_page, stride_cache_page,
+               stride_cache_slot, stride_cache_dim, PAGE_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr,
+               BLOCK_D: tl.constexpr):
+    """The keys ``[BLOCK_N, BLOCK_D]`` of token positions ``n`` ``[BLOCK_N]`` (``n_mask``: real tokens),
+    each token's page looked up in the block table, with their offsets from ``k_base`` and the tile
+    mask: ``(k, kv_offsets, kv_mask)``. The values lie ``stride_cache_kv`` past the keys."""
     page = tl.load(block_table_ptr + batch * stride_bt_batch + (n // PAGE_SIZE) * stride_bt_page,
                    mask=n_mask, other=0).to(tl.int64)
     token_offset = page * stride_cache_page + (n % PAGE_SIZE).to(tl.int64) * stride_cache_slot
-    return token_offset[:, None] + d[None, :] * stride_cache_dim
+    kv_offsets = token_offset[:, None] + d[None, :] * stride_cache_dim
+    kv_mask = _tile_mask(n_mask, d, HEAD_DIM, BLOCK_D)
+    k = tl.load(k_base + kv_offsets, mask=kv_mask, other=0.0)
+    return k, kv_offsets, kv_mask
 
 
 @triton.jit
@@ -129,10 +133,9 @@ def _paged_decode_kernel(
     for block_start in range(start, end, BLOCK_N):
         n = block_start + tl.arange(0, BLOCK_N)                       # [BLOCK_N] token positions
         n_mask = n < end
-        kv_offsets = _kv_block_offsets(block_table_ptr, batch, n, n_mask, d, stride_bt_batch, stride_bt_page,
-                                       stride_cache_page, stride_cache_slot, stride_cache_dim, PAGE_SIZE)
-        kv_mask = _tile_mask(n_mask, d, HEAD_DIM, BLOCK_D)
-        k = tl.load(k_base + kv_offsets, mask=kv_mask, other=0.0)      # [BLOCK_N, BLOCK_D]
+        k, kv_offsets, kv_mask = _key_block(k_base, block_table_ptr, batch, n, n_mask, d, stride_bt_batch,
+                                            stride_bt_page, stride_cache_page, stride_cache_slot, stride_cache_dim,
+                                            PAGE_SIZE, HEAD_DIM, BLOCK_D)
         scores = _scores(tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION), qk_scale, softcap_log2,
                          SOFTCAP)                                      # [BLOCK_G, BLOCK_N]
         scores = tl.where(n_mask[None, :], scores, float("-inf"))
@@ -232,10 +235,9 @@ def _paged_prefill_kernel(
     for block_start in range(kv_start, kv_end, BLOCK_N):
         n = block_start + tl.arange(0, BLOCK_N)
         n_mask = n < kv_end
-        kv_offsets = _kv_block_offsets(block_table_ptr, batch, n, n_mask, d, stride_bt_batch, stride_bt_page,
-                                       stride_cache_page, stride_cache_slot, stride_cache_dim, PAGE_SIZE)
-        kv_mask = _tile_mask(n_mask, d, HEAD_DIM, BLOCK_D)
-        k = tl.load(k_base + kv_offsets, mask=kv_mask, other=0.0)      # [BLOCK_N, BLOCK_D]
+        k, kv_offsets, kv_mask = _key_block(k_base, block_table_ptr, batch, n, n_mask, d, stride_bt_batch,
+                                            stride_bt_page, stride_cache_page, stride_cache_slot, stride_cache_dim,
+                                            PAGE_SIZE, HEAD_DIM, BLOCK_D)
         scores = _scores(tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION), qk_scale, softcap_log2,
                          SOFTCAP)                                      # [BLOCK_M, BLOCK_N]
         visible = n_mask[None, :] & (n[None, :] <= positions[:, None]) & (n[None, :] > positions[:, None] - window)

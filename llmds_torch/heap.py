@@ -35,14 +35,30 @@ HeapFunctions = namedtuple("HeapFunctions", ["sift_up", "sift_down", "push", "po
 HeapFunctions.__doc__ = "The compiled functions of a heap for one order (see :func:`ordered_by`)."
 
 
+@njit(inline="always")
+def _place(keys, items, where, i, key, item):
+    """Write the entry ``(key, item)`` at position ``i``."""
+    keys[i] = key
+    items[i] = item
+    where[item] = i
+
+
 def ordered_by(before) -> HeapFunctions:
     """The heap functions for the order ``before`` (a numba-compiled function, see the module docstring).
 
     Each takes the heap's arrays ``keys, items, where, ties`` first. Sifts move a hole instead of
     swapping: each level writes one entry, and the moving entry is written once at the end.
     """
+    order = f"{before.py_func.__module__}.{before.py_func.__qualname__}"
 
-    @njit
+    def compiled(func):
+        # Every order's functions share these Python definitions, and numba tells compiled functions
+        # apart by qualified name: without a name of their own, code compiled for one order can stand in
+        # for another's with the same argument types (tests/test_heap.py runs that case).
+        func.__qualname__ = f"ordered_by({order}).{func.__name__}"
+        return njit(func)
+
+    @compiled
     def sift_up(keys, items, where, ties, i):
         """Move the entry at position ``i`` towards the root until its parent comes before it."""
         key = keys[i]
@@ -51,15 +67,11 @@ def ordered_by(before) -> HeapFunctions:
             parent = (i - 1) >> 1
             if not before(key, item, keys[parent], items[parent], ties):
                 break
-            keys[i] = keys[parent]
-            items[i] = items[parent]
-            where[items[i]] = i
+            _place(keys, items, where, i, keys[parent], items[parent])
             i = parent
-        keys[i] = key
-        items[i] = item
-        where[item] = i
+        _place(keys, items, where, i, key, item)
 
-    @njit
+    @compiled
     def sift_down(keys, items, where, ties, size, i):
         """Move the entry at position ``i`` away from the root until it comes before both children."""
         key = keys[i]
@@ -73,15 +85,11 @@ def ordered_by(before) -> HeapFunctions:
                 child = right
             if not before(keys[child], items[child], key, item, ties):
                 break
-            keys[i] = keys[child]
-            items[i] = items[child]
-            where[items[i]] = i
+            _place(keys, items, where, i, keys[child], items[child])
             i = child
-        keys[i] = key
-        items[i] = item
-        where[item] = i
+        _place(keys, items, where, i, key, item)
 
-    @njit
+    @compiled
     def push(keys, items, where, ties, size, key, item):
         """Add ``item`` (not held) with ``key``; the arrays have room for ``size + 1``. Returns the new size."""
         keys[size] = key
@@ -89,7 +97,7 @@ def ordered_by(before) -> HeapFunctions:
         sift_up(keys, items, where, ties, size)
         return size + 1
 
-    @njit
+    @compiled
     def pop(keys, items, where, ties, size):
         """Remove the root (read ``keys[0]``, ``items[0]`` before); ``size > 0``. Returns the new size."""
         size -= 1
@@ -99,14 +107,14 @@ def ordered_by(before) -> HeapFunctions:
             sift_down(keys, items, where, ties, size, 0)
         return size
 
-    @njit
+    @compiled
     def replace_root(keys, items, where, ties, size, key, item):
         """Remove the root and add ``item`` (not held) with ``key``, in one sift; ``size > 0``."""
         keys[0] = key
         items[0] = item
         sift_down(keys, items, where, ties, size, 0)
 
-    @njit
+    @compiled
     def update(keys, items, where, ties, size, item, key):
         """Give the held ``item`` the key ``key``; it moves either way. Update ``ties`` for it first."""
         i = where[item]
@@ -114,7 +122,7 @@ def ordered_by(before) -> HeapFunctions:
         sift_up(keys, items, where, ties, i)
         sift_down(keys, items, where, ties, size, where[item])
 
-    @njit
+    @compiled
     def remove(keys, items, where, ties, size, item):
         """Remove the held ``item``. Returns the new size."""
         i = where[item]

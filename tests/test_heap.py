@@ -5,6 +5,8 @@ insertion sequence) and ties broken by the item itself with no array (BM25's top
 """
 
 import heapq
+import subprocess
+import sys
 
 import numpy as np
 from hypothesis import given, settings
@@ -113,3 +115,33 @@ def test_top_k_of_growing_scores_matches_sorted(increments, k):
         best.append((items[0], keys[0]))
         size = TOP_K.pop(keys, items, where, None, size)
     assert best[::-1] == [(s, score[s]) for s in touched[:k]]
+
+
+ORDER_WITH_THE_SCHEDULERS_TYPES = """
+import numpy as np
+from numba import njit
+from llmds_torch.heap import ordered_by
+from llmds_torch.sched import IndexedHeap
+
+@njit
+def lower_first(key_a, item_a, key_b, item_b, seq):
+    return key_a < key_b or (key_a == key_b and seq[item_a] < seq[item_b])
+
+# The same array types as IndexedHeap's, compiled first; then IndexedHeap must still pop the highest first.
+by_key = ordered_by(lower_first)
+keys, items, where, seq = np.zeros(4), np.zeros(4, np.int64), np.zeros(4, np.int64), np.zeros(4, np.int64)
+by_key.pop(keys, items, where, seq, by_key.push(keys, items, where, seq, 0, 1.0, 0))
+heap = IndexedHeap(capacity=2)
+heap.push(0, -1.0); heap.push(1, 0.0); heap.push(2, 0.0)
+print([heap.pop() for _ in range(3)])
+"""
+
+
+def test_orders_compiled_in_one_process_keep_their_own_code():
+    """Two orders' functions share their Python code; each must still run its own order (freshly
+    compiled, and with the scheduler's functions loaded from numba's cache)."""
+    for _ in range(2):
+        done = subprocess.run([sys.executable, "-c", ORDER_WITH_THE_SCHEDULERS_TYPES], capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.strip() == "[(1, 0.0), (2, 0.0), (0, -1.0)]"

@@ -1,19 +1,23 @@
-"""BM25 search alone, for comparing two versions of the search core: prints one JSON line.
+"""BM25 search alone, for comparing two versions of the search core (with a results checksum).
 
 The 5k-document Zipf corpus and queries of ``benchmarks/sparse.py`` (``--quick`` sizes, 2,000
 queries); ``InvertedIndex.search_batch`` timed 7 times (median and best) and 500 single searches 5
 times, for k = 10 and 100, with pruning on and off, plus a checksum of the scores and ids (equal
-checksums: equal results). Run it on each tree in turn, in one session, and compare ratios:
+checksums: equal results). Prints the figures as one JSON line and writes
+``benchmarks/results/bm25_search.json``. Run it on each tree in turn, in one session, and compare
+ratios:
 
     NUMBA_NUM_THREADS=1 PYTHONPATH=. python -m benchmarks.bm25_search
 """
 
+import argparse
 import json
 import statistics
 import time
 
 import numpy as np
 
+from benchmarks._common import write_results
 from benchmarks.sparse import zipf_corpus, zipf_ranks
 from llmds_torch.retrieval import InvertedIndex
 
@@ -29,7 +33,8 @@ def queries_for(rng, corpus, count, vocab_size):
     return queries
 
 
-def main() -> dict:
+def main(argv=None) -> dict:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args(argv)
     rng = np.random.default_rng(0)
     corpus = zipf_corpus(rng, 5_000, 20_000)
     queries = queries_for(rng, corpus, 2_000, 20_000)
@@ -58,6 +63,7 @@ def main() -> dict:
         out[f"single_qps_k{k}"] = 500 / statistics.median(times)
         out[f"single_qps_best_k{k}"] = 500 / min(times)
     print(json.dumps(out))
+    write_results("bm25_search", out)
     return out
 
 

@@ -7,12 +7,8 @@ a page only when they diverge inside it (copy-on-write).
 
 import argparse
 
-import torch
+from _tiny_engine import tiny_engine_and_prompt
 
-from llmds_torch.kv import KVCacheConfig, PagedKVCache
-from llmds_torch.models.config import LlamaConfig
-from llmds_torch.models.engine import GenerationEngine
-from llmds_torch.models.llama import LlamaModel
 from llmds_torch.models.sampling import SamplingParams
 
 
@@ -26,13 +22,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    cfg = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
-                      num_kv_heads=2, max_position=512)
-    model = LlamaModel(cfg, seed=args.seed)
-    cache = PagedKVCache(KVCacheConfig(num_layers=cfg.num_layers, num_kv_heads=cfg.num_kv_heads,
-                                       head_dim=cfg.head_dim, page_size=args.page_size, num_pages=256))
-    engine = GenerationEngine(model, cache)
-    prompt = torch.randint(0, cfg.vocab_size, (args.prompt_len,), generator=torch.Generator().manual_seed(args.seed)).tolist()
+    engine, prompt = tiny_engine_and_prompt(args.page_size, args.prompt_len, args.seed)
     (result,) = engine.generate([prompt], SamplingParams(beam_width=args.beam_width, max_new_tokens=args.max_new_tokens,
                                                          length_penalty=args.length_penalty))
     for rank, beam in enumerate(result.outputs):

@@ -66,6 +66,38 @@ def _tile_mask(row_mask, d, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
     return row_mask[:, None] & (d < HEAD_DIM)[None, :]
 
 
+@triton.jit
+def _key_block(k_base, block_table_ptr, batch, n, n_mask, d, stride_bt_batch, stride_bt_page, stride_cache_page,
+               stride_cache_slot, stride_cache_dim, PAGE_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr,
+               BLOCK_D: tl.constexpr):
+    """The keys ``[BLOCK_N, BLOCK_D]`` of token positions ``n`` ``[BLOCK_N]`` (``n_mask``: real tokens),
+    each token's page looked up in the block table, with their offsets from ``k_base`` and the tile
+    mask: ``(k, kv_offsets, kv_mask)``. The values lie ``stride_cache_kv`` past the keys."""
+    page = tl.load(block_table_ptr + batch * stride_bt_batch + (n // PAGE_SIZE) * stride_bt_page,
+                   mask=n_mask, other=0).to(tl.int64)
+    token_offset = page * stride_cache_page + (n % PAGE_SIZE).to(tl.int64) * stride_cache_slot
+    kv_offsets = token_offset[:, None] + d[None, :] * stride_cache_dim
+    kv_mask = _tile_mask(n_mask, d, HEAD_DIM, BLOCK_D)
+    k = tl.load(k_base + kv_offsets, mask=kv_mask, other=0.0)
+    return k, kv_offsets, kv_mask
+
+
+@triton.jit
+def _online_softmax_step(m, l, acc, scores, k_base, stride_cache_kv, kv_offsets, kv_mask, DOT_PRECISION: tl.constexpr):
+    """Fold one key block into the running max ``m`` and sum ``l`` ``[rows]`` (log2 units) and the
+    output ``acc`` ``[rows, BLOCK_D]``: ``scores`` ``[rows, BLOCK_N]`` (-inf where not visible), and the
+    block's values, loaded under ``kv_mask`` from ``stride_cache_kv`` past its keys (``k_base + kv_offsets``).
+    Returns the new ``(m, l, acc)``."""
+    m_new = tl.maximum(m, tl.max(scores, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)          # a row that has seen no key yet
+    alpha = tl.exp2(m - m_safe)
+    p = tl.exp2(scores - m_safe[:, None])
+    l = l * alpha + tl.sum(p, 1)
+    v = tl.load(k_base + stride_cache_kv + kv_offsets, mask=kv_mask, other=0.0)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+    return m_new, l, acc
+
+
 @triton.jit(do_not_specialize=["window", "tokens_per_split", "stride_bt_batch", "stride_lse_batch",
                                "stride_lse_head"])
 def _paged_decode_kernel(
@@ -101,23 +133,14 @@ def _paged_decode_kernel(
     for block_start in range(start, end, BLOCK_N):
         n = block_start + tl.arange(0, BLOCK_N)                       # [BLOCK_N] token positions
         n_mask = n < end
-        page = tl.load(block_table_ptr + batch * stride_bt_batch + (n // PAGE_SIZE) * stride_bt_page,
-                       mask=n_mask, other=0).to(tl.int64)
-        token_offset = page * stride_cache_page + (n % PAGE_SIZE).to(tl.int64) * stride_cache_slot
-        kv_offsets = token_offset[:, None] + d[None, :] * stride_cache_dim
-        kv_mask = _tile_mask(n_mask, d, HEAD_DIM, BLOCK_D)
-        k = tl.load(k_base + kv_offsets, mask=kv_mask, other=0.0)      # [BLOCK_N, BLOCK_D]
+        k, kv_offsets, kv_mask = _key_block(k_base, block_table_ptr, batch, n, n_mask, d, stride_bt_batch,
+                                            stride_bt_page, stride_cache_page, stride_cache_slot, stride_cache_dim,
+                                            PAGE_SIZE, HEAD_DIM, BLOCK_D)
         scores = _scores(tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION), qk_scale, softcap_log2,
                          SOFTCAP)                                      # [BLOCK_G, BLOCK_N]
         scores = tl.where(n_mask[None, :], scores, float("-inf"))
-        m_new = tl.maximum(m, tl.max(scores, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)          # a row that has seen no key yet
-        alpha = tl.exp2(m - m_safe)
-        p = tl.exp2(scores - m_safe[:, None])
-        l = l * alpha + tl.sum(p, 1)
-        v = tl.load(k_base + stride_cache_kv + kv_offsets, mask=kv_mask, other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
-        m = m_new
+        m, l, acc = _online_softmax_step(m, l, acc, scores, k_base, stride_cache_kv, kv_offsets, kv_mask,
+                                         DOT_PRECISION)
 
     out = acc / tl.where(l > 0, l, 1.0)[:, None]                       # an empty split writes zeros
     out_ptrs = out_ptr + batch * stride_out_batch + head[:, None] * stride_out_head \
@@ -212,24 +235,15 @@ def _paged_prefill_kernel(
     for block_start in range(kv_start, kv_end, BLOCK_N):
         n = block_start + tl.arange(0, BLOCK_N)
         n_mask = n < kv_end
-        page = tl.load(block_table_ptr + batch * stride_bt_batch + (n // PAGE_SIZE) * stride_bt_page,
-                       mask=n_mask, other=0).to(tl.int64)
-        token_offset = page * stride_cache_page + (n % PAGE_SIZE).to(tl.int64) * stride_cache_slot
-        kv_offsets = token_offset[:, None] + d[None, :] * stride_cache_dim
-        kv_mask = _tile_mask(n_mask, d, HEAD_DIM, BLOCK_D)
-        k = tl.load(k_base + kv_offsets, mask=kv_mask, other=0.0)      # [BLOCK_N, BLOCK_D]
+        k, kv_offsets, kv_mask = _key_block(k_base, block_table_ptr, batch, n, n_mask, d, stride_bt_batch,
+                                            stride_bt_page, stride_cache_page, stride_cache_slot, stride_cache_dim,
+                                            PAGE_SIZE, HEAD_DIM, BLOCK_D)
         scores = _scores(tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION), qk_scale, softcap_log2,
                          SOFTCAP)                                      # [BLOCK_M, BLOCK_N]
         visible = n_mask[None, :] & (n[None, :] <= positions[:, None]) & (n[None, :] > positions[:, None] - window)
         scores = tl.where(visible, scores, float("-inf"))
-        m_new = tl.maximum(m, tl.max(scores, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)          # a row with no visible key yet
-        alpha = tl.exp2(m - m_safe)
-        p = tl.exp2(scores - m_safe[:, None])
-        l = l * alpha + tl.sum(p, 1)
-        v = tl.load(k_base + stride_cache_kv + kv_offsets, mask=kv_mask, other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
-        m = m_new
+        m, l, acc = _online_softmax_step(m, l, acc, scores, k_base, stride_cache_kv, kv_offsets, kv_mask,
+                                         DOT_PRECISION)
 
     out = acc / tl.where(l > 0, l, 1.0)[:, None]                       # a row that saw no key writes zeros
     out_offsets = (query_start + token.to(tl.int64)) * stride_out_token + head * stride_out_head

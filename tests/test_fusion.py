@@ -21,8 +21,26 @@ def random_lists(seed, n_lists=2, n=30, universe=60):
             for _ in range(n_lists)]
 
 
-def best_of(fused, k):
-    return sorted(fused, key=lambda d: (-fused[d], d))[:k]
+def loop_fusion(results, contributions):
+    """Fused score per document, summed in a plain loop; ``contributions(i, ids, scores)`` gives the
+    ``(document, contribution)`` pairs of list ``i`` (ids and scores as Python lists)."""
+    fused = {}
+    for i, (ids, scores) in enumerate(results):
+        for d, contribution in contributions(i, ids.tolist(), scores.tolist()):
+            fused[d] = fused.get(d, 0.0) + contribution
+    return fused
+
+
+def assert_fused(got, fused, k, atol):
+    """``got`` (ids, scores) is the top ``k`` of ``fused``, best first, ties to the smaller id."""
+    ids, scores = got
+    assert ids.tolist() == sorted(fused, key=lambda d: (-fused[d], d))[:k]
+    np.testing.assert_allclose(scores, [fused[d] for d in ids.tolist()], atol=atol)
+
+
+def _mean_std(scores):
+    mean = sum(scores) / len(scores)
+    return mean, math.sqrt(sum((s - mean) ** 2 for s in scores) / len(scores))
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -30,44 +48,37 @@ def best_of(fused, k):
 def test_convex_matches_loop(seed, normalization):
     results = random_lists(seed, n_lists=3)
     weights = [0.5, 0.3, 0.2]
-    fused = {}
-    for (ids, scores), w in zip(results, weights):
+
+    def contributions(i, ids, scores):
         lo, hi = min(scores), max(scores)
-        mean = sum(scores) / len(scores)
-        std = math.sqrt(sum((s - mean) ** 2 for s in scores) / len(scores))
-        for d, s in zip(ids.tolist(), scores.tolist()):
-            norm = (s - lo) / (hi - lo) if normalization == "min_max" else (s - mean) / std
-            fused[d] = fused.get(d, 0.0) + w * norm
-    ids, scores = convex_combination(results, 10, weights, normalization)
-    assert ids.tolist() == best_of(fused, 10)
-    np.testing.assert_allclose(scores, [fused[d] for d in ids.tolist()], atol=1e-12)
+        mean, std = _mean_std(scores)
+        for d, s in zip(ids, scores):
+            yield d, weights[i] * ((s - lo) / (hi - lo) if normalization == "min_max" else (s - mean) / std)
+
+    assert_fused(convex_combination(results, 10, weights, normalization), loop_fusion(results, contributions), 10,
+                 atol=1e-12)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_rrf_matches_loop(seed):
     results = random_lists(seed)
-    fused = {}
-    for ids, scores in results:
-        ranked = sorted(zip(ids.tolist(), scores.tolist()), key=lambda p: (-p[1], p[0]))
-        for rank, (d, _) in enumerate(ranked, start=1):
-            fused[d] = fused.get(d, 0.0) + 1.0 / (60 + rank)
-    ids, scores = reciprocal_rank_fusion(results, 15)
-    assert ids.tolist() == best_of(fused, 15)
-    np.testing.assert_allclose(scores, [fused[d] for d in ids.tolist()], atol=1e-15)
+
+    def contributions(i, ids, scores):
+        ranked = sorted(zip(ids, scores), key=lambda p: (-p[1], p[0]))
+        return [(d, 1.0 / (60 + rank)) for rank, (d, _) in enumerate(ranked, start=1)]
+
+    assert_fused(reciprocal_rank_fusion(results, 15), loop_fusion(results, contributions), 15, atol=1e-15)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_dbsf_matches_loop(seed):
     results = random_lists(seed)
-    fused = {}
-    for ids, scores in results:
-        mean = sum(scores) / len(scores)
-        std = math.sqrt(sum((s - mean) ** 2 for s in scores) / len(scores))
-        for d, s in zip(ids.tolist(), scores.tolist()):
-            fused[d] = fused.get(d, 0.0) + min(1.0, max(0.0, (s - (mean - 3 * std)) / (6 * std)))
-    ids, scores = distribution_based_fusion(results, 10)
-    assert ids.tolist() == best_of(fused, 10)
-    np.testing.assert_allclose(scores, [fused[d] for d in ids.tolist()], atol=1e-12)
+
+    def contributions(i, ids, scores):
+        mean, std = _mean_std(scores)
+        return [(d, min(1.0, max(0.0, (s - (mean - 3 * std)) / (6 * std)))) for d, s in zip(ids, scores)]
+
+    assert_fused(distribution_based_fusion(results, 10), loop_fusion(results, contributions), 10, atol=1e-12)
 
 
 def test_top_k_heap_ties_and_sizes():

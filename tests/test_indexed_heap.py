@@ -128,7 +128,7 @@ def test_holds_only_live_entries():
         for i in range(100):
             heap.update(i, float((i * 7 + round_) % 13))
     assert len(heap) == 100
-    assert len(heap._prio) <= 128  # capacity tracks live keys; updates leave no garbage
+    assert len(heap._keys) <= 128  # capacity tracks live keys; updates leave no garbage
     for i in range(100):
         heap.remove(i)
     assert len(heap) == 0 and not heap

@@ -11,7 +11,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 # The leaves any part may use (none of them imports anything of the library).
-UTILITIES = {"errors", "jit_cache", "install_hint", "progress"}
+UTILITIES = {"errors", "jit_cache", "install_hint", "progress", "heap"}
 
 # part -> the other parts of llmds_torch it may import (besides UTILITIES; kernels not even those).
 ALLOWED = {
@@ -19,6 +19,7 @@ ALLOWED = {
     "jit_cache": set(),
     "install_hint": set(),
     "progress": set(),
+    "heap": set(),
     "kernels": set(),
     "kv": {"kernels"},
     "retrieval": set(),

@@ -52,6 +52,13 @@ def _altered(path, kind, tmp_path, change):
     return out
 
 
+def _assert_refused_by_field(load, path, kind, tmp_path, case):
+    """``path`` altered by ``case`` = (change, field): ``load`` refuses it with CorruptIndexFile naming the field."""
+    change, field = case
+    with pytest.raises(CorruptIndexFile, match=field):
+        load(_altered(path, kind, tmp_path, change))
+
+
 # ----------------------------------------------------------------------------------------------- HNSW
 def _live_slot_with_level(arrays, level):
     return int(np.flatnonzero(arrays["live"] & (arrays["levels"] >= level))[0])
@@ -133,10 +140,7 @@ HNSW_CASES = {
 
 @pytest.mark.parametrize("case", list(HNSW_CASES))
 def test_crafted_hnsw_file_is_refused_by_field(hnsw_file, tmp_path, case):
-    change, field = HNSW_CASES[case]
-    path = _altered(hnsw_file[0], HNSW_KIND, tmp_path, change)
-    with pytest.raises(CorruptIndexFile, match=field):
-        HNSW.load(path)
+    _assert_refused_by_field(HNSW.load, hnsw_file[0], HNSW_KIND, tmp_path, HNSW_CASES[case])
 
 
 def _empty_hnsw_file(tmp_path, dim, M):
@@ -244,10 +248,7 @@ INDEX_CASES = {
 
 @pytest.mark.parametrize("case", list(INDEX_CASES))
 def test_crafted_inverted_index_file_is_refused_by_field(index_file, tmp_path, case):
-    change, field = INDEX_CASES[case]
-    path = _altered(index_file[0], INDEX_KIND, tmp_path, change)
-    with pytest.raises(CorruptIndexFile, match=field):
-        InvertedIndex.load(path)
+    _assert_refused_by_field(InvertedIndex.load, index_file[0], INDEX_KIND, tmp_path, INDEX_CASES[case])
 
 
 def test_inverted_index_file_with_every_document_deleted_loads_empty(index_file, tmp_path):
@@ -294,10 +295,10 @@ SKETCH_CASES = {
 
 @pytest.mark.parametrize("case", list(SKETCH_CASES))
 def test_crafted_sketch_file_is_refused_by_field(sketch_file, tmp_path, case):
-    change, field = SKETCH_CASES[case]
-    path = _altered(sketch_file[0], SKETCH_KIND, tmp_path, change)
-    with pytest.raises(CorruptIndexFile, match=field):
-        CountMinSketch.from_bytes(path.read_bytes())
+    def load(path):
+        return CountMinSketch.from_bytes(path.read_bytes())
+
+    _assert_refused_by_field(load, sketch_file[0], SKETCH_KIND, tmp_path, SKETCH_CASES[case])
 
 
 def test_valid_sketch_file_round_trips(sketch_file):

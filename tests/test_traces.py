@@ -56,22 +56,19 @@ def test_reads_azure_csv(tmp_path):
     assert read_azure_trace(path, time_scale=2.0)[2].arrival_time == pytest.approx(4.995169 / 2)
 
 
-def test_azure_reader_errors(tmp_path):
+def test_azure_reader_refuses_a_missing_file(tmp_path):
     with pytest.raises(TraceFileNotFound):
         read_azure_trace(tmp_path / "missing.csv")
-    bad_header = tmp_path / "bad_header.csv"
-    bad_header.write_text("TIME,ContextTokens\n1,2\n")
-    with pytest.raises(MalformedTrace, match="lacks columns"):
-        read_azure_trace(bad_header)
-    bad_row = tmp_path / "bad_row.csv"
-    bad_row.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.1,12,3\nyesterday,1,2\n")
-    with pytest.raises(MalformedTrace, match="line 3"):
-        read_azure_trace(bad_row)
-    negative = tmp_path / "negative.csv"
-    negative.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n0.5,-1,2\n")
-    with pytest.raises(MalformedTrace, match="negative"):
-        read_azure_trace(negative)
-    count = tmp_path / "count.csv"
-    count.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n0.5,ten,2\n")
-    with pytest.raises(MalformedTrace):
-        read_azure_trace(count)
+
+
+@pytest.mark.parametrize("text, match", [
+    ("TIME,ContextTokens\n1,2\n", "lacks columns"),
+    ("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.1,12,3\nyesterday,1,2\n", "line 3"),
+    ("TIMESTAMP,ContextTokens,GeneratedTokens\n0.5,-1,2\n", "negative"),
+    ("TIMESTAMP,ContextTokens,GeneratedTokens\n0.5,ten,2\n", "line 2"),
+], ids=["header", "timestamp", "negative count", "count not a number"])
+def test_azure_reader_refuses_malformed_files(tmp_path, text, match):
+    path = tmp_path / "trace.csv"
+    path.write_text(text)
+    with pytest.raises(MalformedTrace, match=match):
+        read_azure_trace(path)

@@ -47,6 +47,8 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
+from llmds_torch.heap import ordered_by
+
 from .bm25 import idf_by_code, tfc_by_code
 from .postings import posting_at
 from .varint import varint_at
@@ -237,66 +239,28 @@ def read_term_headers(data, term_byte_start, data_start, term_start, block_size,
 
 
 @numba.njit(inline="always")
-def _better(score_a, slot_a, score_b, slot_b):
-    # Higher score wins; on a tie, the earlier document (smaller slot).
-    return score_a > score_b or (score_a == score_b and slot_a < slot_b)
+def _worse_first(score_a, slot_a, score_b, slot_b, ties):
+    # The order of the top-k heap (ties unused): its root is the worst of the kept k, the lower score,
+    # on a tie the later document (larger slot).
+    return score_a < score_b or (score_a == score_b and slot_a > slot_b)
 
 
-@numba.njit(inline="always")
-def _swap(heap_scores, heap_slots, heap_pos, i, j):
-    heap_scores[i], heap_scores[j] = heap_scores[j], heap_scores[i]
-    heap_slots[i], heap_slots[j] = heap_slots[j], heap_slots[i]
-    heap_pos[heap_slots[i]] = i
-    heap_pos[heap_slots[j]] = j
-
-
-@numba.njit
-def _sift_down(heap_scores, heap_slots, heap_pos, size, i):
-    # A min-heap on "worse first": the root is the worst of the kept k.
-    while True:
-        left = 2 * i + 1
-        right = left + 1
-        worst = i
-        if left < size and _better(heap_scores[worst], heap_slots[worst], heap_scores[left], heap_slots[left]):
-            worst = left
-        if right < size and _better(heap_scores[worst], heap_slots[worst], heap_scores[right], heap_slots[right]):
-            worst = right
-        if worst == i:
-            return
-        _swap(heap_scores, heap_slots, heap_pos, i, worst)
-        i = worst
-
-
-@numba.njit
-def _sift_up(heap_scores, heap_slots, heap_pos, i):
-    while i > 0:
-        parent = (i - 1) // 2
-        if not _better(heap_scores[parent], heap_slots[parent], heap_scores[i], heap_slots[i]):
-            return
-        _swap(heap_scores, heap_slots, heap_pos, i, parent)
-        i = parent
+_TOP_K = ordered_by(_worse_first)
 
 
 @numba.njit
 def _offer(doc, score, k, size, state, heap_scores, heap_slots, heap_pos):
     """Doc's partial score grew to ``score``; keep the heap the k best. ``state``: bit 1 touched, bit 2 in the heap."""
     if state[doc] == _IN_HEAP:
-        heap_scores[heap_pos[doc]] = score
-        _sift_down(heap_scores, heap_slots, heap_pos, size, heap_pos[doc])
+        heap_scores[heap_pos[doc]] = score  # a grown score can only move away from the root
+        _TOP_K.sift_down(heap_scores, heap_slots, heap_pos, None, size, heap_pos[doc])
     elif size < k:
-        heap_scores[size] = score
-        heap_slots[size] = doc
-        heap_pos[doc] = size
         state[doc] = _IN_HEAP
-        _sift_up(heap_scores, heap_slots, heap_pos, size)
-        size += 1
-    elif _better(score, doc, heap_scores[0], heap_slots[0]):
+        size = _TOP_K.push(heap_scores, heap_slots, heap_pos, None, size, score, doc)
+    elif _worse_first(heap_scores[0], heap_slots[0], score, doc, None):
         state[heap_slots[0]] = _TOUCHED
-        heap_scores[0] = score
-        heap_slots[0] = doc
-        heap_pos[doc] = 0
         state[doc] = _IN_HEAP
-        _sift_down(heap_scores, heap_slots, heap_pos, size, 0)
+        _TOP_K.replace_root(heap_scores, heap_slots, heap_pos, None, size, score, doc)
     return size
 
 
@@ -438,10 +402,7 @@ def _select(size, baseline, scratch, out_slots, out_scores):
     for i in range(size - 1, -1, -1):
         out_scores[i] = heap_scores[0] + baseline
         out_slots[i] = heap_slots[0]
-        heap_scores[0] = heap_scores[i]
-        heap_slots[0] = heap_slots[i]
-        heap_pos[heap_slots[0]] = 0
-        _sift_down(heap_scores, heap_slots, heap_pos, i, 0)
+        _TOP_K.pop(heap_scores, heap_slots, heap_pos, None, i + 1)
 
 
 @numba.njit

@@ -1,15 +1,15 @@
 """An indexed max-heap: priorities of keys can be raised, lowered or removed in O(log n).
 
-The heap lives in numpy arrays and every sift runs as one numba-compiled call, so a Python caller
-pays one dict lookup and one native call per operation instead of a Python loop per level. Keys
-are any hashable objects; each key owns an integer *slot* in the arrays:
+The heap lives in numpy arrays and every operation runs as one numba-compiled call into
+:mod:`llmds_torch.heap`, so a Python caller pays one dict lookup and one native call per operation
+instead of a Python loop per level. Keys are any hashable objects; each key owns an integer *slot*:
 
-- ``_prio[slot]``   float64 priority of the key in ``slot``
-- ``_ints[0, i]``   heap position ``i`` -> slot          (``_ints`` is int64 ``[3, capacity]``)
+- ``_keys[i]``       float64 priority of the entry at heap position ``i``
+- ``_ints[0, i]``    heap position ``i`` -> slot          (``_ints`` is int64 ``[3, capacity]``)
 - ``_ints[1, slot]`` slot -> heap position
 - ``_ints[2, slot]`` insertion sequence number of the key (ties pop in increasing sequence)
 
-Order: slot ``a`` comes before slot ``b`` when ``prio[a] > prio[b]``, or the priorities are
+Order: slot ``a`` comes before slot ``b`` when its priority is higher, or the priorities are
 equal and ``seq[a] < seq[b]``. ``push`` and ``update`` both take a fresh sequence number, so an
 updated key ties behind every key already present with the same priority.
 """
@@ -22,100 +22,44 @@ from collections.abc import Hashable, Iterator
 import numpy as np
 from numba import njit
 
+from llmds_torch.heap import ordered_by
 from llmds_torch.sched.errors import InvalidPriority, KeyAlreadyPresent, KeyNotFound
 
 _INITIAL_CAPACITY = 64
 
 
-@njit(cache=True, inline="always")
-def _before(prio, seq, a, b):
-    pa = prio[a]
-    pb = prio[b]
-    return pa > pb or (pa == pb and seq[a] < seq[b])
+@njit(inline="always")
+def _higher_first(priority_a, slot_a, priority_b, slot_b, seq):
+    return priority_a > priority_b or (priority_a == priority_b and seq[slot_a] < seq[slot_b])
+
+
+_BY_PRIORITY = ordered_by(_higher_first)
 
 
 @njit(cache=True)
-def _sift_up(prio, ints, i):
-    heap = ints[0]
-    pos = ints[1]
-    seq = ints[2]
-    slot = heap[i]
-    while i > 0:
-        parent = (i - 1) >> 1
-        parent_slot = heap[parent]
-        if not _before(prio, seq, slot, parent_slot):
-            break
-        heap[i] = parent_slot
-        pos[parent_slot] = i
-        i = parent
-    heap[i] = slot
-    pos[slot] = i
-
-
-@njit(cache=True)
-def _sift_down(prio, ints, i, size):
-    heap = ints[0]
-    pos = ints[1]
-    seq = ints[2]
-    slot = heap[i]
-    while True:
-        child = 2 * i + 1
-        if child >= size:
-            break
-        right = child + 1
-        if right < size and _before(prio, seq, heap[right], heap[child]):
-            child = right
-        child_slot = heap[child]
-        if not _before(prio, seq, child_slot, slot):
-            break
-        heap[i] = child_slot
-        pos[child_slot] = i
-        i = child
-    heap[i] = slot
-    pos[slot] = i
-
-
-@njit(cache=True)
-def _push(prio, ints, size, slot, priority, seq):
-    prio[slot] = priority
+def _push(keys, ints, size, slot, priority, seq):
     ints[2, slot] = seq
-    ints[0, size] = slot
-    ints[1, slot] = size
-    _sift_up(prio, ints, size)
+    _BY_PRIORITY.push(keys, ints[0], ints[1], ints[2], size, priority, slot)
 
 
 @njit(cache=True)
-def _pop(prio, ints, size):
-    heap = ints[0]
-    top = heap[0]
-    last = heap[size - 1]
-    size -= 1
-    if size > 0:
-        heap[0] = last
-        ints[1, last] = 0
-        _sift_down(prio, ints, 0, size)
+def _pop(keys, ints, size):
+    top = (ints[0, 0], keys[0])
+    _BY_PRIORITY.pop(keys, ints[0], ints[1], ints[2], size)
     return top
 
 
 @njit(cache=True)
-def _update(prio, ints, size, slot, priority, seq):
-    prio[slot] = priority
+def _update(keys, ints, size, slot, priority, seq):
     ints[2, slot] = seq
-    _sift_up(prio, ints, ints[1, slot])
-    _sift_down(prio, ints, ints[1, slot], size)
+    _BY_PRIORITY.update(keys, ints[0], ints[1], ints[2], size, slot, priority)
 
 
 @njit(cache=True)
-def _remove(prio, ints, size, slot):
-    heap = ints[0]
-    i = ints[1, slot]
-    last = heap[size - 1]
-    size -= 1
-    if i != size:
-        heap[i] = last
-        ints[1, last] = i
-        _sift_up(prio, ints, i)
-        _sift_down(prio, ints, ints[1, last], size)
+def _remove(keys, ints, size, slot):
+    priority = keys[ints[1, slot]]
+    _BY_PRIORITY.remove(keys, ints[0], ints[1], ints[2], size, slot)
+    return priority
 
 
 def _as_priority(priority) -> float:
@@ -151,14 +95,14 @@ class IndexedHeap:
     ('a', 5.0)
     """
 
-    __slots__ = ("_slot_of", "_key_of", "_free_slots", "_prio", "_ints", "_size", "_next_seq")
+    __slots__ = ("_slot_of", "_key_of", "_free_slots", "_keys", "_ints", "_size", "_next_seq")
 
     def __init__(self, capacity: int = _INITIAL_CAPACITY):
         capacity = max(int(capacity), 1)
         self._slot_of: dict[Hashable, int] = {}
         self._key_of: list = [None] * capacity
         self._free_slots: list[int] = list(range(capacity - 1, -1, -1))
-        self._prio = np.zeros(capacity, dtype=np.float64)
+        self._keys = np.zeros(capacity, dtype=np.float64)
         self._ints = np.zeros((3, capacity), dtype=np.int64)
         self._size = 0
         self._next_seq = 0
@@ -176,13 +120,13 @@ class IndexedHeap:
         return f"IndexedHeap(size={self._size})"
 
     def _grow(self) -> None:
-        old = len(self._prio)
+        old = len(self._keys)
         new = 2 * old
-        prio = np.zeros(new, dtype=np.float64)
-        prio[:old] = self._prio
+        keys = np.zeros(new, dtype=np.float64)
+        keys[:old] = self._keys
         ints = np.zeros((3, new), dtype=np.int64)
         ints[:, :old] = self._ints
-        self._prio, self._ints = prio, ints
+        self._keys, self._ints = keys, ints
         self._key_of.extend([None] * (new - old))
         self._free_slots.extend(range(new - 1, old - 1, -1))
 
@@ -196,7 +140,7 @@ class IndexedHeap:
         slot = self._free_slots.pop()
         self._slot_of[key] = slot
         self._key_of[slot] = key
-        _push(self._prio, self._ints, self._size, slot, value, self._next_seq)
+        _push(self._keys, self._ints, self._size, slot, value, self._next_seq)
         self._next_seq += 1
         self._size += 1
 
@@ -206,64 +150,65 @@ class IndexedHeap:
         if slot is None:
             raise KeyNotFound(f"key {key!r} is not in the heap; push() it first")
         value = _as_priority(priority)
-        _update(self._prio, self._ints, self._size, slot, value, self._next_seq)
+        _update(self._keys, self._ints, self._size, slot, value, self._next_seq)
         self._next_seq += 1
 
     def pop(self) -> tuple[Hashable, float]:
         """Remove and return ``(key, priority)`` of the highest priority (earliest among ties)."""
         if self._size == 0:
             raise IndexError("pop from an empty IndexedHeap")
-        slot = _pop(self._prio, self._ints, self._size)
+        slot, priority = _pop(self._keys, self._ints, self._size)
         self._size -= 1
-        return self._release(slot)
+        return self._release(slot), priority
 
     def peek(self) -> tuple[Hashable, float]:
         """``(key, priority)`` that ``pop`` would return, without removing it."""
         if self._size == 0:
             raise IndexError("peek into an empty IndexedHeap")
-        slot = int(self._ints[0, 0])
-        return self._key_of[slot], float(self._prio[slot])
+        return self._key_of[self._ints[0, 0]], float(self._keys[0])
 
     def remove(self, key: Hashable) -> float:
         """Remove ``key`` and return its priority; :class:`KeyNotFound` if absent."""
         slot = self._slot_of.get(key)
         if slot is None:
             raise KeyNotFound(f"key {key!r} is not in the heap")
-        _remove(self._prio, self._ints, self._size, slot)
+        priority = _remove(self._keys, self._ints, self._size, slot)
         self._size -= 1
-        return self._release(slot)[1]
+        self._release(slot)
+        return priority
 
     def priority(self, key: Hashable) -> float:
         """The priority of ``key``; :class:`KeyNotFound` if absent."""
         slot = self._slot_of.get(key)
         if slot is None:
             raise KeyNotFound(f"key {key!r} is not in the heap")
-        return float(self._prio[slot])
+        return float(self._keys[self._ints[1, slot]])
 
-    def _release(self, slot: int) -> tuple[Hashable, float]:
+    def _release(self, slot: int) -> Hashable:
         key = self._key_of[slot]
         self._key_of[slot] = None
         del self._slot_of[key]
         self._free_slots.append(slot)
-        return key, float(self._prio[slot])
+        return key
 
-    def _ordered_slots(self) -> np.ndarray:
+    def _pop_order(self) -> np.ndarray:
+        """Heap positions in pop order."""
         live = self._ints[0, : self._size]
         # lexsort sorts by the last key first: priority descending, then sequence ascending.
-        order = np.lexsort((self._ints[2, live], -self._prio[live]))
-        return live[order]
+        return np.lexsort((self._ints[2, live], -self._keys[: self._size]))
 
     def items(self) -> Iterator[tuple[Hashable, float]]:
         """``(key, priority)`` pairs in pop order, without changing the heap (O(n log n) snapshot)."""
-        slots = self._ordered_slots()
-        key_of, prio = self._key_of, self._prio
-        return iter([(key_of[s], float(prio[s])) for s in slots.tolist()])
+        order = self._pop_order()
+        slots, priorities = self._ints[0, order].tolist(), self._keys[order].tolist()
+        key_of = self._key_of
+        return iter([(key_of[s], p) for s, p in zip(slots, priorities)])
 
     def __iter__(self) -> Iterator[Hashable]:
         """Keys in pop order, without changing the heap (a snapshot taken when iteration starts)."""
         key_of = self._key_of
-        return iter([key_of[s] for s in self._ordered_slots().tolist()])
+        return iter([key_of[s] for s in self._ints[0, self._pop_order()].tolist()])
 
     def clear(self) -> None:
         """Remove every key."""
-        self.__init__(len(self._prio))
+        self.__init__(len(self._keys))

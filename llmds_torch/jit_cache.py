@@ -10,15 +10,28 @@ this order:
 3. ``$XDG_CACHE_HOME/llmds_torch/numba``, else ``~/.cache/llmds_torch/numba`` (Linux),
    ``~/Library/Caches/llmds_torch/numba`` (macOS), ``%LOCALAPPDATA%\\llmds_torch\\numba`` (Windows).
 
+Inside that folder the code lives in a subfolder named after a fingerprint of the library's
+compiled sources (``COMPILED_SOURCES``: path, size and modification time of each). Numba checks
+only the file a cached function is defined in, so a function that inlines one from another file
+(the BM25 loops call the shared heap and the varint readers) would otherwise keep running stale
+code after that other file changed; with the fingerprint, editing or upgrading any compiled source
+starts a fresh cache.
+
 ``configure_numba_cache()`` runs when ``llmds_torch`` is imported, before any compiled function is
 defined, and sets ``NUMBA_CACHE_DIR`` for the process (numba reads only that variable).
 """
 
+import hashlib
 import os
 import sys
 from pathlib import Path
 
 CACHE_DIR_ENV = "LLMDS_TORCH_CACHE_DIR"
+
+COMPILED_SOURCES = ("heap.py", "sched/indexed_heap.py", "kv/page_release.py", "retrieval/*.py")
+"""Globs, relative to the package, of every module holding numba-compiled code."""
+
+_PACKAGE = Path(__file__).resolve().parent
 
 
 def user_cache_dir() -> Path:
@@ -35,10 +48,20 @@ def user_cache_dir() -> Path:
     return base / "llmds_torch"
 
 
+def compiled_sources_fingerprint() -> str:
+    """16 hex digits that change when any file of ``COMPILED_SOURCES`` is added, removed or edited."""
+    digest = hashlib.sha256()
+    for pattern in COMPILED_SOURCES:
+        for path in sorted(_PACKAGE.glob(pattern)):
+            stat = path.stat()
+            digest.update(f"{path.relative_to(_PACKAGE)}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+    return digest.hexdigest()[:16]
+
+
 def numba_cache_dir() -> Path:
     """The folder numba caches compiled functions in for this process."""
     explicit = os.environ.get("NUMBA_CACHE_DIR")
-    return Path(explicit) if explicit else user_cache_dir() / "numba"
+    return Path(explicit) if explicit else user_cache_dir() / "numba" / f"src-{compiled_sources_fingerprint()}"
 
 
 def configure_numba_cache() -> Path | None:
@@ -58,4 +81,5 @@ def configure_numba_cache() -> Path | None:
     return path
 
 
-__all__ = ["CACHE_DIR_ENV", "user_cache_dir", "numba_cache_dir", "configure_numba_cache"]
+__all__ = ["CACHE_DIR_ENV", "COMPILED_SOURCES", "user_cache_dir", "compiled_sources_fingerprint", "numba_cache_dir",
+           "configure_numba_cache"]

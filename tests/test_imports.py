@@ -154,10 +154,11 @@ def test_numba_cache_is_outside_the_package(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     if sys.platform.startswith("linux"):
-        assert Path(out.stdout.strip()) == tmp_path / "xdg" / "llmds_torch" / "numba"
+        assert Path(out.stdout.strip()).parent == tmp_path / "xdg" / "llmds_torch" / "numba"
     env["LLMDS_TORCH_CACHE_DIR"] = str(tmp_path / "mine")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT)
-    assert Path(out.stdout.strip()) == tmp_path / "mine" / "numba"
+    assert Path(out.stdout.strip()).parent == tmp_path / "mine" / "numba"
+    assert Path(out.stdout.strip()).name.startswith("src-")
     env["NUMBA_CACHE_DIR"] = str(tmp_path / "numba-own")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT)
     assert Path(out.stdout.strip()) == tmp_path / "numba-own"
@@ -173,3 +174,29 @@ def test_compiled_code_is_written_to_the_user_cache_not_the_package(tmp_path):
     assert out.returncode == 0, out.stderr
     assert list((tmp_path / "numba").rglob("*.nbi")), "numba wrote no index into the user cache"
     assert set(package.rglob("*.nb[ic]")) == before
+
+
+def test_every_compiled_module_is_in_the_cache_fingerprint():
+    from llmds_torch.jit_cache import COMPILED_SOURCES
+
+    package = ROOT / "llmds_torch"
+    covered = {path for pattern in COMPILED_SOURCES for path in package.glob(pattern)}
+    compiled = {path for path in package.rglob("*.py")
+                if "njit" in path.read_text() and path.name not in ("warmup.py", "jit_cache.py")}
+    assert compiled and compiled <= covered, sorted(str(p.relative_to(package)) for p in compiled - covered)
+
+
+def test_editing_a_compiled_source_moves_the_cache(tmp_path, monkeypatch):
+    import llmds_torch.jit_cache as jit_cache
+
+    (tmp_path / "heap.py").write_text("x = 1\n")
+    (tmp_path / "retrieval").mkdir()
+    (tmp_path / "retrieval" / "varint.py").write_text("y = 1\n")
+    monkeypatch.setattr(jit_cache, "_PACKAGE", tmp_path)
+    before = jit_cache.compiled_sources_fingerprint()
+    assert jit_cache.compiled_sources_fingerprint() == before
+    (tmp_path / "retrieval" / "varint.py").write_text("y = 22\n")  # another size
+    edited = jit_cache.compiled_sources_fingerprint()
+    assert edited != before
+    (tmp_path / "retrieval" / "postings.py").write_text("z = 1\n")
+    assert jit_cache.compiled_sources_fingerprint() not in (before, edited)

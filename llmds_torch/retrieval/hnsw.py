@@ -14,6 +14,10 @@ Tuning knobs, in one place
     Scales the threshold below which a filtered search runs exactly (see *Filtered search*).
 ``MAX_INSERT_BATCH`` (1024)
     Largest batch of points inserted against one frozen graph (see *Deterministic batched build*).
+``storage`` (constructor, default ``"float32"``)
+    What the CPU search walks (see *Vector storage*).
+``reorder()``
+    Renumbers slots breadth-first after a large build (see *Slot order*).
 
 Levels are drawn as in the paper, ``floor(-ln(U) * mL)`` with ``mL = 1 / ln(M)``, from a numpy
 generator seeded by ``seed`` whose state is saved with the index.
@@ -44,6 +48,22 @@ Distances (smaller is closer; results sorted best first)
 ``"l2"``: squared Euclidean distance (what FAISS ``IndexFlatL2`` reports).
 ``"ip"``: the NEGATIVE inner product, ``-<q, x>`` (FAISS ``IndexFlatIP`` reports ``+<q, x>``).
 ``"cosine"``: ``1 - cos(q, x)``; vectors are stored normalized and searched by inner product.
+
+Vector storage
+--------------
+Every tensor of the index is declared once in :data:`llmds_torch.retrieval.hnsw_storage.FIELDS`.
+With ``storage="float32"`` the search walks the float32 vectors. With ``storage="sq8"`` it walks
+8-bit scalar codes of them (:mod:`llmds_torch.retrieval.hnsw_sq8`: a per-dimension range covering
+every live vector, a quarter of the bytes per distance), then re-ranks the beam's ``ef`` results
+by exact float32 distance, so the reported distances are exact and only which points reach the
+beam can differ. The float32 vectors stay (for re-ranking, building, deleting and exact search),
+so memory grows by ``dim`` bytes per slot; the codes are not saved but recomputed on load.
+
+Slot order
+----------
+Slots are numbered in insertion order; ``reorder()`` renumbers them in breadth-first order of the
+level-0 graph from the entry point (ids, results and distances are unchanged), so that neighbours
+sit in nearby rows.
 
 Deletes
 -------

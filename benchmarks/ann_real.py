@@ -11,8 +11,8 @@ queries/s batched and one query at a time). Writes benchmarks/results/ann_real.j
     python -m benchmarks.ann_real --partial       # use only the chunks embedded so far
     python -m benchmarks.ann_real --limit 20000   # the first 20,000 index vectors only (quick)
 
-Variants of ours: float32 and 8-bit (``sq8``) vector storage, each as built and renumbered
-breadth-first after the build (``reorder``, counted in the build time).
+Variants of ours: float32 and 8-bit (``sq8``) vector storage, and sq8 renumbered breadth-first
+after the build (``reorder``, counted in the build time).
 """
 
 from __future__ import annotations
@@ -55,8 +55,7 @@ def main() -> None:
     args = parser.parse_args()
     args.M, args.ef_construction = 16, 200
     args.single_queries, args.repeat = 300, 3
-    args.variants = (("ours", "float32", False), ("ours_bfs", "float32", True), ("ours_sq8", "sq8", False),
-                     ("ours_sq8_bfs", "sq8", True))
+    args.variants = (("ours", "float32", False), ("ours_sq8", "sq8", False), ("ours_sq8_bfs", "sq8", True))
     args.ef = [16, 32, 48, 64, 96, 128, 192]
     faiss.omp_set_num_threads(args.threads)
     numba.set_num_threads(args.threads)

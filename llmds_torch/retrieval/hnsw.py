@@ -390,9 +390,9 @@ class HNSW:
         out_links0 = np.full((batch, self.M0), -1, np.int32)
         out_upper = np.full((batch, max(top, 1), self.M), -1, np.int32)
         visited, cand_keys, cand_vals = self._scratch()
-        hnsw_numba.insert_search(slots, levels, self._entry, self._max_level, self.ef_construction, vectors, links0,
-                              upper_links, upper_offset, self._kernel_metric, visited, cand_keys, cand_vals,
-                              out_links0, out_upper)
+        hnsw_numba.insert_search(slots, levels, self._entry, self._max_level, self.ef_construction, vectors,
+                                 *self._walk, links0, upper_links, upper_offset, self._kernel_metric, visited,
+                                 cand_keys, cand_vals, out_links0, out_upper)
         links0[slots] = out_links0
         sources, targets, target_levels = [slots.repeat(self.M0)], [out_links0.reshape(-1)], [np.zeros(batch * self.M0, np.int32)]
         for b in range(batch):

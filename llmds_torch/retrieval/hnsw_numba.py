@@ -244,21 +244,29 @@ def drain_sorted(res_keys, res_vals, n_res, out_ids, out_dists):
 
 
 @nb.njit(**_JIT)
-def write_reranked(query, vectors, metric, res_vals, n_res, slot_ids, dist_offset, out_ids, out_dists):
+def rerank_exact(query, vectors, metric, slots, dists, n):
+    """Set ``dists[:n]`` to the exact distances of ``slots[:n]`` to ``query`` and sort both by them."""
+    for r in range(n):
+        prefetch_row(vectors, slots[r])
+    for r in range(n):
+        dists[r] = distance(vectors, slots[r], query, metric)
+    order = np.argsort(dists[:n], kind="mergesort")
+    slots[:n] = slots[:n][order]
+    dists[:n] = dists[:n][order]
+
+
+@nb.njit(**_JIT)
+def write_reranked(query, vectors, metric, res_keys, res_vals, n_res, slot_ids, dist_offset, out_ids, out_dists):
     """Re-rank the walk's results ``res_vals[:n_res]`` (slots) by exact distance to ``query``.
 
-    Fills ``out_ids`` int64 ``[k]`` and ``out_dists`` ``[k]`` best first, as :func:`search_query`.
+    ``res_keys`` is scratch. Fills ``out_ids`` int64 ``[k]`` and ``out_dists`` ``[k]`` best first,
+    as :func:`search_query`.
     """
-    for r in range(n_res):
-        prefetch_row(vectors, res_vals[r])
-    exact = np.empty(n_res, np.float32)
-    for r in range(n_res):
-        exact[r] = distance(vectors, res_vals[r], query, metric)
-    order = np.argsort(exact, kind="mergesort")
+    rerank_exact(query, vectors, metric, res_vals, res_keys, n_res)
     for r in range(out_ids.shape[0]):
         if r < n_res:
-            out_ids[r] = slot_ids[res_vals[order[r]]]
-            out_dists[r] = exact[order[r]] + dist_offset
+            out_ids[r] = slot_ids[res_vals[r]]
+            out_dists[r] = res_keys[r] + dist_offset
         else:
             out_ids[r] = -1
             out_dists[r] = np.inf
@@ -300,7 +308,7 @@ def search_query(query, ef, entry, max_level, vectors, walk_vectors, sq_low, sq_
     n_res = search_layer(walk_query, node, dist, 0, ef, walk_vectors, links0, upper_links, upper_offset, metric,
                          allow, use_allow, visited, cand_keys, cand_vals, res_keys, res_vals)
     if quantised:
-        write_reranked(query, vectors, metric, res_vals, n_res, slot_ids, dist_offset, out_ids, out_dists)
+        write_reranked(query, vectors, metric, res_keys, res_vals, n_res, slot_ids, dist_offset, out_ids, out_dists)
         return
     drain_sorted(res_keys, res_vals, n_res, out_ids, out_dists)  # slots and internal distances, then:
     for r in range(min(n_res, out_ids.shape[0])):
@@ -424,16 +432,19 @@ def select_heuristic(base, cand_ids, cand_dists, n_cand, vectors, metric, out):
     return n_out
 
 
-def _insert_search(new_slots, new_levels, entry, max_level, ef_construction, vectors, links0, upper_links,
-                   upper_offset, metric, visited_pool, cand_keys_pool, cand_vals_pool, out_links0,
-                   out_upper):
+def _insert_search(new_slots, new_levels, entry, max_level, ef_construction, vectors, walk_vectors, sq_low,
+                   sq_step, links0, upper_links, upper_offset, metric, visited_pool, cand_keys_pool,
+                   cand_vals_pool, out_links0, out_upper):
     """Forward links of a batch of new points, found on the graph as it was before the batch.
 
     For point ``b`` (slot ``new_slots[b]``, level ``new_levels[b]``): greedy descent to its level,
     then on each level ``l <= min(level, max_level)`` a beam search of width ``ef_construction``
     and the heuristic selection of ``M0`` (level 0) or ``M`` links, written to ``out_links0[b]``
     ``[M0]`` and ``out_upper[b, l - 1]`` ``[M]``. The graph is only read, so points are independent.
+    The walk runs on ``walk_vectors`` as in :func:`search_query`; with 8-bit codes the beam is
+    re-ranked by exact distance before the heuristic, which always measures float32 ``vectors``.
     """
+    quantised = walk_vectors.itemsize != vectors.itemsize
     batch = new_slots.shape[0]
     n_chunks = min(visited_pool.shape[0], batch)
     dummy_allow = np.zeros(1, np.bool_)
@@ -445,23 +456,30 @@ def _insert_search(new_slots, new_levels, entry, max_level, ef_construction, vec
         res_vals = np.empty(ef_construction + 1, np.int32)
         sorted_ids = np.empty(ef_construction, np.int32)
         sorted_dists = np.empty(ef_construction, np.float32)
+        walk_query = np.empty(vectors.shape[1], np.float32)
         for b in range(c, batch, n_chunks):
             query = vectors[new_slots[b]]
+            if quantised:
+                walk_query = turn_query(query, sq_low, sq_step, metric, walk_query)
+            else:
+                walk_query = query
             level = new_levels[b]
             node = entry
-            dist = distance(vectors, entry, query, metric)
+            dist = distance(walk_vectors, entry, walk_query, metric)
             top = min(level, max_level)
-            node, dist = greedy_descent(query, node, dist, max_level, top, vectors, links0, upper_links,
+            node, dist = greedy_descent(walk_query, node, dist, max_level, top, walk_vectors, links0, upper_links,
                                         upper_offset, metric)
             for lv in range(top, -1, -1):
-                n_res = search_layer(query, node, dist, lv, ef_construction, vectors, links0, upper_links,
+                n_res = search_layer(walk_query, node, dist, lv, ef_construction, walk_vectors, links0, upper_links,
                                      upper_offset, metric, dummy_allow, False, visited, cand_keys, cand_vals,
                                      res_keys, res_vals)
                 drain_sorted(res_keys, res_vals, n_res, sorted_ids, sorted_dists)
+                if quantised:
+                    rerank_exact(query, vectors, metric, sorted_ids, sorted_dists, n_res)
                 out = out_links0[b] if lv == 0 else out_upper[b, lv - 1]
                 select_heuristic(new_slots[b], sorted_ids, sorted_dists, n_res, vectors, metric, out)
                 node = sorted_ids[0]
-                dist = sorted_dists[0]
+                dist = distance(walk_vectors, node, walk_query, metric) if quantised else sorted_dists[0]
 
 
 insert_search = nb.njit(parallel=True, **_JIT)(_insert_search)

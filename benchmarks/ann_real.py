@@ -9,12 +9,17 @@ queries/s batched and one query at a time). Writes benchmarks/results/ann_real.j
     python -m benchmarks.text_corpus --n 51000   # once: embed the corpus (slow on CPU; resumable)
     python -m benchmarks.ann_real                 # the comparison
     python -m benchmarks.ann_real --partial       # use only the chunks embedded so far
+    python -m benchmarks.ann_real --limit 20000   # the first 20,000 index vectors only (quick)
+
+Variants of ours: float32 and 8-bit (``sq8``) vector storage, and sq8 renumbered breadth-first
+after the build (``reorder``, counted in the build time).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import platform
 
 import faiss
 import numba
@@ -46,15 +51,17 @@ def main() -> None:
     parser.add_argument("--partial", action="store_true", help="use the chunks embedded so far")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--no-torch-lockstep", dest="torch_lockstep", action="store_false")
+    parser.add_argument("--limit", type=int, default=None, help="index only the first LIMIT vectors")
     args = parser.parse_args()
     args.M, args.ef_construction = 16, 200
-    args.single_queries, args.repeat = 300, 2
+    args.single_queries, args.repeat = 300, 3
+    args.variants = (("ours", "float32", False), ("ours_sq8", "sq8", False), ("ours_sq8_bfs", "sq8", True))
     args.ef = [16, 32, 48, 64, 96, 128, 192]
     faiss.omp_set_num_threads(args.threads)
     numba.set_num_threads(args.threads)
 
     vectors = cached_embeddings(args.n, args.partial)
-    x, q = vectors[: -args.queries], vectors[-args.queries:]
+    x, q = vectors[: -args.queries][: args.limit], vectors[-args.queries:]
     print(f"{len(x)} index vectors, {len(q)} queries, dim {x.shape[1]}")
     results = {"minilm_cosine": run_dataset("minilm_cosine", x, q, "cosine", args)}
     results["minilm_cosine"]["corpus"] = {
@@ -66,6 +73,7 @@ def main() -> None:
     plot(results, RESULTS_DIR / "ann_real.png")
     write_results("ann_real", {
         "config": {"M": args.M, "ef_construction": args.ef_construction, "k": 10, "threads": args.threads,
+                   "limit": args.limit, "cpu": platform.processor() or platform.machine(),
                    "faiss": faiss.__version__, "numba": numba.__version__,
                    "note": "machine shared with other jobs while measuring; compare ratios, not absolutes"},
         "results": results,

@@ -28,9 +28,10 @@ def use_hnsw(path) -> str:
     q = rng.standard_normal((4, index.dim)).astype(np.float32)
     k = min(5, len(index))
     allow = sorted(live)[: max(1, len(live) // 2)]
-    results = [index.search(q, k)[0], index.search(q[0], k, ef=10**9)[0], index.search(q, k, allow=allow)[0]]
+    results = [index.search(q, k)[0], index.search(q[0], k, ef=10**9)[0], index.search(q, k, allow=allow)[0],
+               index.search(q, k, backend="torch")[0]]
     index.exact_filter_factor = 0.0  # the filtered graph search
-    results.append(index.search(q, k, allow=allow)[0])
+    results += [index.search(q, k, allow=allow)[0], index.search(q, k, allow=allow, backend="torch")[0]]
     for ids in results:
         returned = set(ids.reshape(-1).tolist()) - {-1}
         if not returned <= live:

@@ -14,6 +14,10 @@ Tuning knobs, in one place
     Scales the threshold below which a filtered search runs exactly (see *Filtered search*).
 ``MAX_INSERT_BATCH`` (1024)
     Largest batch of points inserted against one frozen graph (see *Deterministic batched build*).
+``storage`` (constructor, default ``"float32"``)
+    What the CPU search walks (see *Vector storage*).
+``reorder()``
+    Renumbers slots breadth-first after a large build (see *Slot order*).
 
 Levels are drawn as in the paper, ``floor(-ln(U) * mL)`` with ``mL = 1 / ln(M)``, from a numpy
 generator seeded by ``seed`` whose state is saved with the index.
@@ -44,6 +48,22 @@ Distances (smaller is closer; results sorted best first)
 ``"l2"``: squared Euclidean distance (what FAISS ``IndexFlatL2`` reports).
 ``"ip"``: the NEGATIVE inner product, ``-<q, x>`` (FAISS ``IndexFlatIP`` reports ``+<q, x>``).
 ``"cosine"``: ``1 - cos(q, x)``; vectors are stored normalized and searched by inner product.
+
+Vector storage
+--------------
+Every tensor of the index is declared once in :data:`llmds_torch.retrieval.hnsw_storage.FIELDS`.
+With ``storage="float32"`` the search walks the float32 vectors. With ``storage="sq8"`` it walks
+8-bit scalar codes of them (:mod:`llmds_torch.retrieval.hnsw_sq8`: a per-dimension range covering
+every live vector, a quarter of the bytes per distance), then re-ranks the beam's ``ef`` results
+by exact float32 distance, so the reported distances are exact and only which points reach the
+beam can differ. The float32 vectors stay (for re-ranking, building, deleting and exact search),
+so memory grows by ``dim`` bytes per slot; the codes are not saved but recomputed on load.
+
+Slot order
+----------
+Slots are numbered in insertion order; ``reorder()`` renumbers them in breadth-first order of the
+level-0 graph from the entry point (ids, results and distances are unchanged), so that neighbours
+sit in nearby rows.
 
 Deletes
 -------
@@ -93,7 +113,7 @@ import numpy as np
 import torch
 
 from llmds_torch.errors import ConfigError
-from llmds_torch.retrieval import hnsw_numba
+from llmds_torch.retrieval import hnsw_numba, hnsw_sq8, hnsw_storage
 from llmds_torch.retrieval.errors import (
     CorruptIndexFile,
     DimensionMismatch,
@@ -113,7 +133,6 @@ METRICS = ("l2", "ip", "cosine")
 MAX_INSERT_BATCH = 1024
 FILE_KIND = "hnsw"
 FILE_KIND_VERSION = 1
-_TAG_LIMIT = 2**31 - 1
 _NO_ALLOW = np.zeros(1, np.bool_)  # stands in for the allow mask when there is none (never written)
 
 
@@ -128,10 +147,13 @@ class HNSW:
     metric : ``"l2"`` (squared L2), ``"ip"`` (negative inner product) or ``"cosine"`` (1 - cos).
     seed : seeds the level generator; same seed and same input order give the same graph.
     device : where ``search`` runs by default (``"cpu"`` or a CUDA device).
+    storage : what the CPU search walks: ``"float32"`` (the vectors) or ``"sq8"`` (8-bit codes of
+        them, a quarter of the memory to read, with the results re-ranked by exact float32
+        distance; see *Vector storage*).
     """
 
     def __init__(self, dim: int, M: int = 16, ef_construction: int = 200, metric: str = "l2", seed: int = 0,
-                 device: str | torch.device = "cpu"):
+                 device: str | torch.device = "cpu", storage: str = "float32"):
         if not isinstance(dim, int) or dim < 1:
             raise ConfigError(f"dim must be a positive int, got {dim!r}")
         if not isinstance(M, int) or M < 2:
@@ -142,12 +164,16 @@ class HNSW:
             raise ConfigError(f"metric must be one of {METRICS}, got {metric!r}")
         if not isinstance(seed, int) or seed < 0:
             raise ConfigError(f"seed must be a non-negative int, got {seed!r}")
+        if storage not in hnsw_storage.STORAGES:
+            raise ConfigError(f"storage must be one of {hnsw_storage.STORAGES}, got {storage!r}")
         self._dim = dim
         self.M = M
         self.M0 = 2 * M
         self.ef_construction = ef_construction
         self.metric = metric
         self.seed = seed
+        self.storage = storage
+        self._fields = hnsw_storage.fields_for(storage)
         self.device = torch.device(device)
         self.ef_search = 64
         self.exact_filter_factor = 1.0
@@ -162,28 +188,27 @@ class HNSW:
         self._max_level = -1
         self._next_id = 0          # default ids continue from the largest id ever added
         self._slot_of: dict[int, int] = {}
-        self._visited = np.zeros((0, 0), np.int32)       # [n_threads, capacity] scratch, reused
+        self._visited = np.zeros((0, 0), np.uint8)       # [n_threads, ceil(capacity / 8)] scratch, reused
         self._cand_keys = np.zeros((0, 0), np.float32)   # [n_threads, capacity + 1]
         self._cand_vals = np.zeros((0, 0), np.int32)
-        self._tag_base = 0
         self._device_mirror = None
 
     # ----------------------------------------------------------------------------------- storage
     def _allocate(self, capacity: int, upper_capacity: int) -> None:
-        """Fresh tensors (all slots unused): vectors, links, levels, ids, liveness."""
-        self._vectors = torch.zeros((capacity, self._dim), dtype=torch.float32)
-        self._links0 = torch.full((capacity, self.M0), -1, dtype=torch.int32)
-        self._upper_links = torch.full((upper_capacity, self.M), -1, dtype=torch.int32)
-        self._upper_offset = torch.full((capacity,), -1, dtype=torch.int64)
-        self._upper_rows = torch.zeros((capacity,), dtype=torch.int32)   # rows allotted to the slot
-        self._levels = torch.full((capacity,), -1, dtype=torch.int32)
-        self._ids = torch.full((capacity,), -1, dtype=torch.int64)
-        self._live = torch.zeros((capacity,), dtype=torch.bool)
+        """Fresh tensors of every storage field (all slots unused), as attributes ``_<name>``."""
+        sizes = {"slots": capacity, "upper": upper_capacity, "dim": self._dim, "M0": self.M0, "M": self.M}
+        for name, tensor in hnsw_storage.allocate(self._fields, sizes).items():
+            setattr(self, "_" + name, tensor)
         # Zero-copy numpy views of the tensors, as the kernels take them: made once per allocation,
         # since four .numpy() calls cost about 2 us, a few percent of a one-query search.
         self._kernel_views = (self._vectors.numpy(), self._links0.numpy(), self._upper_links.numpy(),
                               self._upper_offset.numpy())
+        self._set_walk()
         self._ids_view = self._ids.numpy()
+
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        """Every storage tensor by field name (whole allocations)."""
+        return {f.name: getattr(self, "_" + f.name) for f in self._fields}
 
     def _grow(self, capacity: int, upper_capacity: int) -> None:
         """Double capacities until they reach the requested sizes, copying the used parts."""
@@ -195,39 +220,31 @@ class HNSW:
             new_ucap *= 2
         if new_cap == cap and new_ucap == ucap:
             return
-        old = (self._vectors, self._links0, self._upper_links, self._upper_offset, self._upper_rows, self._levels,
-               self._ids, self._live)
+        old = self._tensors()
         self._allocate(new_cap, new_ucap)
-        new = (self._vectors, self._links0, self._upper_links, self._upper_offset, self._upper_rows, self._levels,
-               self._ids, self._live)
-        for dst, src in zip(new, old):
-            dst[: src.shape[0]] = src
+        for name, dst in self._tensors().items():
+            dst[: old[name].shape[0]] = old[name]
+        self._set_walk()
 
-    def _scratch(self, tags_needed: int, serial: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-        """Per-thread scratch, kept between calls: visited tags ``[n_threads, capacity]``, candidate
-        heap keys and values ``[n_threads, capacity + 1]``; and the first free visited tag.
+    def _scratch(self, serial: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per-thread scratch, kept between calls: visited bitsets uint8 ``[n_threads, ceil(capacity / 8)]``,
+        candidate heap keys and values ``[n_threads, capacity + 1]``.
 
         ``serial`` callers use row 0 only, so any pool with at least one row of the right capacity
         serves them (no call into numba's thread settings).
         """
         cap = self._vectors.shape[0]
         if serial:
-            fits = self._visited.shape[0] >= 1 and self._visited.shape[1] == cap
+            fits = self._cand_keys.shape[0] >= 1 and self._cand_keys.shape[1] == cap + 1
             n_threads = 1
         else:
             n_threads = numba.get_num_threads()
-            fits = self._visited.shape == (n_threads, cap)
+            fits = self._cand_keys.shape == (n_threads, cap + 1)
         if not fits:
-            self._visited = np.zeros((n_threads, cap), np.int32)
+            self._visited = np.zeros((n_threads, (cap + 7) // 8), np.uint8)
             self._cand_keys = np.empty((n_threads, cap + 1), np.float32)
             self._cand_vals = np.empty((n_threads, cap + 1), np.int32)
-            self._tag_base = 0
-        if self._tag_base + tags_needed + 1 >= _TAG_LIMIT:
-            self._visited[:] = 0
-            self._tag_base = 0
-        base = self._tag_base
-        self._tag_base += tags_needed + 1
-        return self._visited, self._cand_keys, self._cand_vals, base
+        return self._visited, self._cand_keys, self._cand_vals
 
     # ---------------------------------------------------------------------------------- validate
     def _as_matrix(self, x, what: str) -> np.ndarray:
@@ -301,6 +318,8 @@ class HNSW:
                 rows[s] = lv
                 self._n_upper_rows += int(lv)
         self._vectors[slots] = torch.from_numpy(x)
+        if self.storage == "sq8":
+            self._encode(slots, x)
         self._ids[slots] = torch.from_numpy(new_ids)
         self._levels[slots] = torch.from_numpy(levels)
         self._live[slots] = True
@@ -323,6 +342,37 @@ class HNSW:
             start += size
         return torch.from_numpy(new_ids)
 
+    def _encode(self, slots: np.ndarray, x: np.ndarray) -> None:
+        """Codes of ``x`` ``[n, dim]``, just stored at ``slots`` (before they are marked live).
+
+        The quantiser's range covers every live vector; when ``x`` widens it, every code is
+        recomputed (see :mod:`llmds_torch.retrieval.hnsw_sq8`).
+        """
+        low, high = self._sq_low.numpy(), self._sq_high.numpy()
+        new_low, new_high = x.min(axis=0), x.max(axis=0)
+        if self._live.numpy()[: self._n_slots].any():
+            if (new_low >= low).all() and (new_high <= high).all():
+                self._codes.numpy()[slots] = hnsw_sq8.encode(x, low, self._walk[2])
+                return
+            new_low, new_high = np.minimum(low, new_low), np.maximum(high, new_high)
+        low[:], high[:] = new_low, new_high
+        self._set_walk()
+        self._codes.numpy()[: self._n_slots] = hnsw_sq8.encode(self._vectors.numpy()[: self._n_slots], low,
+                                                               self._walk[2])
+
+    def _sq_step(self) -> np.ndarray:
+        return hnsw_sq8.steps(self._sq_low.numpy(), self._sq_high.numpy(), self._kernel_metric == hnsw_numba.L2)
+
+    def _set_walk(self) -> None:
+        """What the search walks: (codes, sq_low, step) with ``"sq8"``, else (vectors, empty, empty).
+
+        Kept here because computing the step costs several microseconds, a few percent of a query.
+        """
+        if self.storage == "sq8":
+            self._walk = (self._codes.numpy(), self._sq_low.numpy(), self._sq_step())
+        else:
+            self._walk = (self._kernel_views[0], np.zeros(0, np.float32), np.zeros(0, np.float32))
+
     def _insert_batch(self, slots: np.ndarray, levels: np.ndarray) -> None:
         """Link one batch of already-stored points into the graph (see the module docstring)."""
         vectors, links0, upper_links, upper_offset = self._kernel_views
@@ -330,10 +380,10 @@ class HNSW:
         top = max(self._max_level, 0)
         out_links0 = np.full((batch, self.M0), -1, np.int32)
         out_upper = np.full((batch, max(top, 1), self.M), -1, np.int32)
-        visited, cand_keys, cand_vals, tag_base = self._scratch(batch * (self._max_level + 1))
-        hnsw_numba.insert_search(slots, levels, self._entry, self._max_level, self.ef_construction, vectors, links0,
-                              upper_links, upper_offset, self._kernel_metric, visited, cand_keys, cand_vals,
-                              tag_base, out_links0, out_upper)
+        visited, cand_keys, cand_vals = self._scratch()
+        hnsw_numba.insert_search(slots, levels, self._entry, self._max_level, self.ef_construction, vectors,
+                                 *self._walk, links0, upper_links, upper_offset, self._kernel_metric, visited,
+                                 cand_keys, cand_vals, out_links0, out_upper)
         links0[slots] = out_links0
         sources, targets, target_levels = [slots.repeat(self.M0)], [out_links0.reshape(-1)], [np.zeros(batch * self.M0, np.int32)]
         for b in range(batch):
@@ -395,6 +445,27 @@ class HNSW:
                 self._max_level = int(live_levels.max())
                 self._entry = int(torch.nonzero(live_levels == self._max_level)[0, 0])
 
+    # ----------------------------------------------------------------------------------- reorder
+    def reorder(self) -> None:
+        """Renumber the slots in breadth-first order of the level-0 graph, from the entry point.
+
+        Neighbours then sit in nearby rows, so a search touches fewer memory pages and cache lines
+        (graph reordering, Coleman et al. 2021). Ids, results and distances are unchanged; free
+        slots move to the end. Costs one pass over the storage; worth it after a large ``add``.
+        """
+        n = self._n_slots
+        if n == 0:
+            return
+        order = hnsw_numba.bfs_order(self._links0.numpy(), self._live.numpy(), self._entry, n)
+        hnsw_storage.renumber(self._fields, self._tensors(), order)
+        new_of_old = np.empty(n, np.int64)
+        new_of_old[order] = np.arange(n)
+        if self._entry >= 0:
+            self._entry = int(new_of_old[self._entry])
+        live = self._live[:n].numpy()
+        self._slot_of = dict(zip(self._ids[:n].numpy()[live].tolist(), np.flatnonzero(live).tolist()))
+        self._device_mirror = None
+
     # ------------------------------------------------------------------------------------ search
     def search(self, queries, k: int, ef: int | None = None, *, allow=None, backend: str = "auto"):
         """The ``k`` nearest live points of each query.
@@ -438,7 +509,7 @@ class HNSW:
             allowed_slots = np.array(sorted({self._slot_of[i] for i in allow_ids.tolist() if i in self._slot_of}),
                                      np.int32)
             if allowed_slots.size == 0 or allowed_slots.size ** 2 <= self.exact_filter_factor * self.M0 * ef * n_live:
-                return self._exact(q, allowed_slots, k)
+                return tuple(map(torch.from_numpy, self._exact(q, allowed_slots, k)))
             allow_mask = np.zeros(self._vectors.shape[0], np.bool_)
             allow_mask[allowed_slots] = True
 
@@ -446,19 +517,20 @@ class HNSW:
             ids, dists = self._to_result(*self._search_torch(q, k, ef, allow_mask))
         else:
             ids, dists = self._search_numba(q, k, ef, allow_mask)
-        short = np.flatnonzero((ids.numpy() < 0).any(axis=1))
-        if short.size:  # the beam reached fewer than k eligible points although k exist: answer exactly
+        last = ids[:, -1]  # -1 pads a row at its end only (checked on numpy: microseconds cheaper)
+        if (last[0] < 0) if last.shape[0] == 1 else (last < 0).any():
+            short = np.flatnonzero(last < 0)
             eligible = allowed_slots if allow_mask is not None else self._live_slots()
-            if eligible.size >= k:
+            if eligible.size >= k:  # the beam reached fewer than k eligible points although k exist
                 ids[short], dists[short] = self._exact(q[short], eligible, k)
-        return ids, dists
+        return torch.from_numpy(ids), torch.from_numpy(dists)
 
     def _live_slots(self) -> np.ndarray:
         """Slots of the live points, ascending, int32."""
         return np.flatnonzero(self._live[: self._n_slots].numpy()).astype(np.int32)
 
     def _search_numba(self, q: np.ndarray, k: int, ef: int, allow_mask):
-        """Compiled search of ``q`` ``[nq, dim]``; returns (ids int64 ``[nq, k]``, distances ``[nq, k]``).
+        """Compiled search of ``q`` ``[nq, dim]``; returns numpy (ids int64 ``[nq, k]``, distances ``[nq, k]``).
 
         One query runs serially on the calling thread; several run in parallel over numba's threads.
         The kernels write ids and reported distances directly (no slot -> id pass afterwards).
@@ -469,17 +541,19 @@ class HNSW:
         out_dists = np.empty((nq, k), np.float32)
         use_allow = allow_mask is not None
         allow = allow_mask if use_allow else _NO_ALLOW
+        walk, sq_low, sq_step = self._walk
         if nq == 1:
-            visited, cand_keys, cand_vals, tag_base = self._scratch(1, serial=True)
-            hnsw_numba.search_one(q[0], ef, self._entry, self._max_level, vectors, links0, upper_links, upper_offset,
-                               self._kernel_metric, allow, use_allow, visited, cand_keys, cand_vals, tag_base + 1,
-                               self._ids_view, self._dist_offset, out_ids[0], out_dists[0])
+            visited, cand_keys, cand_vals = self._scratch(serial=True)
+            hnsw_numba.search_one(q[0], ef, self._entry, self._max_level, vectors, walk, sq_low, sq_step, links0,
+                                  upper_links, upper_offset, self._kernel_metric, allow, use_allow, visited, cand_keys,
+                                  cand_vals, self._ids_view, self._dist_offset, out_ids[0], out_dists[0])
         else:
-            visited, cand_keys, cand_vals, tag_base = self._scratch(nq)
-            hnsw_numba.search_batch(q, ef, self._entry, self._max_level, vectors, links0, upper_links, upper_offset,
-                                 self._kernel_metric, allow, use_allow, visited, cand_keys, cand_vals, tag_base,
-                                 self._ids_view, self._dist_offset, out_ids, out_dists)
-        return torch.from_numpy(out_ids), torch.from_numpy(out_dists)
+            visited, cand_keys, cand_vals = self._scratch()
+            hnsw_numba.search_batch(q, ef, self._entry, self._max_level, vectors, walk, sq_low, sq_step, links0,
+                                    upper_links, upper_offset, self._kernel_metric, allow, use_allow, visited,
+                                    cand_keys, cand_vals, self._ids_view, self._dist_offset, out_ids,
+                                    out_dists)
+        return out_ids, out_dists
 
     def _search_torch(self, q: np.ndarray, k: int, ef: int, allow_mask):
         graph = self._mirror()
@@ -508,27 +582,23 @@ class HNSW:
         return self._to_result(out_slots, out_dists)
 
     def _to_result(self, slots: np.ndarray, dists: np.ndarray):
-        """Slots -> ids (-1 kept), internal distances -> the metric's reported distances."""
+        """Slots -> ids (-1 kept), internal distances -> the metric's reported distances (numpy)."""
         ids = np.where(slots >= 0, self._ids.numpy()[np.maximum(slots, 0)], -1)
         dists = dists.astype(np.float32, copy=True)
         if self.metric == "cosine":
             dists = np.where(slots >= 0, dists + np.float32(1.0), np.float32(np.inf)).astype(np.float32)
-        return torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(dists)
+        return ids.astype(np.int64), dists
 
     # ------------------------------------------------------------------------------- persistence
     def save(self, path: str | os.PathLike, *, key: bytes | None = None) -> None:
         """Write the index to ``path`` (versioned, pickle-free; SHA-256 checksummed, or HMAC-SHA256
         signed with ``key``, see :mod:`llmds_torch.retrieval.persist`)."""
-        n, r = self._n_slots, self._n_upper_rows
-        arrays = {
-            "vectors": self._vectors[:n].numpy(), "links0": self._links0[:n].numpy(),
-            "upper_links": self._upper_links[:r].numpy(), "upper_offset": self._upper_offset[:n].numpy(),
-            "upper_rows": self._upper_rows[:n].numpy(), "levels": self._levels[:n].numpy(),
-            "ids": self._ids[:n].numpy(), "live": self._live[:n].numpy(),
-        }
+        saved = [f for f in self._fields if f.saved]
+        arrays = {name: t.numpy() for name, t in
+                  hnsw_storage.used(saved, self._tensors(), self._n_slots, self._n_upper_rows).items()}
         meta = {"dim": self._dim, "M": self.M, "ef_construction": self.ef_construction, "metric": self.metric,
                 "seed": self.seed, "ef_search": self.ef_search, "entry": self._entry, "max_level": self._max_level,
-                "next_id": self._next_id, "rng_state": self._rng.bit_generator.state}
+                "next_id": self._next_id, "rng_state": self._rng.bit_generator.state, "storage": self.storage}
         persist.save(path, FILE_KIND, FILE_KIND_VERSION, arrays, meta, key)
 
     @classmethod
@@ -545,12 +615,17 @@ class HNSW:
             raise CorruptIndexFile(f"{path}: hnsw layout version {bundle.kind_version}; this library reads "
                                    f"version {FILE_KIND_VERSION}")
         meta, a = check_hnsw_contents(bundle.meta, bundle.arrays, METRICS), bundle.arrays
-        index = cls(meta["dim"], meta["M"], meta["ef_construction"], meta["metric"], meta["seed"], device)
+        index = cls(meta["dim"], meta["M"], meta["ef_construction"], meta["metric"], meta["seed"], device,
+                    meta["storage"])
         n, r = a["vectors"].shape[0], a["upper_links"].shape[0]
         index._allocate(n, r)
-        for name in ("vectors", "links0", "upper_links", "upper_offset", "upper_rows", "levels", "ids", "live"):
-            getattr(index, "_" + name).copy_(torch.from_numpy(a[name]))
+        for field in index._fields:
+            if field.saved:
+                getattr(index, "_" + field.name).copy_(torch.from_numpy(a[field.name]))
         index._n_slots, index._n_upper_rows = n, r
+        index._set_walk()
+        if index.storage == "sq8":
+            index._codes.numpy()[:] = hnsw_sq8.encode(a["vectors"], a["sq_low"], index._walk[2])
         index.ef_search, index._entry, index._max_level = meta["ef_search"], meta["entry"], meta["max_level"]
         index._next_id = meta["next_id"]
         index._rng.bit_generator.state = meta["rng_state"]
@@ -572,12 +647,11 @@ class HNSW:
         live = self._live[:n]
         levels = self._levels[:n][live]
         degree0 = (self._links0[:n][live] >= 0).sum(1).float()
-        tensors = (self._vectors, self._links0, self._upper_links, self._upper_offset, self._upper_rows,
-                   self._levels, self._ids, self._live)
+        tensors = self._tensors().values()
         return {
             "n_live": len(self), "n_slots": n, "n_free_slots": n - len(self), "capacity": self._vectors.shape[0],
             "dim": self._dim, "metric": self.metric, "M": self.M, "M0": self.M0,
-            "ef_construction": self.ef_construction, "ef_search": self.ef_search,
+            "ef_construction": self.ef_construction, "ef_search": self.ef_search, "storage": self.storage,
             "max_level": self._max_level,
             "entry_id": int(self._ids[self._entry]) if self._entry >= 0 else None,
             "points_per_level": torch.bincount(levels.long()).tolist() if levels.numel() else [],
@@ -588,10 +662,7 @@ class HNSW:
 
     def graph_tensors(self) -> dict[str, torch.Tensor]:
         """The used parts of the graph's tensors (for inspection and reproducibility checks)."""
-        n, r = self._n_slots, self._n_upper_rows
-        return {"vectors": self._vectors[:n], "links0": self._links0[:n], "upper_links": self._upper_links[:r],
-                "upper_offset": self._upper_offset[:n], "levels": self._levels[:n], "ids": self._ids[:n],
-                "live": self._live[:n]}
+        return hnsw_storage.used(self._fields, self._tensors(), self._n_slots, self._n_upper_rows)
 
 
 __all__ = ["HNSW", "METRICS", "MAX_INSERT_BATCH"]

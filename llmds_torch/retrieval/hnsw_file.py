@@ -6,11 +6,14 @@ field) any file that breaks the index's invariants; ``n`` is the number of slots
 number of upper-level rows:
 
 - metadata of the right JSON types and ranges: ``dim`` in ``[1, MAX_DIM]``, ``M`` in
-  ``[2, MAX_M]``, ``ef_construction`` and ``ef_search`` in ``[1, MAX_EF]``, a known metric, a
-  restorable generator state; these limits keep a tiny file from describing a huge allocation;
-- arrays of the exact dtypes and shapes: vectors float32 ``[n, dim]`` (finite), links0 int32
-  ``[n, 2M]``, upper_links int32 ``[r, M]``, upper_offset int64, upper_rows / levels int32, ids
-  int64, live bool, each ``[n]``;
+  ``[2, MAX_M]``, ``ef_construction`` and ``ef_search`` in ``[1, MAX_EF]``, a known metric and
+  vector storage (files without ``storage`` hold ``"float32"``), a restorable generator state;
+  these limits keep a tiny file from describing a huge allocation;
+- every saved array of :data:`~llmds_torch.retrieval.hnsw_storage.FIELDS` for that storage, of
+  the exact dtype and shape: vectors float32 ``[n, dim]`` (finite), links0 int32 ``[n, 2M]``,
+  upper_links int32 ``[r, M]``, upper_offset int64, upper_rows / levels int32, ids int64, live
+  bool, each ``[n]``; with ``"sq8"`` also sq_low / sq_high float32 ``[dim]``, finite, low <= high,
+  and every live vector inside ``[sq_low, sq_high]`` (the codes are recomputed from the vectors);
 - ids of live slots unique and >= 0, of free slots -1; ``next_id`` above every live id;
 - a live slot's level in ``[0, upper_rows]``, a free slot's -1; every slot's upper rows inside
   ``[0, r)`` and disjoint from every other slot's;
@@ -24,6 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import CorruptIndexFile
+from .hnsw_storage import STORAGES, fields_for
 from .validation import array, meta_choice, meta_int, meta_type, require, unique, values_in
 
 MAX_DIM = 2**20
@@ -49,25 +53,30 @@ def check_hnsw_contents(meta: dict, arrays: dict, metrics) -> dict:
         "ef_search": meta_int(meta, "ef_search", 1, MAX_EF), "entry": meta_int(meta, "entry", -1, _INT32_MAX),
         "max_level": meta_int(meta, "max_level", -1, _INT32_MAX), "next_id": meta_int(meta, "next_id", 0, _INT64_MAX),
         "rng_state": meta_type(meta, "rng_state", dict),
+        "storage": meta_choice(meta, "storage", STORAGES) if "storage" in meta else "float32",
     }
     try:
         np.random.default_rng(0).bit_generator.state = checked["rng_state"]
     except (TypeError, ValueError, KeyError, OverflowError) as exc:
         raise CorruptIndexFile(f"field 'rng_state' is not a generator state: {exc}") from None
     dim, M = checked["dim"], checked["M"]
-    vectors = array(arrays, "vectors", np.float32, (None, dim))
-    n = vectors.shape[0]
+    sizes = {"dim": dim, "M": M, "M0": 2 * M, "slots": None, "upper": None}
+    for field in fields_for(checked["storage"]):  # dtypes and shapes; then the row counts agree
+        if field.saved:
+            array(arrays, field.name, field.dtype, field.shape(sizes))
+    vectors, upper_links, links0 = arrays["vectors"], arrays["upper_links"], arrays["links0"]
+    n, r = vectors.shape[0], upper_links.shape[0]
     require(n <= _INT32_MAX, f"array 'vectors' has {n} rows; at most {_INT32_MAX} slots are allowed")
-    upper_links = array(arrays, "upper_links", np.int32, (None, M))
-    r = upper_links.shape[0]
-    links0 = array(arrays, "links0", np.int32, (n, 2 * M))
-    upper_offset = array(arrays, "upper_offset", np.int64, (n,))
-    upper_rows = array(arrays, "upper_rows", np.int32, (n,))
-    levels = array(arrays, "levels", np.int32, (n,))
-    ids = array(arrays, "ids", np.int64, (n,))
-    live = array(arrays, "live", np.bool_, (n,))
+    sizes.update(slots=n, upper=r)
+    for field in fields_for(checked["storage"]):
+        if field.saved:
+            array(arrays, field.name, field.dtype, field.shape(sizes))
+    upper_offset, upper_rows, levels = arrays["upper_offset"], arrays["upper_rows"], arrays["levels"]
+    ids, live = arrays["ids"], arrays["live"]
 
     require(bool(np.isfinite(vectors).all()), "array 'vectors' holds NaN or infinity")
+    if checked["storage"] == "sq8":
+        _check_quantiser_range(arrays["sq_low"], arrays["sq_high"], vectors[live])
     live_ids = ids[live]
     values_in(live_ids, "ids", 0, _INT64_MAX)
     unique(live_ids, "ids")
@@ -98,6 +107,15 @@ def check_hnsw_contents(meta: dict, arrays: dict, metrics) -> dict:
         require(int(levels[entry]) == top, f"field 'entry' is slot {entry} on level {int(levels[entry])}, "
                                            f"not on max_level {top}")
     return checked
+
+
+def _check_quantiser_range(low: np.ndarray, high: np.ndarray, live_vectors: np.ndarray) -> None:
+    """Finite bounds, ``low <= high``, every live vector inside them."""
+    require(bool(np.isfinite(low).all()), "array 'sq_low' holds NaN or infinity")
+    require(bool(np.isfinite(high).all()), "array 'sq_high' holds NaN or infinity")
+    require(bool((low <= high).all()), "array 'sq_high' is below 'sq_low' in some dimension")
+    require(bool((live_vectors >= low).all()), "array 'sq_low' is above a live vector's value")
+    require(bool((live_vectors <= high).all()), "array 'sq_high' is below a live vector's value")
 
 
 def _check_upper_rows(upper_offset: np.ndarray, upper_rows: np.ndarray, r: int) -> None:

@@ -8,7 +8,10 @@ product, and merges them in. A query stops when its beam has no unexpanded slot,
 paper's stopping rule (its best candidate is no closer than its worst result).
 
 There is no visited map: a neighbour already in the beam is skipped, and one that fell out of the
-beam was worse than a full beam's worst distance, which only shrinks, so it could never re-enter.
+beam was no better than a full beam's worst distance, which only shrinks. The merge keeps the
+beam's own entries ahead of new ones at equal distance (a stable sort), so a new entry must be
+strictly better than the worst to get in, and a dropped node can never re-enter: every node is
+expanded at most once and the search ends, also among many equal distances (exact copies).
 Hence the beam evolves as with a visited set, at the cost of recomputing some distances.
 """
 
@@ -88,7 +91,9 @@ def lockstep_search(queries: torch.Tensor, k: int, ef: int, entry: int, max_leve
         all_d = torch.cat([d, nd], 1)                                               # [A, ef + M0]
         all_ids = torch.cat([ids, torch.where(fresh, nbrs, -1)], 1)
         all_exp = torch.cat([exp, ~fresh], 1)
-        top_d, order = torch.topk(all_d, ef, dim=1, largest=False, sorted=True)
+        # Stable: on equal distances the beam's own entries (first in all_d) stay ahead of new ones.
+        top_d, order = torch.sort(all_d, dim=1, stable=True)
+        top_d, order = top_d[:, :ef], order[:, :ef]
         beam_d[active] = top_d
         beam_ids[active] = all_ids.gather(1, order)
         expanded[active] = all_exp.gather(1, order)

@@ -8,9 +8,11 @@ Every function works on numpy arrays that are zero-copy views of the index's tor
 - ``upper_offset`` int64   ``[capacity]`` row of the node's level-1 list; level ``l`` is ``offset + l - 1``
 
 ``metric`` is ``L2`` (squared Euclidean) or ``IP`` (negative inner product), so smaller is always
-closer. Parallel loops split work into ``n_chunks`` strided chunks, each with its own visited array
-tagged by a per-search number (no clearing between searches); every query or inserted point is
-computed from state that the loop does not modify, so results do not depend on the thread count.
+closer. Parallel loops split work into ``n_chunks`` strided chunks, each with its own scratch: a
+visited bitset of ``ceil(capacity / 8)`` bytes, cleared at the start of each level's search (at
+50k points 6 KiB, which stays in the L1 cache where one int32 tag per point, 200 KiB, did not);
+every query or inserted point is computed from state that the loop does not modify, so results do
+not depend on the thread count.
 
 The beam search is bound by memory latency (a 128-d float32 vector is 8 cache lines, and each
 expanded node sends the search to up to ``M0`` vectors scattered over the index), so it first
@@ -91,15 +93,18 @@ def prefetch_row(typingctx, array, row):
 
 @nb.njit(inline="always", **_JIT)
 def distance(vectors, i, query, metric):
-    """Distance from stored vector ``i`` to ``query`` ``[dim]`` (smaller is closer)."""
+    """Distance from stored vector ``i`` to ``query`` ``[dim]`` (smaller is closer).
+
+    ``vectors`` is float32, or uint8 codes with a query turned as :mod:`hnsw_sq8` describes.
+    """
     acc = np.float32(0.0)
     if metric == L2:
         for j in range(query.shape[0]):
-            diff = vectors[i, j] - query[j]
+            diff = np.float32(vectors[i, j]) - query[j]
             acc += diff * diff
         return acc
     for j in range(query.shape[0]):
-        acc += vectors[i, j] * query[j]
+        acc += np.float32(vectors[i, j]) * query[j]
     return -acc
 
 
@@ -112,6 +117,13 @@ def neighbour_row(links0, upper_links, upper_offset, node, level):
 
 
 @nb.njit(inline="always", **_JIT)
+def heap_set(keys, vals, i, key, val):
+    """Write entry ``i`` of a heap held in ``keys``, ``vals``."""
+    keys[i] = key
+    vals[i] = val
+
+
+@nb.njit(inline="always", **_JIT)
 def heap_push(keys, vals, size, key, val):
     """Push onto the binary min-heap held in ``keys[:size]``, ``vals[:size]``; returns the new size."""
     i = size
@@ -119,11 +131,9 @@ def heap_push(keys, vals, size, key, val):
         parent = (i - 1) >> 1
         if keys[parent] <= key:
             break
-        keys[i] = keys[parent]
-        vals[i] = vals[parent]
+        heap_set(keys, vals, i, keys[parent], vals[parent])
         i = parent
-    keys[i] = key
-    vals[i] = val
+    heap_set(keys, vals, i, key, val)
     return size + 1
 
 
@@ -142,11 +152,9 @@ def heap_pop(keys, vals, size):
             child += 1
         if keys[child] >= key:
             break
-        keys[i] = keys[child]
-        vals[i] = vals[child]
+        heap_set(keys, vals, i, keys[child], vals[child])
         i = child
-    keys[i] = key
-    vals[i] = val
+    heap_set(keys, vals, i, key, val)
     return size
 
 
@@ -172,15 +180,16 @@ def greedy_descent(query, node, dist, top_level, stop_level, vectors, links0, up
 
 @nb.njit(**_JIT)
 def search_layer(query, entry, entry_dist, level, ef, vectors, links0, upper_links, upper_offset, metric,
-                 allow, use_allow, visited, tag, cand_keys, cand_vals, res_keys, res_vals):
+                 allow, use_allow, visited, cand_keys, cand_vals, res_keys, res_vals):
     """Beam search of one level (the paper's SEARCH-LAYER); returns the result count.
 
     The results sit in a max-heap ``res_keys[:count]`` (keys are negated distances), at most ``ef``
     of them, only nodes with ``allow[node]`` when ``use_allow``. Candidates (all nodes, allowed or
     not, so the walk crosses filtered-out regions) sit in the min-heap ``cand_*``, which must hold
-    ``capacity + 1`` entries.
+    ``capacity + 1`` entries. ``visited`` uint8 ``[ceil(capacity / 8)]`` is a bitset, cleared here.
     """
-    visited[entry] = tag
+    visited[:] = 0
+    visited[entry >> 3] |= np.uint8(1 << (entry & 7))
     n_cand = heap_push(cand_keys, cand_vals, 0, entry_dist, entry)
     n_res = 0
     if not use_allow or allow[entry]:
@@ -198,8 +207,9 @@ def search_layer(query, entry, entry_dist, level, ef, vectors, links0, upper_lin
             nbr = row[j]
             if nbr < 0:
                 break
-            if visited[nbr] != tag:
-                visited[nbr] = tag
+            bit = np.uint8(1 << (nbr & 7))
+            if visited[nbr >> 3] & bit == 0:
+                visited[nbr >> 3] |= bit
                 prefetch_row(vectors, nbr)
                 fresh[n_fresh] = nbr
                 n_fresh += 1
@@ -207,6 +217,8 @@ def search_layer(query, entry, entry_dist, level, ef, vectors, links0, upper_lin
             nbr = fresh[j]
             dn = distance(vectors, nbr, query, metric)
             if n_res < ef or dn < -res_keys[0]:
+                if level == 0:
+                    prefetch_row(links0, nbr)  # a new candidate: its list is likely read soon
                 n_cand = heap_push(cand_keys, cand_vals, n_cand, dn, nbr)
                 if not use_allow or allow[nbr]:
                     n_res = heap_push(res_keys, res_vals, n_res, -dn, nbr)
@@ -232,28 +244,76 @@ def drain_sorted(res_keys, res_vals, n_res, out_ids, out_dists):
 
 
 @nb.njit(**_JIT)
-def search_query(query, ef, entry, max_level, vectors, links0, upper_links, upper_offset, metric, allow,
-                 use_allow, visited, tag, cand_keys, cand_vals, res_keys, res_vals, slot_ids, dist_offset,
-                 out_ids, out_dists):
+def rerank_exact(query, vectors, metric, slots, dists, n):
+    """Set ``dists[:n]`` to the exact distances of ``slots[:n]`` to ``query`` and sort both by them."""
+    for r in range(n):
+        prefetch_row(vectors, slots[r])
+    for r in range(n):
+        dists[r] = distance(vectors, slots[r], query, metric)
+    order = np.argsort(dists[:n], kind="mergesort")
+    slots[:n] = slots[:n][order]
+    dists[:n] = dists[:n][order]
+
+
+@nb.njit(**_JIT)
+def write_reranked(query, vectors, metric, res_keys, res_vals, n_res, slot_ids, dist_offset, out_ids, out_dists):
+    """Re-rank the walk's results ``res_vals[:n_res]`` (slots) by exact distance to ``query``.
+
+    ``res_keys`` is scratch. Fills ``out_ids`` int64 ``[k]`` and ``out_dists`` ``[k]`` best first,
+    as :func:`search_query`.
+    """
+    rerank_exact(query, vectors, metric, res_vals, res_keys, n_res)
+    for r in range(out_ids.shape[0]):
+        if r < n_res:
+            out_ids[r] = slot_ids[res_vals[r]]
+            out_dists[r] = res_keys[r] + dist_offset
+        else:
+            out_ids[r] = -1
+            out_dists[r] = np.inf
+
+
+@nb.njit(inline="always", **_JIT)
+def turn_query(query, sq_low, sq_step, metric, out):
+    """The query as the walk over 8-bit codes measures it (see :mod:`hnsw_sq8`), into ``out`` ``[dim]``."""
+    if metric == L2:
+        for j in range(query.shape[0]):
+            out[j] = (query[j] - sq_low[j]) / sq_step[j]
+    else:
+        for j in range(query.shape[0]):
+            out[j] = query[j] * sq_step[j]
+    return out
+
+
+@nb.njit(**_JIT)
+def search_query(query, ef, entry, max_level, vectors, walk_vectors, sq_low, sq_step, links0, upper_links,
+                 upper_offset, metric, allow, use_allow, visited, cand_keys, cand_vals, res_keys, res_vals,
+                 walk_query, slot_ids, dist_offset, out_ids, out_dists):
     """One query ``[dim]``: greedy descent, level-0 beam of width ``ef``, results as ids.
 
-    Fills ``out_ids`` int64 ``[k]`` with ``slot_ids[slot]`` (-1 past the results found) and
-    ``out_dists`` ``[k]`` with the internal distance plus ``dist_offset`` (inf past the results).
+    The walk measures against ``walk_vectors``: ``vectors`` themselves, or their 8-bit codes
+    (uint8, with the quantiser's ``sq_low`` and ``sq_step`` ``[dim]``), when the query is first
+    turned into ``walk_query`` (scratch ``[dim]``) and the beam's results are re-ranked by exact
+    distance to ``vectors``. Fills ``out_ids`` int64 ``[k]`` with ``slot_ids[slot]`` (-1 past the
+    results found) and ``out_dists`` ``[k]`` with the distance plus ``dist_offset`` (inf past the
+    results).
     """
-    dist = distance(vectors, entry, query, metric)
-    node, dist = greedy_descent(query, entry, dist, max_level, 0, vectors, links0, upper_links, upper_offset,
-                                metric)
-    n_res = search_layer(query, node, dist, 0, ef, vectors, links0, upper_links, upper_offset, metric, allow,
-                         use_allow, visited, tag, cand_keys, cand_vals, res_keys, res_vals)
-    width = out_ids.shape[0]
-    for r in range(n_res, width):
-        out_ids[r] = -1
-        out_dists[r] = np.inf
-    for r in range(n_res - 1, -1, -1):
-        if r < width:
-            out_ids[r] = slot_ids[res_vals[0]]
-            out_dists[r] = -res_keys[0] + dist_offset
-        n_res = heap_pop(res_keys, res_vals, n_res)
+    quantised = walk_vectors.itemsize != vectors.itemsize
+    if quantised:
+        walk_query = turn_query(query, sq_low, sq_step, metric, walk_query)
+    else:
+        walk_query = query
+    dist = distance(walk_vectors, entry, walk_query, metric)
+    node, dist = greedy_descent(walk_query, entry, dist, max_level, 0, walk_vectors, links0, upper_links,
+                                upper_offset, metric)
+    n_res = search_layer(walk_query, node, dist, 0, ef, walk_vectors, links0, upper_links, upper_offset, metric,
+                         allow, use_allow, visited, cand_keys, cand_vals, res_keys, res_vals)
+    if quantised:
+        write_reranked(query, vectors, metric, res_keys, res_vals, n_res, slot_ids, dist_offset, out_ids, out_dists)
+        return
+    drain_sorted(res_keys, res_vals, n_res, out_ids, out_dists)  # slots and internal distances, then:
+    for r in range(min(n_res, out_ids.shape[0])):
+        out_ids[r] = slot_ids[out_ids[r]]
+        out_dists[r] += dist_offset
 
 
 # The serial and the parallel search are two separate Python functions on purpose: numba's on-disk
@@ -262,38 +322,41 @@ def search_query(query, ef, entry, max_level, vectors, links0, upper_links, uppe
 # single-query path then started an OpenMP team per query, and stalled for milliseconds when the
 # woken worker had to share a core).
 @nb.njit(parallel=True, **_JIT)
-def search_batch(queries, ef, entry, max_level, vectors, links0, upper_links, upper_offset, metric, allow,
-                 use_allow, visited_pool, cand_keys_pool, cand_vals_pool, tag_base, slot_ids, dist_offset,
-                 out_ids, out_dists):
+def search_batch(queries, ef, entry, max_level, vectors, walk_vectors, sq_low, sq_step, links0, upper_links,
+                 upper_offset, metric, allow, use_allow, visited_pool, cand_keys_pool, cand_vals_pool, slot_ids,
+                 dist_offset, out_ids, out_dists):
     """Search every query ``[nq, dim]`` in parallel; fills ``out_ids`` int64 ``[nq, k]`` and ``out_dists``.
 
-    The pools ``[n_chunks, capacity (+ 1)]`` are per-chunk scratch (visited tags, candidate heap);
-    query ``qi`` uses visited tag ``tag_base + qi + 1``. See :func:`search_query` for the outputs.
+    The pools ``[n_chunks, ...]`` are per-chunk scratch (visited bitset, candidate heap of
+    ``capacity + 1``). See :func:`search_query` for the outputs.
     """
     nq = queries.shape[0]
     n_chunks = min(visited_pool.shape[0], nq)
     for c in nb.prange(n_chunks):
         res_keys = np.empty(ef + 1, np.float32)
         res_vals = np.empty(ef + 1, np.int32)
+        walk_query = np.empty(queries.shape[1], np.float32)
         for qi in range(c, nq, n_chunks):
-            search_query(queries[qi], ef, entry, max_level, vectors, links0, upper_links, upper_offset, metric,
-                         allow, use_allow, visited_pool[c], tag_base + qi + 1, cand_keys_pool[c], cand_vals_pool[c],
-                         res_keys, res_vals, slot_ids, dist_offset, out_ids[qi], out_dists[qi])
+            search_query(queries[qi], ef, entry, max_level, vectors, walk_vectors, sq_low, sq_step, links0,
+                         upper_links, upper_offset, metric, allow, use_allow, visited_pool[c], cand_keys_pool[c], cand_vals_pool[c], res_keys, res_vals, walk_query, slot_ids,
+                         dist_offset, out_ids[qi], out_dists[qi])
 
 
 @nb.njit(**_JIT)
-def search_one(query, ef, entry, max_level, vectors, links0, upper_links, upper_offset, metric, allow, use_allow,
-               visited_pool, cand_keys_pool, cand_vals_pool, tag, slot_ids, dist_offset, out_ids, out_dists):
+def search_one(query, ef, entry, max_level, vectors, walk_vectors, sq_low, sq_step, links0, upper_links,
+               upper_offset, metric, allow, use_allow, visited_pool, cand_keys_pool, cand_vals_pool, slot_ids,
+               dist_offset, out_ids, out_dists):
     """Search one query ``[dim]`` on the calling thread (never starts the parallel runtime).
 
-    Uses row 0 of the scratch pools and visited tag ``tag``; fills ``out_ids`` int64 ``[k]`` and
+    Uses row 0 of the scratch pools; fills ``out_ids`` int64 ``[k]`` and
     ``out_dists`` ``[k]`` as :func:`search_query` does.
     """
     res_keys = np.empty(ef + 1, np.float32)
     res_vals = np.empty(ef + 1, np.int32)
-    search_query(query, ef, entry, max_level, vectors, links0, upper_links, upper_offset, metric, allow, use_allow,
-                 visited_pool[0], tag, cand_keys_pool[0], cand_vals_pool[0], res_keys, res_vals, slot_ids,
-                 dist_offset, out_ids, out_dists)
+    search_query(query, ef, entry, max_level, vectors, walk_vectors, sq_low, sq_step, links0, upper_links,
+                 upper_offset, metric, allow, use_allow, visited_pool[0], cand_keys_pool[0], cand_vals_pool[0],
+                 res_keys, res_vals, np.empty(query.shape[0], np.float32), slot_ids, dist_offset, out_ids,
+                 out_dists)
 
 
 @nb.njit(inline="always", **_JIT)
@@ -369,17 +432,19 @@ def select_heuristic(base, cand_ids, cand_dists, n_cand, vectors, metric, out):
     return n_out
 
 
-def _insert_search(new_slots, new_levels, entry, max_level, ef_construction, vectors, links0, upper_links,
-                   upper_offset, metric, visited_pool, cand_keys_pool, cand_vals_pool, tag_base, out_links0,
-                   out_upper):
+def _insert_search(new_slots, new_levels, entry, max_level, ef_construction, vectors, walk_vectors, sq_low,
+                   sq_step, links0, upper_links, upper_offset, metric, visited_pool, cand_keys_pool,
+                   cand_vals_pool, out_links0, out_upper):
     """Forward links of a batch of new points, found on the graph as it was before the batch.
 
     For point ``b`` (slot ``new_slots[b]``, level ``new_levels[b]``): greedy descent to its level,
     then on each level ``l <= min(level, max_level)`` a beam search of width ``ef_construction``
     and the heuristic selection of ``M0`` (level 0) or ``M`` links, written to ``out_links0[b]``
     ``[M0]`` and ``out_upper[b, l - 1]`` ``[M]``. The graph is only read, so points are independent.
-    Each search uses tag ``tag_base + 1 + b * (max_level + 1) + l``.
+    The walk runs on ``walk_vectors`` as in :func:`search_query`; with 8-bit codes the beam is
+    re-ranked by exact distance before the heuristic, which always measures float32 ``vectors``.
     """
+    quantised = walk_vectors.itemsize != vectors.itemsize
     batch = new_slots.shape[0]
     n_chunks = min(visited_pool.shape[0], batch)
     dummy_allow = np.zeros(1, np.bool_)
@@ -391,24 +456,30 @@ def _insert_search(new_slots, new_levels, entry, max_level, ef_construction, vec
         res_vals = np.empty(ef_construction + 1, np.int32)
         sorted_ids = np.empty(ef_construction, np.int32)
         sorted_dists = np.empty(ef_construction, np.float32)
+        walk_query = np.empty(vectors.shape[1], np.float32)
         for b in range(c, batch, n_chunks):
             query = vectors[new_slots[b]]
+            if quantised:
+                walk_query = turn_query(query, sq_low, sq_step, metric, walk_query)
+            else:
+                walk_query = query
             level = new_levels[b]
             node = entry
-            dist = distance(vectors, entry, query, metric)
+            dist = distance(walk_vectors, entry, walk_query, metric)
             top = min(level, max_level)
-            node, dist = greedy_descent(query, node, dist, max_level, top, vectors, links0, upper_links,
+            node, dist = greedy_descent(walk_query, node, dist, max_level, top, walk_vectors, links0, upper_links,
                                         upper_offset, metric)
             for lv in range(top, -1, -1):
-                n_res = search_layer(query, node, dist, lv, ef_construction, vectors, links0, upper_links,
-                                     upper_offset, metric, dummy_allow, False, visited,
-                                     tag_base + 1 + b * (max_level + 1) + lv, cand_keys, cand_vals,
+                n_res = search_layer(walk_query, node, dist, lv, ef_construction, walk_vectors, links0, upper_links,
+                                     upper_offset, metric, dummy_allow, False, visited, cand_keys, cand_vals,
                                      res_keys, res_vals)
                 drain_sorted(res_keys, res_vals, n_res, sorted_ids, sorted_dists)
+                if quantised:
+                    rerank_exact(query, vectors, metric, sorted_ids, sorted_dists, n_res)
                 out = out_links0[b] if lv == 0 else out_upper[b, lv - 1]
                 select_heuristic(new_slots[b], sorted_ids, sorted_dists, n_res, vectors, metric, out)
                 node = sorted_ids[0]
-                dist = sorted_dists[0]
+                dist = distance(walk_vectors, node, walk_query, metric) if quantised else sorted_dists[0]
 
 
 insert_search = nb.njit(parallel=True, **_JIT)(_insert_search)
@@ -524,3 +595,45 @@ def _brute_force(queries, slots, k, vectors, metric, out_ids, out_dists):
 
 
 brute_force = nb.njit(parallel=True, **_JIT)(_brute_force)
+
+
+@nb.njit(cache=True, nogil=True)
+def bfs_order(links0, live, entry, n_slots):
+    """Slots ``[:n_slots]`` in breadth-first order of the level-0 graph, int64 ``[n_slots]``.
+
+    Starts at ``entry`` (skipped when -1); a live slot not reached starts a further search (lowest
+    first); free slots come last, ascending. Neighbours of one node end up next to each other.
+    """
+    order = np.empty(n_slots, np.int64)
+    seen = np.zeros(n_slots, np.bool_)
+    head = 0
+    tail = 0
+    if entry >= 0:
+        order[0] = entry
+        seen[entry] = True
+        tail = 1
+    seed = 0
+    while True:
+        while head < tail:
+            u = order[head]
+            head += 1
+            for j in range(links0.shape[1]):
+                v = links0[u, j]
+                if v < 0:
+                    break
+                if not seen[v]:
+                    seen[v] = True
+                    order[tail] = v
+                    tail += 1
+        while seed < n_slots and (seen[seed] or not live[seed]):
+            seed += 1
+        if seed >= n_slots:
+            break
+        seen[seed] = True
+        order[tail] = seed
+        tail += 1
+    for s in range(n_slots):
+        if not seen[s]:
+            order[tail] = s
+            tail += 1
+    return order

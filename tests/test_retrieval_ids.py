@@ -150,6 +150,18 @@ def test_good_ids_in_every_form_are_accepted(kind_name):
     assert kind.contents(index) == (9, [1, 2, 3, 4, 5, 6, 7, 8, 2**63 - 1])
 
 
+@pytest.mark.parametrize("kind_name", KINDS)
+def test_default_ids_after_the_largest_id_are_refused_not_wrapped(kind_name):
+    kind = KINDS[kind_name]
+    index = _started(kind)
+    kind.add(index, 1, [2**63 - 2])
+    kind.add(index, 1, None)  # takes the last id, 2**63 - 1
+    before = kind.contents(index)
+    assert before[1][-2:] == [2**63 - 2, 2**63 - 1]
+    _raises_exactly(InvalidIds, lambda: kind.add(index, 1, None))
+    assert kind.contents(index) == before
+
+
 @pytest.mark.parametrize("case,ids,error", BAD_EVERYWHERE, ids=[case for case, _, _ in BAD_EVERYWHERE])
 def test_fusion_refuses_bad_ids_with_the_same_class(case, ids, error):
     scores = np.linspace(1.0, 0.0, _count(ids))

@@ -13,7 +13,7 @@ import torch
 from llmds_torch.errors import ConfigError
 
 from .errors import DimensionMismatch, EmptyIndex, InvalidSearchParameter, NonFiniteVectors
-from .ids import check_known_ids, check_new_ids
+from .ids import check_known_ids, check_new_ids, default_ids
 
 METRICS = ("l2", "ip", "cosine")
 
@@ -63,7 +63,7 @@ class FlatIndex:
         """
         x = self._as_matrix(vectors, "vectors")
         if ids is None:
-            new_ids = torch.arange(self._next_id, self._next_id + x.shape[0], dtype=torch.int64)
+            new_ids = torch.from_numpy(default_ids(self._next_id, x.shape[0]))
         else:
             new_ids = torch.from_numpy(check_new_ids(ids, x.shape[0], self._ids, "vectors"))
         self._vectors = torch.cat([self._vectors, x])

@@ -124,7 +124,7 @@ from llmds_torch.retrieval.errors import (
     NonFiniteVectors,
     UnknownIds,
 )
-from llmds_torch.retrieval.ids import as_ids
+from llmds_torch.retrieval.ids import as_ids, default_ids
 from llmds_torch.retrieval.hnsw_file import check_hnsw_contents
 from llmds_torch.retrieval.hnsw_lockstep import lockstep_search
 from llmds_torch.retrieval import persist
@@ -288,7 +288,7 @@ class HNSW:
         x = self._as_matrix(vectors, "vectors")
         n = x.shape[0]
         if ids is None:
-            new_ids = np.arange(self._next_id, self._next_id + n, dtype=np.int64)
+            new_ids = default_ids(self._next_id, n)
         else:
             new_ids = self._as_ids(ids, "ids")
             if new_ids.shape[0] != n:

@@ -104,6 +104,14 @@ def check_new_ids(ids, count: int, present: Container | np.ndarray | torch.Tenso
     return array
 
 
+def default_ids(next_id: int, count: int) -> np.ndarray:
+    """``count`` consecutive ids from ``next_id``: int64 ``[count]``, or ``InvalidIds`` when they would
+    pass ``2**63 - 1`` (an id that large was given; give ids explicitly from then on)."""
+    if next_id + count - 1 > MAX_ID:
+        raise InvalidIds(f"no {count} default ids left after {next_id - 1}: ids stop at {MAX_ID}; pass ids explicitly")
+    return np.arange(next_id, next_id + count, dtype=np.int64)
+
+
 def check_known_ids(ids, present: Container | np.ndarray | torch.Tensor, present_sorted: bool = False) -> np.ndarray:
     """Ids of present entries (to delete): int64 ``[n]``.
 

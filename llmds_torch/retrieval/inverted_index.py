@@ -53,7 +53,7 @@ from .postings import DEFAULT_BLOCK_SIZE
 from .inverted_index_file import check_inverted_index_contents
 from .inverted_index_segment import build_segment, merge_segments, segments_to_merge
 from .errors import CorruptIndexFile, InvalidDocument, InvalidQuery, InvalidSearchParameter
-from .ids import check_known_ids, check_new_ids
+from .ids import check_known_ids, check_new_ids, default_ids
 from .tokenizer import Tokenizer
 
 _FILE_KIND = "inverted_index"
@@ -278,7 +278,7 @@ class InvertedIndex:
 
     def _check_new_ids(self, ids, count: int) -> np.ndarray:
         if ids is None:
-            return np.arange(self._next_id, self._next_id + count, dtype=np.int64)
+            return default_ids(self._next_id, count)
         return check_new_ids(ids, count, self._id_keys, "documents", present_sorted=True)
 
     # ----------------------------------------------------------------------------------- searching

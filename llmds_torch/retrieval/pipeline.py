@@ -27,7 +27,7 @@ from .embedder import HashingEmbedder
 from .errors import DimensionMismatch, InvalidDocument, InvalidIds, InvalidQuery, InvalidSearchParameter, NonFiniteVectors
 from .fusion import FUSION_METHODS, NORMALIZATIONS, fuse
 from .hot_cache import HotQueryCache
-from .ids import check_known_ids, check_new_ids
+from .ids import check_known_ids, check_new_ids, default_ids
 from .inverted_index import InvertedIndex
 
 STAGES = ("cache", "embed", "dense", "sparse", "fusion")
@@ -182,7 +182,7 @@ class RetrievalPipeline:
 
     def _check_new_ids(self, ids, count: int) -> np.ndarray:
         if ids is None:
-            return np.arange(self._next_id, self._next_id + count, dtype=np.int64)
+            return default_ids(self._next_id, count)
         return check_new_ids(ids, count, self._texts, "texts")
 
     def delete(self, ids) -> None:

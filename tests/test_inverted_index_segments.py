@@ -178,3 +178,23 @@ def test_pruning_stays_exact_while_the_average_length_grows_over_segments(method
         np.testing.assert_array_equal(pruned[0], exhaustive[0])
         np.testing.assert_array_equal(pruned[1], exhaustive[1])
         np.testing.assert_allclose(pruned[1], fresh.search_batch(queries, k)[1], rtol=1e-9)
+
+
+def test_a_segments_forward_index_lists_each_documents_distinct_terms():
+    """Derived from the postings on first use (after adds, a merge and a load alike): each document's terms, once,
+    ascending; memory counted only once built."""
+    rng = np.random.default_rng(8)
+    docs = [[f"t{x % 200}" for x in rng.zipf(1.3, int(rng.integers(0, 30)))] for _ in range(300)]
+    index = InvertedIndex(block_size=4, merge_factor=3)
+    for i in range(0, 300, 50):
+        index.add(docs[i:i + 50])
+    assert index.stats()["forward_index_bytes"] == 0 and index.num_segments > 1
+    vocab, first = index._vocab, 0
+    for segment in index._segments:
+        local = np.arange(segment.num_docs)
+        want = np.concatenate([np.sort([vocab[t] for t in set(docs[first + d])]).astype(np.int64) for d in local])
+        np.testing.assert_array_equal(segment.global_terms_of(local), want)
+        np.testing.assert_array_equal(segment.global_terms_of(local[::-7]), np.concatenate(
+            [np.sort([vocab[t] for t in set(docs[first + d])]).astype(np.int64) for d in local[::-7]]))
+        first += segment.num_docs
+    assert index.stats()["forward_index_bytes"] > 0

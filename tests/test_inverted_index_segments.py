@@ -198,3 +198,11 @@ def test_a_segments_forward_index_lists_each_documents_distinct_terms():
             [np.sort([vocab[t] for t in set(docs[first + d])]).astype(np.int64) for d in local[::-7]]))
         first += segment.num_docs
     assert index.stats()["forward_index_bytes"] > 0
+    deleted = list(range(0, 300, 4))
+    index.delete(deleted)
+    index.optimize()  # deletes touched the merged segments: the merged one keeps a forward index
+    (segment,) = index._segments
+    assert segment.forward_index_nbytes() > 0
+    survivors = [doc for i, doc in enumerate(docs) if i % 4]
+    np.testing.assert_array_equal(segment.global_terms_of(np.arange(segment.num_docs)), np.concatenate(
+        [np.sort([vocab[t] for t in set(doc)]).astype(np.int64) for doc in survivors]))

@@ -81,10 +81,11 @@ def _read_doc_terms(data, start, docs, out):
 
 
 def build_segment(term_ids, doc_ids, term_freqs, doc_lengths, avgdl: float, params: BM25Params,
-                  block_size: int) -> Segment:
+                  block_size: int, with_forward_index: bool = False) -> Segment:
     """A segment of the postings ``(term_ids, doc_ids, term_freqs)`` (int64 ``[n]`` each; global term ids,
     local doc ids, each (term, doc) pair once) of documents of lengths ``doc_lengths`` (int64 ``[num_docs]``),
-    block maxima at ``avgdl``."""
+    block maxima at ``avgdl``; with its forward index at once if asked (each document's postings must then
+    come in ascending term order)."""
     term_ids = np.asarray(term_ids, dtype=np.int64)
     present = np.zeros(int(term_ids.max(initial=-1)) + 1, dtype=bool)
     present[term_ids] = True  # a mask, not np.unique: no sort of all the postings
@@ -97,7 +98,10 @@ def build_segment(term_ids, doc_ids, term_freqs, doc_lengths, avgdl: float, para
     impacts = posting_contributions(term_freqs, doc_ids, tfc_one, doc_lengths, avgdl, params.code, params.k1,
                                     params.b, params.delta)
     postings = encode_blocked_postings(local_terms, doc_ids, term_freqs, terms.size, block_size, impacts)
-    return Segment(postings, terms.astype(np.int32), int(doc_lengths.size), float(avgdl))
+    segment = Segment(postings, terms.astype(np.int32), int(doc_lengths.size), float(avgdl))
+    if with_forward_index:
+        segment.forward_cache.append(_forward_index(local_terms, doc_ids, segment.num_docs))
+    return segment
 
 
 def _forward_index(local_terms: np.ndarray, doc_ids: np.ndarray, num_docs: int) -> tuple[np.ndarray, np.ndarray]:
@@ -149,7 +153,10 @@ def merge_segments(segments, live: np.ndarray, doc_lengths: np.ndarray, avgdl: f
     terms, docs, tfs = (np.concatenate([part[i] for part in parts]) for i in range(3))
     kept = live[docs]
     new_doc = np.cumsum(live) - 1
-    return build_segment(terms[kept], new_doc[docs[kept]], tfs[kept], doc_lengths[live], avgdl, params, block_size)
+    # Deletes touched these segments: the merged one gets its forward index from the postings decoded here.
+    deleted_from = any(segment.forward_cache for segment in segments)
+    return build_segment(terms[kept], new_doc[docs[kept]], tfs[kept], doc_lengths[live], avgdl, params, block_size,
+                         deleted_from)
 
 
 def segments_to_merge(live_docs: list, num_docs: list, merge_factor: int) -> tuple[int, int] | None:

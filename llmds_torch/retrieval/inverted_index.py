@@ -13,10 +13,10 @@ merges everything into one segment. Search runs in compiled loops over all segme
 
 Deleted documents leave the statistics at once: N, avgdl and document frequencies are always those
 of the live documents (a forward index per segment, derived from its postings by the first delete
-that touches it, names the terms whose frequency a delete lowers), so scores equal those of an index built from the live documents alone. What search derives
-from the statistics (per document the contribution of a tf = 1 posting, and the impact cache of the
-most frequent terms' decoded postings, bounded by ``impact_cache_bytes``) is rebuilt by the first
-search after a change.
+that touches it, names the terms whose frequency a delete lowers), so scores equal those of an index
+built from the live documents alone. What search derives from the statistics (per document the
+contribution of a tf = 1 posting, and the impact cache of the most frequent terms' decoded postings,
+bounded by ``impact_cache_bytes``) is rebuilt by the first search after a change.
 
 Documents are stored in slots (insertion order; a merge closes the gaps of dead documents), and the
 caller's ids map to slots.
@@ -427,8 +427,9 @@ class InvertedIndex:
         multi-block term) and each segment's map from its terms to the vocabulary. Postings of
         deleted documents count until their segment is merged (``dead_documents``). The vocabulary
         strings, the per-document arrays and the forward indexes are not in it; ``index_bytes`` adds
-        the last two (a segment's forward index exists once a delete has touched it). The impact cache (``impact_cache_*``) is counted in neither: it is decoded
-        copies of postings, bounded by ``impact_cache_bytes``.
+        the last two (a segment's forward index exists once a delete has touched it). The impact cache
+        (``impact_cache_*``) is counted in neither: it is decoded copies of postings, bounded by
+        ``impact_cache_bytes``.
         """
         segments = self._segments
         num_postings = sum(s.postings.num_postings for s in segments)
@@ -476,7 +477,8 @@ class InvertedIndex:
     def save(self, path: str | os.PathLike, *, key: bytes | None = None) -> None:
         """Write the index to ``path`` (versioned, no pickle; SHA-256 checksummed, or HMAC-SHA256 signed
         with ``key``, see :mod:`llmds_torch.retrieval.persist`). Segments are saved as they are, postings
-        of deleted documents included; forward indexes are not saved (derived from the postings when a delete first needs them)."""
+        of deleted documents included; forward indexes are not saved (a delete derives them from the
+        postings when it first needs them)."""
         encoded = [term.encode("utf-8") for term in self._terms]
         offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
         np.cumsum([len(e) for e in encoded], out=offsets[1:])

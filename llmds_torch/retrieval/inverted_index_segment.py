@@ -105,7 +105,8 @@ def build_segment(term_ids, doc_ids, term_freqs, doc_lengths, avgdl: float, para
 
 
 def _forward_index(local_terms: np.ndarray, doc_ids: np.ndarray, num_docs: int) -> tuple[np.ndarray, np.ndarray]:
-    """Postings (int64 ``[n]`` each) sorted by local term, then doc, transposed: see ``Segment.forward_index``."""
+    """Postings (int64 ``[n]`` each, each document's in ascending term order) transposed: see
+    ``Segment.forward_index``."""
     start, terms = _by_document(local_terms, doc_ids, num_docs)
     docs = np.repeat(np.arange(num_docs, dtype=np.int64), np.diff(start))
     gaps = terms.copy()
@@ -153,7 +154,7 @@ def merge_segments(segments, live: np.ndarray, doc_lengths: np.ndarray, avgdl: f
     terms, docs, tfs = (np.concatenate([part[i] for part in parts]) for i in range(3))
     kept = live[docs]
     new_doc = np.cumsum(live) - 1
-    # Deletes touched these segments: the merged one gets its forward index from the postings decoded here.
+    # If deletes touched one of these segments, the merged one gets its forward index from the postings decoded here.
     deleted_from = any(segment.forward_cache for segment in segments)
     return build_segment(terms[kept], new_doc[docs[kept]], tfs[kept], doc_lengths[live], avgdl, params, block_size,
                          deleted_from)

@@ -14,7 +14,9 @@
    segments against the previous design that re-encoded the whole index on every change (its code
    taken from git at ``--previous-rev`` and loaded beside today's), each change followed by one
    search (which rebuilds what search derives from the statistics); and search speed over the
-   segments that adding in batches of 1,000 leaves, over one merged segment and in bm25s.
+   segments that adding in batches of 1,000 leaves, over one merged segment and in bm25s. First, the
+   whole corpus indexed at once, saved and loaded, and the first delete after the load, against the
+   previous design in alternated rounds (medians and per-round ratios), with index and file bytes.
 
 Part 1 also times the previous design's index (``--previous-rev``) in the same run when git has it.
 
@@ -31,6 +33,7 @@ import os
 os.environ.setdefault("KMP_BLOCKTIME", "0")
 
 import argparse  # noqa: E402
+import gc  # noqa: E402
 import importlib.util  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -239,6 +242,49 @@ def bench_updates(corpus, queries, previous, quick: bool, k=10):
     return update_rows, search_rows
 
 
+def bench_bulk(corpus, previous, rounds: int) -> list[dict]:
+    """Indexing ``corpus`` at once, saving, loading, and the first delete after a load (which derives the touched
+    segment's forward index), segments against the previous design, alternated in ``rounds`` rounds (which goes
+    first alternates too); medians."""
+    engines = [("segments", InvertedIndex)] + ([("previous (one index)", previous)] if previous else [])
+    times: dict = {engine: {"index_s": [], "load_s": [], "first_delete_after_load_s": []} for engine, _ in engines}
+    sizes = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for cls in (cls for _, cls in engines):  # compile every path before timing
+            warm = cls("lucene")
+            warm.add(corpus[:50])
+            warm.save(Path(tmp) / "warm")
+            cls.load(Path(tmp) / "warm").delete([0])
+        for round_ in range(rounds):
+            for engine, cls in (engines if round_ % 2 == 0 else engines[::-1]):  # neither always runs first
+                index = loaded = None
+                gc.collect()  # the previous round's indexes are gone before timing
+                index = cls("lucene")
+                _, index_s = timed(lambda: index.add(corpus))
+                path = Path(tmp) / engine.split()[0]
+                index.save(path)
+                sizes[engine] = index.stats()["index_bytes"], path.stat().st_size
+                loaded, load_s = timed(lambda: cls.load(path))
+                _, delete_s = timed(lambda: loaded.delete([1]))
+                sizes[engine] += (loaded.stats()["index_bytes"],)
+                for name, value in (("index_s", index_s), ("load_s", load_s), ("first_delete_after_load_s", delete_s)):
+                    times[engine][name].append(value)
+    rows = []
+    for engine, _ in engines:
+        row = {"engine": engine, "documents": len(corpus), "rounds": rounds}
+        row.update({name: float(np.median(values)) for name, values in times[engine].items()})
+        row["index_bytes"], row["file_bytes"], row["index_bytes_after_a_delete"] = sizes[engine]
+        rows.append(row)
+    if previous:
+        for name in ("index_s", "load_s", "index_bytes"):
+            rows[0][f"{name}_vs_previous"] = rows[0][name] / rows[1][name]
+        per_round = [a / b for a, b in zip(times["segments"]["load_s"], times["previous (one index)"]["load_s"])]
+        rows[0]["load_ratio_per_round"] = [round(r, 3) for r in per_round]
+        per_round = [a / b for a, b in zip(times["segments"]["index_s"], times["previous (one index)"]["index_s"])]
+        rows[0]["index_ratio_per_round"] = [round(r, 3) for r in per_round]
+    return rows
+
+
 def updates_main(args) -> None:
     from benchmarks import text_corpus
 
@@ -259,14 +305,18 @@ def updates_main(args) -> None:
     queries = [list(dict.fromkeys(rng.choice(vocab, int(rng.integers(2, 5))).tolist())) for _ in range(1000)]
     with tempfile.TemporaryDirectory() as tmp:
         previous = previous_inverted_index(args.previous_rev, Path(tmp))
+        bulk_rows = bench_bulk(corpus, previous, 2 if args.quick else 5)
         update_rows, search_rows = bench_updates(corpus, queries, previous, args.quick)
+    print(f"\nindex {len(corpus)} documents at once, save, load, first delete after the load; seconds (median of "
+          f"{bulk_rows[0]['rounds']} alternated rounds)")
+    print_table(bulk_rows)
     print(f"\nadd / delete on {update_rows[0]['index_docs']} documents of {corpus_name}; ms per call "
           "(mean over repeats)")
     print_table(update_rows)
     print("\nsearch (lucene, k=10) over segments, one segment, bm25s")
     print_table(search_rows)
     write_results("sparse_updates" + ("_quick" if args.quick else ""), {
-        "quick": args.quick, "corpus": corpus_name, "updates": update_rows, "search": search_rows,
+        "quick": args.quick, "corpus": corpus_name, "bulk": bulk_rows, "updates": update_rows, "search": search_rows,
         "previous_rev": args.previous_rev if previous else None,
         "setup": {"documents": len(corpus), "queries": len(queries), "hardware": hardware()["cpu"]},
     })

@@ -2,8 +2,9 @@
 
 Each target runs a few public calls on tiny inputs of the dtypes real use passes, which makes numba
 compile (or load from its cache, see ``jit_cache``) every loop those calls reach: HNSW insertion and
-search (l2, inner product, cosine, filtered), BM25 indexing, search and deletes, the count-min
-sketch, the scheduler's heap, and the retrieval pipeline that ties them together. Compiled code is
+search (l2, inner product, cosine, filtered), BM25 indexing, search, deletes, segment merges and
+file checks, the count-min sketch, the scheduler's heap, and the retrieval pipeline that ties them
+together. Compiled code is
 cached on disk, so this costs seconds once per install (``llmds warmup``) and well under a second
 after that. ``llmds demo`` warms only the loops it uses (``DEMO_TARGETS``).
 """
@@ -76,6 +77,22 @@ def _bm25_batches_deletes() -> None:
     index.search("heap priority", k=2)
 
 
+def _bm25_segments_and_files() -> None:
+    import tempfile
+    from pathlib import Path
+
+    from llmds_torch.retrieval import InvertedIndex
+
+    index = InvertedIndex(merge_factor=2)
+    for text in _TEXTS:  # one segment per add; the merge policy rewrites pairs
+        index.add([text])
+    index.delete([0])  # derives the touched segment's forward index from its postings
+    index.optimize()
+    with tempfile.TemporaryDirectory() as folder:
+        index.save(Path(folder) / "index")
+        InvertedIndex.load(Path(folder) / "index").search("heap priority", k=2)  # the load checks
+
+
 def _sketch() -> None:
     from llmds_torch.retrieval import CountMinSketch
 
@@ -105,6 +122,7 @@ TARGETS: tuple[tuple[str, Callable[[], None]], ...] = (
     ("retrieval pipeline", _pipeline),
     ("count-min sketch", _sketch),
     ("BM25 batches and deletes", _bm25_batches_deletes),
+    ("BM25 segments, merges and files", _bm25_segments_and_files),
     ("HNSW batches, filters and deletes", _hnsw_batches_filters_deletes),
 )
 # What ``llmds demo`` runs: the rest is compiled on first use or by ``llmds warmup``.

@@ -246,7 +246,10 @@ def test_save_load_round_trip_and_corruption(tmp_path):
     path = tmp_path / "bm25.idx"
     index.save(path)
     loaded = InvertedIndex.load(path)
-    assert loaded.stats() == index.stats()
+    derived = ("forward_index_bytes", "index_bytes")  # forward indexes are built by the first delete, not loaded
+    assert {k: v for k, v in loaded.stats().items() if k not in derived} == \
+        {k: v for k, v in index.stats().items() if k not in derived}
+    assert loaded.stats()["forward_index_bytes"] == 0
     for query in zipf_queries(rng, 10, 100) + ["café", "w0 w1"]:
         np.testing.assert_array_equal(loaded.search(query, 10)[0], index.search(query, 10)[0])
         np.testing.assert_array_equal(loaded.search(query, 10)[1], index.search(query, 10)[1])

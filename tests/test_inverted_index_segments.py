@@ -137,10 +137,22 @@ def test_save_and_load_keep_segments_and_deleted_postings(tmp_path):
     index.delete(list(range(0, 200, 9)))
     index.save(tmp_path / "i")
     loaded = InvertedIndex.load(tmp_path / "i")
-    assert loaded.num_segments == index.num_segments == 5 and loaded.stats() == index.stats()
-    for query in (["w0", "w1"], ["w3", "w7", "w7"]):
-        for got, want in zip(loaded.search(query, 10), index.search(query, 10)):
-            np.testing.assert_array_equal(got, want)
+    assert loaded.num_segments == index.num_segments == 5
+    assert loaded.stats()["forward_index_bytes"] == 0 < index.stats()["forward_index_bytes"]  # built by a delete
+
+    def same_state():
+        derived = ("forward_index_bytes", "index_bytes")
+        assert {k: v for k, v in loaded.stats().items() if k not in derived} == \
+            {k: v for k, v in index.stats().items() if k not in derived}
+        for query in (["w0", "w1"], ["w3", "w7", "w7"]):
+            for got, want in zip(loaded.search(query, 10), index.search(query, 10)):
+                np.testing.assert_array_equal(got, want)
+
+    same_state()
+    for ids in ([1, 2, 3, 40, 199], [i for i in range(100, 160, 2) if i % 9]):  # derives its forward indexes
+        loaded.delete(ids)
+        index.delete(ids)
+        same_state()
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -166,3 +178,31 @@ def test_pruning_stays_exact_while_the_average_length_grows_over_segments(method
         np.testing.assert_array_equal(pruned[0], exhaustive[0])
         np.testing.assert_array_equal(pruned[1], exhaustive[1])
         np.testing.assert_allclose(pruned[1], fresh.search_batch(queries, k)[1], rtol=1e-9)
+
+
+def test_a_segments_forward_index_lists_each_documents_distinct_terms():
+    """Derived from the postings on first use (after adds, a merge and a load alike): each document's terms, once,
+    ascending; memory counted only once built."""
+    rng = np.random.default_rng(8)
+    docs = [[f"t{x % 200}" for x in rng.zipf(1.3, int(rng.integers(0, 30)))] for _ in range(300)]
+    index = InvertedIndex(block_size=4, merge_factor=3)
+    for i in range(0, 300, 50):
+        index.add(docs[i:i + 50])
+    assert index.stats()["forward_index_bytes"] == 0 and index.num_segments > 1
+    vocab, first = index._vocab, 0
+    for segment in index._segments:
+        local = np.arange(segment.num_docs)
+        want = np.concatenate([np.sort([vocab[t] for t in set(docs[first + d])]).astype(np.int64) for d in local])
+        np.testing.assert_array_equal(segment.global_terms_of(local), want)
+        np.testing.assert_array_equal(segment.global_terms_of(local[::-7]), np.concatenate(
+            [np.sort([vocab[t] for t in set(docs[first + d])]).astype(np.int64) for d in local[::-7]]))
+        first += segment.num_docs
+    assert index.stats()["forward_index_bytes"] > 0
+    deleted = list(range(0, 300, 4))
+    index.delete(deleted)
+    index.optimize()  # deletes touched the merged segments: the merged one keeps a forward index
+    (segment,) = index._segments
+    assert segment.forward_index_nbytes() > 0
+    survivors = [doc for i, doc in enumerate(docs) if i % 4]
+    np.testing.assert_array_equal(segment.global_terms_of(np.arange(segment.num_docs)), np.concatenate(
+        [np.sort([vocab[t] for t in set(doc)]).astype(np.int64) for doc in survivors]))

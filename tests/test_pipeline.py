@@ -165,7 +165,8 @@ class _FailingDense(FlatIndex):
 def _state(pipeline, queries):
     sparse = [tuple(a.tolist()) for q in queries for a in pipeline.sparse_index.search(q, 20)]
     dense = len(pipeline.dense_index), len(pipeline.sparse_index), len(pipeline)
-    return sparse, dense, pipeline.sparse_index.stats()
+    derived = ("forward_index_bytes", "index_bytes")  # memory a delete may build on first use, even one undone
+    return sparse, dense, {k: v for k, v in pipeline.sparse_index.stats().items() if k not in derived}
 
 
 def test_delete_with_repeated_ids_changes_nothing(corpus):

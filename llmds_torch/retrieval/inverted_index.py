@@ -12,11 +12,11 @@ merges everything into one segment. Search runs in compiled loops over all segme
 (``_bm25_search``; see there for why pruning never changes results).
 
 Deleted documents leave the statistics at once: N, avgdl and document frequencies are always those
-of the live documents (a forward index per segment names the terms whose frequency a delete
-lowers), so scores equal those of an index built from the live documents alone. What search derives
-from the statistics (per document the contribution of a tf = 1 posting, and the impact cache of the
-most frequent terms' decoded postings, bounded by ``impact_cache_bytes``) is rebuilt by the first
-search after a change.
+of the live documents (a forward index per segment, derived from its postings by the first delete
+that touches it, names the terms whose frequency a delete lowers), so scores equal those of an index
+built from the live documents alone. What search derives from the statistics (per document the
+contribution of a tf = 1 posting, and the impact cache of the most frequent terms' decoded postings,
+bounded by ``impact_cache_bytes``) is rebuilt by the first search after a change.
 
 Documents are stored in slots (insertion order; a merge closes the gaps of dead documents), and the
 caller's ids map to slots.
@@ -427,8 +427,9 @@ class InvertedIndex:
         multi-block term) and each segment's map from its terms to the vocabulary. Postings of
         deleted documents count until their segment is merged (``dead_documents``). The vocabulary
         strings, the per-document arrays and the forward indexes are not in it; ``index_bytes`` adds
-        the last two. The impact cache (``impact_cache_*``) is counted in neither: it is decoded
-        copies of postings, bounded by ``impact_cache_bytes``.
+        the last two (a segment's forward index exists once a delete has touched it). The impact cache
+        (``impact_cache_*``) is counted in neither: it is decoded copies of postings, bounded by
+        ``impact_cache_bytes``.
         """
         segments = self._segments
         num_postings = sum(s.postings.num_postings for s in segments)
@@ -456,7 +457,7 @@ class InvertedIndex:
             "block_metadata_bytes": compressed - stream - directory - term_maps,
             "raw_int32_postings_bytes": raw,
             "compression_ratio": compressed / raw if raw else 0.0,
-            "forward_index_bytes": sum(s.nbytes() for s in segments) - compressed,
+            "forward_index_bytes": sum(s.forward_index_nbytes() for s in segments),
             "index_bytes": self.nbytes(),
             "search_scratch_bytes": scratch_nbytes(self._slot_ids.size),
             "impact_cache_terms": int(cache.terms.size),
@@ -465,8 +466,8 @@ class InvertedIndex:
         }
 
     def nbytes(self) -> int:
-        """Bytes of the segments (postings with their metadata, term maps, forward indexes) and of the
-        per-document arrays, including the precomputed tf = 1 contributions (not the vocabulary, the
+        """Bytes of the segments (postings with their metadata, term maps, forward indexes once built) and of
+        the per-document arrays, including the precomputed tf = 1 contributions (not the vocabulary, the
         impact cache, nor the per-thread search scratch)."""
         return (sum(s.nbytes() for s in self._segments) + self._slot_ids.nbytes + self._doc_lengths.nbytes
                 + self._live.nbytes + 8 * self._slot_ids.size + self._doc_freq.nbytes)
@@ -476,7 +477,8 @@ class InvertedIndex:
     def save(self, path: str | os.PathLike, *, key: bytes | None = None) -> None:
         """Write the index to ``path`` (versioned, no pickle; SHA-256 checksummed, or HMAC-SHA256 signed
         with ``key``, see :mod:`llmds_torch.retrieval.persist`). Segments are saved as they are, postings
-        of deleted documents included; forward indexes are rebuilt on load."""
+        of deleted documents included; forward indexes are not saved (a delete derives them from the
+        postings when it first needs them)."""
         encoded = [term.encode("utf-8") for term in self._terms]
         offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
         np.cumsum([len(e) for e in encoded], out=offsets[1:])
@@ -519,7 +521,7 @@ class InvertedIndex:
         index = cls(p.method, p.k1, p.b, p.delta, c["tokenizer"], c["block_size"], c["impact_cache_bytes"],
                     c["merge_factor"])
         index._terms = c["terms"]
-        index._vocab = {term: i for i, term in enumerate(index._terms)}
+        index._vocab = dict(zip(index._terms, range(len(index._terms))))
         slot_ids, live = c["slot_ids"], c["live"]
         live_slots = np.flatnonzero(live)
         order = np.argsort(slot_ids[live_slots], kind="stable")

@@ -27,7 +27,7 @@ import numpy as np
 from ._bm25_search import posting_contributions, tfc_of_one
 from .bm25 import METHODS, BM25Params
 from .errors import CorruptIndexFile, CorruptVarint
-from .inverted_index_segment import segment_from_decoded
+from .inverted_index_segment import Segment
 from .postings import MAX_BLOCK_SIZE, BlockedPostings, block_max_impacts, decode_blocked_postings
 from .tokenizer import Tokenizer
 from .validation import array, meta_bool, meta_choice, meta_int, meta_number, meta_type, require, unique, values_in
@@ -134,7 +134,7 @@ def _segment(i: int, entry, arrays: dict, block_size: int, num_terms: int, doc_l
     exact = block_max_impacts(local_terms, impacts, terms.size, block_size)
     require(np.array_equal(block_max_impact, exact), f"array '{name}.postings.block_max_impact' differs from the "
                                                      f"maxima of the postings' contributions (pruning would be wrong)")
-    segment = segment_from_decoded(postings, terms, num_docs, avgdl, local_terms, docs)
+    segment = Segment(postings, terms, num_docs, avgdl)
     return segment, terms[local_terms].astype(np.int64), docs
 
 
@@ -152,7 +152,8 @@ def _vocabulary(vocab_bytes: np.ndarray, offsets: np.ndarray) -> list[str]:
     require(offsets.size - 1 < 2**31, "array 'vocab_offsets' lists more than 2**31 - 1 terms")
     blob = vocab_bytes.tobytes()
     try:
-        terms = [blob[offsets[i]:offsets[i + 1]].decode("utf-8") for i in range(offsets.size - 1)]
+        bounds = offsets.tolist()
+        terms = [blob[start:end].decode("utf-8") for start, end in zip(bounds[:-1], bounds[1:])]
     except UnicodeDecodeError:
         raise CorruptIndexFile("array 'vocab_bytes' is not UTF-8") from None
     require(len(set(terms)) == len(terms), "arrays 'vocab_*' list a term twice")

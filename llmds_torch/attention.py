@@ -57,7 +57,7 @@ class AttentionMetadata:
         return self.query_start_loc is None
 
     @classmethod
-    def build(cls, cache, seq_ids, query_lens=None) -> "AttentionMetadata":
+    def build(cls, cache, seq_ids, query_lens=None, *, tables=None) -> "AttentionMetadata":
         """Tables for ``seq_ids`` from ``cache``, checked once here so that the per-layer calls skip
         the value checks (and their device syncs).
 
@@ -67,10 +67,13 @@ class AttentionMetadata:
         seq_ids : sequence ids, in the order of q's rows
         query_lens : new tokens per sequence (each in ``[0, num_tokens(seq)]``), or None for decode
             (one new token each)
+        tables : (block_table, seq_lens) of ``seq_ids`` already on the pool's device (as
+            ``cache.step_inputs`` sends them), or None to fetch them here
         """
         seq_ids = list(seq_ids)
-        block_table = cache.block_table(seq_ids)
-        seq_lens = cache.seq_lens(seq_ids)
+        if tables is None:
+            tables = cache.block_table(seq_ids), cache.seq_lens(seq_ids)
+        block_table, seq_lens = tables
         if seq_ids:
             check_block_table(block_table, seq_lens, cache.page_size, cache.num_pages)
         if query_lens is None:

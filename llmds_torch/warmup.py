@@ -2,9 +2,9 @@
 
 Each target runs a few public calls on tiny inputs of the dtypes real use passes, which makes numba
 compile (or load from its cache, see ``jit_cache``) every loop those calls reach: HNSW insertion and
-search (l2, inner product, cosine, filtered), BM25 indexing, search, deletes, segment merges and
-file checks, the count-min sketch, the scheduler's heap, and the retrieval pipeline that ties them
-together. Compiled code is
+search (l2, inner product, cosine, filtered, 8-bit), BM25 indexing, search, deletes, segment merges and
+file checks, the count-min sketch, the scheduler's heap, the retrieval pipeline that ties them
+together, and the KV block manager's page release. Compiled code is
 cached on disk, so this costs seconds once per install (``llmds warmup``) and well under a second
 after that. ``llmds demo`` warms only the loops it uses (``DEMO_TARGETS``).
 """
@@ -57,6 +57,10 @@ def _hnsw_batches_filters_deletes() -> None:
     index.search(vectors[:2], k=3, allow=[0, 2, 4, 6])          # the graph, filtered
     index.delete([0, 1])
     index.search(vectors[:2], k=3)
+    coded = HNSW(8, M=4, ef_construction=16, metric="l2", storage="sq8")  # the 8-bit walk and re-rank
+    coded.add(vectors)
+    coded.search(vectors[:4], k=3)
+    coded.search(vectors[:1], k=3)
 
 
 def _bm25_build_and_search() -> None:
@@ -105,6 +109,18 @@ def _sketch() -> None:
     other.merge(CountMinSketch(64, 3))
 
 
+def _kv_page_release() -> None:
+    from llmds_torch.kv.block_manager import BlockManager
+
+    manager = BlockManager(16, 4)
+    first = manager.attach(list(range(1, 10)))
+    manager.mark_written(first)
+    second = manager.fork(first)
+    manager.append(second, [3])  # copy-on-write of the shared last page releases one page by id
+    manager.detach(second)       # a sequence's pages, tail first, straight off its block-table row
+    manager.detach(first)
+
+
 def _pipeline() -> None:
     from llmds_torch.retrieval import RetrievalPipeline, default_embedder
 
@@ -120,13 +136,15 @@ TARGETS: tuple[tuple[str, Callable[[], None]], ...] = (
     ("BM25 indexing and search", _bm25_build_and_search),
     ("HNSW insertion and search", _hnsw_build_and_search),
     ("retrieval pipeline", _pipeline),
+    ("KV page release", _kv_page_release),
     ("count-min sketch", _sketch),
     ("BM25 batches and deletes", _bm25_batches_deletes),
     ("BM25 segments, merges and files", _bm25_segments_and_files),
     ("HNSW batches, filters and deletes", _hnsw_batches_filters_deletes),
 )
 # What ``llmds demo`` runs: the rest is compiled on first use or by ``llmds warmup``.
-DEMO_TARGETS = ("scheduler heap", "BM25 indexing and search", "HNSW insertion and search", "retrieval pipeline")
+DEMO_TARGETS = ("scheduler heap", "BM25 indexing and search", "HNSW insertion and search", "retrieval pipeline",
+                "KV page release")
 
 
 def kernels_cached() -> bool:

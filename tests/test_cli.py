@@ -115,14 +115,23 @@ for i in range(20):
 heap.update(4, 0.5)
 while len(heap):
     heap.pop()
+from llmds_torch.kv.block_manager import BlockManager
+manager = BlockManager(64, 16, num_layers=2)
+seq = manager.attach(list(range(1, 40)))
+manager.mark_written(seq)
+child = manager.fork(seq)
+manager.append(child, [5])
+manager.detach(child)
+manager.detach(seq)
 after = compiled_signatures()
 print(json.dumps({"before": before, "after": after}))
 """
 
 
 def test_after_the_demos_warmup_its_path_compiles_nothing_new():
-    """In a fresh process: the demo's warm-up compiles (or loads) every loop that indexing and
-    querying then reach, so the first real call compiles nothing."""
+    """In a fresh process: the demo's warm-up compiles (or loads) every loop that indexing,
+    querying and the KV cache's attach / fork / detach then reach, so the first real call compiles
+    nothing."""
     out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     counts = json.loads(out.stdout.strip().splitlines()[-1])

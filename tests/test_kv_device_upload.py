@@ -62,3 +62,25 @@ def test_step_inputs_equal_the_separate_calls_and_keep_the_write_shortcut():
         cache.write(layer, slots, kv, kv)
     assert [cache.num_written(s) for s in seqs] == [cache.num_tokens(s) for s in seqs]
     cache.check_invariants()
+
+
+def test_a_decode_steps_model_inputs_take_one_upload_and_equal_the_separate_calls():
+    from llmds_torch.attention import AttentionMetadata
+    from llmds_torch.models.step_inputs import StepInputs
+
+    cache = PagedKVCache(KVCacheConfig(2, 1, 2, page_size=4, num_pages=32, dtype=torch.float32))
+    seqs = [cache.attach(list(range(1, 2 + n))) for n in (3, 6, 9)]
+    for s in seqs:
+        cache.manager.mark_written(s)
+    cache.append_batch(seqs, [7, 8, 9])
+    upload, uploads = cache._upload, []
+    cache._upload = lambda *arrays: uploads.append(len(arrays)) or upload(*arrays)
+    step = StepInputs.build(cache, seqs, [[7], [8], [9]], torch.device("cpu"))
+    assert uploads == [3]  # slot mapping, block table and lengths together
+    cache._upload = upload
+    expected = AttentionMetadata.build(cache, seqs)
+    assert step.metadata.is_decode and step.metadata.num_query_tokens == 3
+    assert torch.equal(step.metadata.block_table, expected.block_table)
+    assert torch.equal(step.metadata.seq_lens, expected.seq_lens)
+    assert torch.equal(step.slot_mapping, torch.from_numpy(cache.manager.slot_mapping(seqs)))
+    assert step.positions.tolist() == [4, 7, 10]

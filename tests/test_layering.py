@@ -28,7 +28,7 @@ ALLOWED = {
     "models": {"kernels", "kv", "attention", "sched"},
     "integrations": {"kernels", "kv", "attention", "sched", "models"},
     "distributed": {"kernels", "kv", "attention", "models"},
-    "warmup": {"retrieval", "sched"},
+    "warmup": {"retrieval", "sched", "kv"},
     "demo": {"kernels", "kv", "attention", "sched", "models", "retrieval", "warmup", "integrations"},
     "cli": {"kernels", "kv", "attention", "sched", "models", "retrieval", "warmup", "integrations", "demo",
             "distributed"},

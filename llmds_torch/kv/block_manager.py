@@ -34,7 +34,8 @@ from llmds_torch.kv.eviction import make_policy
 from llmds_torch.kv.invariants import check_invariants
 from llmds_torch.kv.prefix_index import HashFn, as_bytes, new_cache_salt, sha256
 from llmds_torch.kv.prefix_match import PrefixMatcher
-from llmds_torch.kv.sequence import Sequence, le_bytes, token_array, validate_token_array, validate_token_batch, validate_token_ids
+from llmds_torch.kv.sequence import (Sequence, int32_bytes, le_bytes, token_array, validate_token_batch,
+                                     validate_token_ids)
 from llmds_torch.kv.transaction import Snapshot
 from llmds_torch.kv.write_tracker import WriteTracker
 
@@ -198,15 +199,20 @@ class BlockManager:
         self.counters["grows"] += 1
 
     # ------------------------------------------------------------------ prefix lookup
-    def _prompt(self, token_ids) -> tuple[array, bytes]:
-        """The validated prompt tokens: a new int32 ``array`` and their little-endian int32 bytes
-        (the same list passed to ``can_attach`` and then ``attach`` is validated once)."""
+    def _prompt_bytes(self, token_ids) -> bytes:
+        """The validated prompt tokens as little-endian int32 bytes (the same list passed to
+        ``can_attach`` and then ``attach`` is validated once)."""
         memo = self._prompt_memo
         if memo is not None and memo[0] is token_ids and memo[1] == token_ids:
-            return token_array(memo[2]), memo[2]
-        token_bytes = validate_token_array(token_ids).astype("<i4").tobytes()
+            return memo[2]
+        token_bytes = int32_bytes(token_ids)
         if type(token_ids) is list:
             self._prompt_memo = (token_ids, list(token_ids), token_bytes)
+        return token_bytes
+
+    def _prompt(self, token_ids) -> tuple[array, bytes]:
+        """``_prompt_bytes`` plus the tokens as a new int32 ``array``."""
+        token_bytes = self._prompt_bytes(token_ids)
         return token_array(token_bytes), token_bytes
 
     def pending_prefix_tokens(self, token_ids, *, salt=None, extra_key=None) -> int:
@@ -214,7 +220,7 @@ class BlockManager:
         pages some live sequence has reserved with exactly these tokens but not yet published: a
         multiple of ``page_size``. Holding the prompt back until they are published turns them into
         prefix hits."""
-        _, token_bytes = self._prompt(token_ids)
+        token_bytes = self._prompt_bytes(token_ids)
         return self.prefix.pending_tokens(token_bytes, self.prefix.salt_block(salt, extra_key))
 
     @property
@@ -285,7 +291,7 @@ class BlockManager:
             needed = pages_needed(int(token_ids), self.page_size)
             fits_context = self.max_context_len is None or token_ids <= self.max_context_len
             return fits_context and needed <= self._obtainable()
-        _, token_bytes = self._prompt(token_ids)
+        token_bytes = self._prompt_bytes(token_ids)
         num_tokens = len(token_bytes) // 4
         if self.max_context_len is not None and num_tokens > self.max_context_len:
             return False

@@ -90,7 +90,7 @@ class HostTier:
             self._save(device_pool)
         if not len(self.index):
             return 0
-        _, token_bytes = m._prompt(token_ids)
+        token_bytes = m._prompt_bytes(token_ids)
         salt_block = m.prefix.salt_block(salt, extra_key)
         hits, keys, _ = m.prefix.match(token_bytes, salt_block)
         start, usable = len(hits), (len(token_bytes) // 4 - 1) // page_size

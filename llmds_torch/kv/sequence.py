@@ -100,6 +100,18 @@ def validate_token_array(token_ids, *, allow_empty: bool = False) -> np.ndarray:
     return arr
 
 
+def int32_bytes(token_ids) -> bytes:
+    """``validate_token_array``'s check, returning the tokens as little-endian int32 bytes. A list
+    that numpy reads as int64 (Python ints, numpy integers, int subclasses, ints mixed with bools:
+    what the full check accepts) is range-checked with one reduction: viewed as uint64, a negative
+    value is above ``INT32_MAX``."""
+    if type(token_ids) is list:
+        arr = np.asarray(token_ids)
+        if arr.dtype == np.int64 and arr.ndim == 1 and arr.size and arr.view(np.uint64).max() <= INT32_MAX:
+            return arr.astype("<i4").tobytes()
+    return validate_token_array(token_ids).astype("<i4").tobytes()
+
+
 def _in_range(tokens, *, allow_empty: bool = False) -> list[int]:
     """``validate_token_ids`` of Python ints (checked by the caller): one C conversion to int32,
     which refuses values beyond int32, and a minimum; the full check only to word an error."""

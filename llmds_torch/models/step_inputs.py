@@ -70,9 +70,13 @@ class StepInputs:
                                       "for it (cache.pending_token_ids)")
         flat = torch.tensor([t for toks in token_ids for t in toks], dtype=torch.int64)  # [N]
         positions = torch.cat([torch.arange(w, w + n) for w, n in zip(starts, query_lens)])  # [N]
-        slot_mapping = cache.slot_mapping(seq_ids, num_tokens=query_lens)  # [N]
         is_decode = pending == query_lens and all(n == 1 for n in query_lens)
-        metadata = AttentionMetadata.build(cache, seq_ids, None if is_decode else query_lens)
+        if is_decode:  # slot mapping, block table and lengths reach the device in one transfer
+            slot_mapping, *tables = cache.step_inputs(seq_ids)  # [N], [B, max_pages], [B]
+            metadata = AttentionMetadata.build(cache, seq_ids, tables=tables)
+        else:
+            slot_mapping = cache.slot_mapping(seq_ids, num_tokens=query_lens)  # [N]
+            metadata = AttentionMetadata.build(cache, seq_ids, query_lens)
         if pending != query_lens:  # a prompt chunk: attend over the written part plus the chunk only
             kv_lens = torch.tensor([w + n for w, n in zip(starts, query_lens)], dtype=torch.int32)
             metadata = dataclasses.replace(metadata, seq_lens=kv_lens.to(metadata.seq_lens.device))

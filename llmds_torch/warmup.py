@@ -7,10 +7,17 @@ file checks, the count-min sketch, the scheduler's heap, the retrieval pipeline 
 together, and the KV block manager's page release. Compiled code is
 cached on disk, so this costs seconds once per install (``llmds warmup``) and well under a second
 after that. ``llmds demo`` warms only the loops it uses (``DEMO_TARGETS``).
+
+Numba compiles one function at a time in one thread. On a cold cache the targets are therefore
+first compiled side by side in worker processes (one per core, at most ``processes``), which write
+numba's disk cache; the calling process then runs every target itself, loading what the workers
+wrote. Should the workers fail to start, the calling process compiles everything alone.
 """
 
+import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 
 import numpy as np
 
@@ -147,31 +154,68 @@ DEMO_TARGETS = ("scheduler heap", "BM25 indexing and search", "HNSW insertion an
                 "KV page release")
 
 
+# Targets that mostly reuse other targets' loops: compiled in the calling process only, after them.
+_AFTER_OTHERS = ("retrieval pipeline",)
+
+
+def _run_target(name: str) -> float:
+    """Run one target by name (in a worker process); return its seconds."""
+    start = time.perf_counter()
+    dict(TARGETS)[name]()
+    return time.perf_counter() - start
+
+
+def _compile_in_workers(names: list[str], processes: int, progress_bar) -> dict[str, float]:
+    """Compile ``names`` in up to ``processes`` spawned workers; return seconds per finished target
+    (empty when the workers could not run: the caller then compiles alone)."""
+    import multiprocessing
+
+    seconds: dict[str, float] = {}
+    try:
+        with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(_run_target, name): name for name in names}
+            for future in as_completed(futures):
+                seconds[futures[future]] = future.result()
+                progress_bar.set_postfix_str(f"compiled {futures[future]}")
+    except Exception:  # a worker that cannot start or dies only costs the head start
+        return {}
+    return seconds
+
+
 def kernels_cached() -> bool:
     """True when numba's cache already holds the library's search loops (a warm start)."""
     return any(numba_cache_dir().glob("retrieval_*/*.nbi"))
 
 
-def warmup(names: tuple[str, ...] | None = None, *, progress: bool = True) -> dict[str, float]:
+def warmup(names: tuple[str, ...] | None = None, *, progress: bool = True,
+           processes: int | None = None) -> dict[str, float]:
     """Compile (or load) the numba loops of ``names`` (default: every target); return seconds per
-    target. The progress bar says when this is a cold compile."""
+    target (in a worker when one compiled it, plus loading it here). The progress bar says when
+    this is a cold compile. ``processes``: most workers for a cold compile (default: the cores
+    this process may use, at most 4; 1 compiles here only)."""
     unknown = set(names or ()) - {name for name, _ in TARGETS}
     if unknown:
         raise ValueError(f"unknown warm-up targets {sorted(unknown)}; known: {[name for name, _ in TARGETS]}")
     targets = [(name, run) for name, run in TARGETS if names is None or name in names]
-    desc = "loading search kernels" if kernels_cached() else "compiling search kernels (first run only)"
-    seconds = {}
+    cold = not kernels_cached()
+    desc = "compiling search kernels (first run only)" if cold else "loading search kernels"
+    if processes is None:
+        processes = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     progress_bar = bar(desc, total=len(targets), unit="part", enabled=progress)
     try:
+        seconds = {}
+        parallel = [name for name, _ in targets if name not in _AFTER_OTHERS]
+        if cold and processes > 1 and len(parallel) > 1:
+            seconds = _compile_in_workers(parallel, min(processes, len(parallel)), progress_bar)
         for name, run in targets:
             progress_bar.set_postfix_str(name)
             start = time.perf_counter()
             run()
-            seconds[name] = time.perf_counter() - start
+            seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - start
             progress_bar.update(1)
     finally:
         progress_bar.close()
-    return seconds
+    return {name: seconds[name] for name, _ in targets}
 
 
 __all__ = ["TARGETS", "DEMO_TARGETS", "kernels_cached", "warmup"]

@@ -5,6 +5,7 @@ refused before any work when matplotlib is missing, install hints that fit the i
 import argparse
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 
@@ -139,3 +140,48 @@ def test_after_the_demos_warmup_its_path_compiles_nothing_new():
     assert sum(before.values()) > 10
     grown = {name: (before.get(name, 0), n) for name, n in after.items() if n > before.get(name, 0)}
     assert not grown, f"compiled on first real use despite the warm-up: {grown}"
+
+
+COLD_PARALLEL = """
+import json
+import os
+from llmds_torch.warmup import kernels_cached, warmup
+from llmds_torch.jit_cache import numba_cache_dir
+names = ("scheduler heap", "KV page release", "count-min sketch")
+assert not kernels_cached()
+seconds = warmup(names, progress=False, processes=2)
+import sys
+from numba.core.registry import CPUDispatcher
+misses = sum(sum(value.stats.cache_misses.values()) for name, module in list(sys.modules.items())
+             if name.startswith("llmds_torch") and module is not None
+             for value in vars(module).values() if isinstance(value, CPUDispatcher))
+print(json.dumps({"names": list(seconds), "index_files": len(list(numba_cache_dir().rglob("*.nbi"))),
+                  "compiled_here": misses}))
+"""
+
+
+def test_a_cold_warmup_compiles_in_worker_processes_then_loads_here(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    env["LLMDS_TORCH_CACHE_DIR"] = str(tmp_path)
+    out = subprocess.run([sys.executable, "-c", COLD_PARALLEL], capture_output=True, text=True, env=env,
+                         timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["names"] == ["scheduler heap", "KV page release", "count-min sketch"]  # in target order
+    assert result["index_files"] > 0
+    assert result["compiled_here"] == 0  # the workers compiled; this process only loaded
+
+
+def test_workers_that_cannot_start_leave_the_compile_to_the_caller(monkeypatch):
+    from llmds_torch import warmup as warmup_module
+
+    class NoPool:
+        def __init__(self, *args, **kwargs):
+            raise OSError("no processes here")
+
+    class Bar:
+        def set_postfix_str(self, text):
+            pass
+
+    monkeypatch.setattr(warmup_module, "ProcessPoolExecutor", NoPool)
+    assert warmup_module._compile_in_workers(["scheduler heap"], 2, Bar()) == {}

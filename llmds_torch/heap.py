@@ -22,8 +22,9 @@ costs what one written by hand for its order costs. Use them from compiled code,
     def top_k(...):
         size = BY_SCORE.push(keys, items, where, None, size, score, doc)
 
-The functions are compiled into their callers, and numba's on-disk cache of a caller does not notice
-an edit of this file: after changing it, touch the callers' files (or empty the cache directory).
+The functions are compiled into their callers. numba's on-disk cache of a caller would not notice an
+edit of this file by itself; the library's cache folder is keyed by all compiled sources
+(:mod:`llmds_torch.jit_cache`), so an edit here starts a fresh cache.
 """
 
 from collections import namedtuple

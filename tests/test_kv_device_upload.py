@@ -47,12 +47,18 @@ def test_pinned_upload_to_cuda_round_trips_and_survives_buffer_reuse():
     assert upload._host.is_pinned()
 
 
-def test_step_inputs_equal_the_separate_calls_and_keep_the_write_shortcut():
+def _decoding_cache():
+    """A two-layer cache with three written sequences, each given one decode token."""
     cache = PagedKVCache(KVCacheConfig(2, 1, 2, page_size=4, num_pages=32, dtype=torch.float32))
     seqs = [cache.attach(list(range(1, 2 + n))) for n in (3, 6, 9)]
     for s in seqs:
         cache.manager.mark_written(s)
     cache.append_batch(seqs, [7, 8, 9])
+    return cache, seqs
+
+
+def test_step_inputs_equal_the_separate_calls_and_keep_the_write_shortcut():
+    cache, seqs = _decoding_cache()
     slots, table, lens = cache.step_inputs(seqs)
     assert torch.equal(table, cache.block_table(seqs)) and torch.equal(lens, cache.seq_lens(seqs))
     assert torch.equal(slots, torch.from_numpy(cache.manager.slot_mapping(seqs)))
@@ -68,11 +74,7 @@ def test_a_decode_steps_model_inputs_take_one_upload_and_equal_the_separate_call
     from llmds_torch.attention import AttentionMetadata
     from llmds_torch.models.step_inputs import StepInputs
 
-    cache = PagedKVCache(KVCacheConfig(2, 1, 2, page_size=4, num_pages=32, dtype=torch.float32))
-    seqs = [cache.attach(list(range(1, 2 + n))) for n in (3, 6, 9)]
-    for s in seqs:
-        cache.manager.mark_written(s)
-    cache.append_batch(seqs, [7, 8, 9])
+    cache, seqs = _decoding_cache()
     upload, uploads = cache._upload, []
     cache._upload = lambda *arrays: uploads.append(len(arrays)) or upload(*arrays)
     step = StepInputs.build(cache, seqs, [[7], [8], [9]], torch.device("cpu"))
